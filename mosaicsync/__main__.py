@@ -1,0 +1,3 @@
+from mosaicsync.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The local Mosaic platform: a real HTTP server over real PostgreSQL."""

@@ -1,0 +1,95 @@
+"""Where the local platform differs from Mosaic: one list, for `/_local/info` and the README."""
+
+from __future__ import annotations
+
+GAPS: list[tuple[str, str]] = [
+    (
+        "PostgreSQL version",
+        "Local runs PostgreSQL 18.6 (embedded) or whatever --database-url / --pg-bin gives; "
+        "Mosaic does not publish its version, so SQL that needs PostgreSQL 18 may fail there.",
+    ),
+    (
+        "Extensions",
+        "With the embedded server pgvector is real, but uuid-ossp and pgcrypto are SQL shims: "
+        "uuid_generate_v3/v4, digest, hmac, gen_random_bytes and gen_random_uuid are exact; "
+        "uuid_generate_v1/v5, crypt, gen_salt and pgp_* raise feature_not_supported. "
+        "Use --database-url or --pg-bin for a server with the real ones.",
+    ),
+    (
+        "No TLS",
+        "HTTP and PostgreSQL are plaintext on loopback; the embedded server has no OpenSSL, so "
+        "sslmode=require fails (libpq's default sslmode=prefer works).",
+    ),
+    (
+        "Catalog visibility",
+        "A project's role can read other projects' database and role names in pg_database and "
+        "pg_roles (never their data); Mosaic's behaviour is unknown.",
+    ),
+    (
+        "SQL endpoint semantics",
+        "Several statements in one query run as one implicit transaction and the response is the "
+        "last statement's result; the JSON type mapping, the statement timeout and the row and "
+        "byte caps are local choices, not documented Mosaic behaviour.",
+    ),
+    (
+        "Emails are never sent",
+        "Magic-link emails land in the local outbox (/_local/ and /_local/outbox); their text "
+        "and branding differ from Mosaic's.",
+    ),
+    (
+        "Magic-link verification",
+        "The link points at the local platform (/auth/verify), which redirects to "
+        "{site}{redirect_url}?token=...&email=...; Mosaic documents no verify API, so treat "
+        "the token the same way on both.",
+    ),
+    (
+        "Storage URLs",
+        "Upload and object URLs point at the local server (/_storage/...) and use a different "
+        "signature scheme; treat upload_url as opaque.",
+    ),
+    (
+        "Quota and usage strings",
+        "Usage is computed locally in decimal units (1 GB = 10^9 bytes); Mosaic's rounding and "
+        "units are a guess.",
+    ),
+    (
+        "Rate limits",
+        "Requests per key per second and magic-link emails per project per UTC day are "
+        "approximations with configurable values (--rate-limit, --emails-per-day).",
+    ),
+    (
+        "Host names",
+        "*.localhost resolves in browsers and curl >= 7.85, not in Python's or Node's resolvers; "
+        "use http://127.0.0.1:PORT/sites/{id}/ or send a Host header there. Root-absolute links "
+        "(/app.js) only work on the {id}.localhost address.",
+    ),
+    (
+        "Provisioning time",
+        "A project is ready in milliseconds locally (--provision-delay slows it); on Mosaic it "
+        "takes longer, so always poll until status is running.",
+    ),
+    (
+        "Caching",
+        "Sites are served with ETag and 'Cache-Control: public, max-age=0, must-revalidate'; "
+        "Mosaic's CDN behaviour is not documented.",
+    ),
+    (
+        "Project ids",
+        "Same shape (word-xxx), different generator; never assume an id is free or stable "
+        "across platforms.",
+    ),
+    (
+        "Key rotation",
+        "A generated local key expires after 30 days of the local clock (--key-ttl-days); "
+        "restarting the platform then prints a new one. Keys given with --api-key never expire.",
+    ),
+    (
+        "Same-origin path route",
+        "Every site under /sites/{id}/ shares the origin 127.0.0.1:PORT, so cookies and "
+        "localStorage are shared between those sites; {id}.localhost gives each its own origin.",
+    ),
+]
+
+
+def gaps_json() -> list[dict[str, str]]:
+    return [{"title": title, "detail": detail} for title, detail in GAPS]

@@ -1,0 +1,49 @@
+"""Validation of the file names clients send, shared by site files and storage objects."""
+
+from __future__ import annotations
+
+import posixpath
+import unicodedata
+
+from mosaicsync.local.errors import ApiError
+from mosaicsync.local.settings import SITE_CONTENT_TYPES
+
+MAX_PATH_LENGTH = 1024
+
+
+def clean_path(filename: object, *, field: str = "filename") -> str:
+    """Return a safe relative POSIX path, or raise 400 saying what is wrong with it.
+
+    Refuses what could escape the project's directory or mean two things: `..`, `.`, empty
+    segments, absolute paths, backslashes, NUL and other control characters.
+    """
+    if not isinstance(filename, str) or not filename:
+        raise ApiError(400, f'"{field}" must be a non-empty string such as "index.html"')
+    if len(filename) > MAX_PATH_LENGTH:
+        raise ApiError(400, f'"{field}" is longer than {MAX_PATH_LENGTH} characters')
+    if "\\" in filename:
+        raise ApiError(400, f'"{field}" {filename!r} contains a backslash: use "/" between folders')
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        raise ApiError(400, f'"{field}" {filename!r} contains a NUL or control character')
+    if filename.startswith("/"):
+        raise ApiError(400, f'"{field}" {filename!r} is absolute: give a path relative to the site')
+    segments = filename.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise ApiError(
+            400, f'"{field}" {filename!r} has an empty, "." or ".." segment: give a plain path'
+        )
+    return unicodedata.normalize("NFC", filename)
+
+
+def site_extension(path: str) -> str:
+    """The lower-cased extension of a site file, or 400 naming the allowed list."""
+    ext = posixpath.splitext(path)[1].lower()
+    if ext not in SITE_CONTENT_TYPES:
+        allowed = " ".join(SITE_CONTENT_TYPES)
+        raise ApiError(
+            400,
+            f"{path!r}: static hosting accepts only {allowed}; "
+            "upload other files to storage (presigned upload URL)",
+            allowed=list(SITE_CONTENT_TYPES),
+        )
+    return ext

@@ -1,0 +1,106 @@
+"""Fixtures shared by the test suite: a real local platform in a subprocess, on a free port."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mosaicsync.local.process import LocalProcess
+
+KEY_A = "mk_test_account_a"
+KEY_B = "mk_test_account_b"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never see the user's keys or config, and never write to the real home."""
+    for name in list(os.environ):
+        if name.startswith("MOSAIC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+class LocalServer(LocalProcess):
+    """A running `mosaicsync local`; `stop()` also proves its PostgreSQL is gone."""
+
+    def __init__(self, data_dir: Path, args: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+        env["MOSAIC_LOCAL_FAST_DB"] = "1"
+        super().__init__(data_dir=data_dir, args=args, env=env)
+
+    @property
+    def api(self) -> str:
+        return self.api_url
+
+    def start(self, timeout: float = 60.0) -> LocalServer:
+        super().start(timeout)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        code = super().stop(timeout)
+        assert not postgres_running_for(self.data_dir), "PostgreSQL outlived the platform"
+        return code
+
+    def client(self, key: str | None = KEY_A) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.api, headers=headers, timeout=30)
+
+
+def postgres_running_for(data_dir: Path) -> bool:
+    """True if a postgres process whose command line names this data dir is alive."""
+    needle = str(data_dir)
+    deadline = time.monotonic() + 5
+    while True:
+        alive = False
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "postgres" in cmd and needle in cmd:
+                alive = True
+                break
+            if "postgres" in cmd and "/var/lib/mosaicsync/clusters/" in cmd:
+                marker = data_dir / "pg-location"
+                if marker.exists() and marker.read_text().strip() in cmd:
+                    alive = True
+                    break
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """One platform for the session, with two fixed keys (two accounts) and a movable clock."""
+    data = tmp_path_factory.mktemp("platform") / "data"
+    server = LocalServer(
+        data,
+        [
+            "--api-key",
+            KEY_A,
+            "--api-key",
+            KEY_B,
+            "--allow-clock-override",
+            "--statement-timeout",
+            "2",
+            "--max-rows",
+            "1000",
+            "--emails-per-day",
+            "3",
+            "--rate-limit",
+            "0",
+        ],
+    )
+    server.start()
+    yield server
+    server.stop()

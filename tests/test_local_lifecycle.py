@@ -1,0 +1,141 @@
+"""Starting, restarting and stopping the local platform; keys; rate limits."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import LocalServer
+from tests.test_local_api import wait_running
+
+pytestmark = pytest.mark.integration
+
+
+def test_first_start_key_restart_persistence_and_expiry(tmp_path) -> None:
+    data = tmp_path / "data"
+    server = LocalServer(data, ["--allow-clock-override", "--rate-limit", "0"])
+    started = time.monotonic()
+    server.start()
+    try:
+        assert time.monotonic() - started < 30
+        key_lines = [line for line in server.stdout_lines if line.startswith("API key: ")]
+        assert len(key_lines) == 1
+        key = key_lines[0].removeprefix("API key: ").strip()
+        assert key.startswith("mk_")
+        key_file = data / "api-key"
+        assert key_file.read_text().strip() == key
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        with server.client(key) as api:
+            pid = api.post("/projects", json={"name": "Keeps"}).json()["project_id"]
+            wait_running(api, pid)
+            api.post(
+                f"/{pid}/sql",
+                json={
+                    "query": "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')"
+                },
+            )
+            api.post(f"/{pid}/files", json={"filename": "index.html", "content": "persisted"})
+            url = api.post(
+                f"/{pid}/storage/upload-url", json={"filename": "o.bin", "size": 3}
+            ).json()["upload_url"]
+            assert httpx.put(url, content=b"abc").status_code == 200
+            api.post("/tickets", json={"subject": "s", "message": "kept ticket"})
+    finally:
+        assert server.stop() == 0
+
+    # Second start: same key, not printed again; everything is still there.
+    server = LocalServer(data, ["--allow-clock-override", "--rate-limit", "0"])
+    server.start()
+    try:
+        assert not any(line.startswith("API key: ") for line in server.stdout_lines)
+        with server.client(key) as api:
+            assert [p["project_id"] for p in api.get("/projects").json()["projects"]] == [pid]
+            rows = api.post(f"/{pid}/sql", json={"query": "SELECT v FROM kept"}).json()["data"]
+            assert rows == [{"v": "still here"}]
+            assert httpx.get(f"{server.base_url}/sites/{pid}/").text == "persisted"
+            assert httpx.get(f"{server.base_url}/_storage/{pid}/o.bin").content == b"abc"
+            tickets = httpx.get(server.base_url + "/_local/tickets").json()["tickets"]
+            assert tickets[0]["message"] == "kept ticket"
+            # Thirty-one days later the generated key has expired, as on Mosaic.
+            httpx.post(server.base_url + "/_local/clock", json={"advance": 31 * 86400})
+            r = api.get("/projects")
+            assert r.status_code == 401
+            assert "rotate every 30 days" in r.json()["error"]
+    finally:
+        server.stop()
+
+    # A start after expiry prints a new key for the same account (the local clock is real again,
+    # so expire the key by shortening the lifetime instead).
+    server = LocalServer(data, ["--key-ttl-days", "0"])
+    server.start()
+    try:
+        new = [line for line in server.stdout_lines if "API key" in line]
+        assert new and new[0].startswith("New API key")
+        new_key = new[0].split(": ", 1)[1].strip()
+        assert new_key != key
+        assert (data / "api-key").read_text().strip() == new_key
+    finally:
+        server.stop()
+    # No secret in the platform's log.
+    assert key not in server.log_text() and new_key not in server.log_text()
+
+
+def test_rate_limit_gives_429_with_retry_after(tmp_path) -> None:
+    server = LocalServer(tmp_path / "data", ["--api-key", "mk_test_rate", "--rate-limit", "5"])
+    server.start()
+    try:
+        with server.client("mk_test_rate") as api:
+            codes = [api.get("/projects") for _ in range(40)]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited, [r.status_code for r in codes]
+        assert int(limited[0].headers["retry-after"]) >= 1
+        assert "rate limited" in limited[0].json()["error"]
+    finally:
+        server.stop()
+
+
+def test_fixed_key_answers_quickly(tmp_path) -> None:
+    started = time.monotonic()
+    server = LocalServer(tmp_path / "data", ["--api-key", "mk_test_x"]).start()
+    try:
+        assert time.monotonic() - started < 5
+        assert (
+            httpx.get(server.api + "/projects", headers={"X-API-Key": "mk_test_x"}).status_code
+            == 200
+        )
+        assert httpx.get(server.api + "/projects").status_code == 401
+    finally:
+        server.stop()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mosaicsync",
+                "local",
+                "--port",
+                str(port),
+                "--data",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
+        )
+    assert out.returncode == 8
+    assert "already in use" in out.stderr and "--port 0" in out.stderr
