@@ -1,0 +1,405 @@
+"""The Mosaic platform client: ONE routes table, retries with backoff, errors mapped to exit codes.
+
+Every path the client uses is in `ROUTES`, so adapting to the live platform is a one-file change.
+The transport is injectable: unit tests pass `httpx.MockTransport`, integration tests use the real
+local platform.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from mosaicsync import __version__
+from mosaicsync.errors import (
+    AuthError,
+    MosaicError,
+    NotFoundError,
+    PlatformError,
+    UnavailableError,
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    # Safe to send twice: a retry after a lost response cannot do the work twice.
+    idempotent: bool
+
+
+ROUTES: dict[str, Route] = {
+    "list_projects": Route("GET", "/projects", True),
+    "create_project": Route("POST", "/projects", False),
+    "get_project": Route("GET", "/{project_id}", True),
+    "delete_project": Route("DELETE", "/{project_id}", True),
+    "database": Route("GET", "/{project_id}/database", True),
+    # SQL is retried only when the caller says the query is idempotent (guarded by design).
+    "sql": Route("POST", "/{project_id}/sql", False),
+    "upload_file": Route("POST", "/{project_id}/files", True),
+    "list_files": Route("GET", "/{project_id}/files", True),
+    "delete_file": Route("DELETE", "/{project_id}/files/{filename}", True),
+    "upload_url": Route("POST", "/{project_id}/storage/upload-url", True),
+    "list_storage": Route("GET", "/{project_id}/storage", True),
+    "delete_object": Route("DELETE", "/{project_id}/storage/{filename}", True),
+    "magic_link": Route("POST", "/{project_id}/auth/magic-link", False),
+    "create_ticket": Route("POST", "/tickets", False),
+}
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped; `Retry-After` wins when the server sends it."""
+
+    attempts: int = 6
+    base: float = 0.25
+    cap: float = 15.0
+    max_retry_after: float = 120.0
+
+    def delay(self, attempt: int, retry_after: str | None, rng: random.Random) -> float:
+        """Seconds to wait before attempt `attempt + 1` (attempts count from 1)."""
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), self.max_retry_after)
+            except ValueError:
+                pass  # an HTTP date: fall back to our own backoff
+        return rng.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """One HTTP exchange, for `--verbose`; never carries the key or a signed query string."""
+
+    method: str
+    path: str
+    status: int | None
+    ms: float
+    attempt: int
+    error: str | None = None
+
+
+class SqlError(PlatformError):
+    """When: PostgreSQL rejected a query; carries the SQLSTATE and the 1-based position."""
+
+    reference = "sql"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None,
+        position: int | None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.code = code
+        self.position = position
+        self.detail = detail
+
+
+def _redacted_path(url: httpx.URL) -> str:
+    """The path only: presigned URLs carry their signature in the query string."""
+    return url.path
+
+
+class MosaicClient:
+    """One keep-alive HTTP client for one platform and key."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        on_request: Callable[[RequestEvent], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        max_connections: int = 32,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._key = api_key
+        self.retry = retry or RetryPolicy()
+        self.on_request = on_request
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.http = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"User-Agent": f"mosaicsync/{__version__}"},
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> MosaicClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the generic call ----------------------------------------------------------------------
+
+    def call(
+        self,
+        route_name: str,
+        *,
+        json: dict[str, Any] | None = None,
+        idempotent: bool | None = None,
+        **params: str,
+    ) -> Any:
+        """Send one API request by route name; returns the JSON body or raises a MosaicError."""
+        route = ROUTES[route_name]
+        path = route.path.format(**{k: quote(v, safe="/") for k, v in params.items()})
+        safe = route.idempotent if idempotent is None else idempotent
+        response = self._send(
+            route.method,
+            self.api_url + path,
+            safe=safe,
+            headers={"X-API-Key": self._key},
+            json=json,
+        )
+        return self._json(response)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        safe: bool,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        content_factory: Callable[[], Iterator[bytes] | bytes] | None = None,
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            request = self.http.build_request(
+                method,
+                url,
+                headers=headers,
+                json=json,
+                content=content_factory() if content_factory else None,
+            )
+            try:
+                response = self.http.send(request)
+            except httpx.TransportError as exc:
+                self._report(request, None, started, attempt, type(exc).__name__)
+                # A request that never connected was never processed: always safe to resend.
+                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if attempt >= self.retry.attempts or not (safe or never_sent):
+                    raise UnavailableError(
+                        f"{method} {_redacted_path(request.url)}: {_describe(exc)} "
+                        f"(after {attempt} attempt{'s' if attempt > 1 else ''})",
+                        hint=f"check that {self.api_url} is reachable; for the local platform "
+                        "run `mosaicsync local`",
+                    ) from None
+                self.sleep(self.retry.delay(attempt, None, self.rng))
+                continue
+            self._report(request, response.status_code, started, attempt, None)
+            status = response.status_code
+            # 429 means "not processed": retrying it is safe for any request.
+            retryable = status == 429 or (status in RETRYABLE_STATUS and safe)
+            if retryable and attempt < self.retry.attempts:
+                response.close()
+                self.sleep(self.retry.delay(attempt, response.headers.get("retry-after"), self.rng))
+                continue
+            if status >= 400:
+                raise self._error(request, response, attempt)
+            return response
+
+    def _report(
+        self,
+        request: httpx.Request,
+        status: int | None,
+        started: float,
+        attempt: int,
+        error: str | None,
+    ) -> None:
+        if self.on_request:
+            ms = (time.perf_counter() - started) * 1000
+            self.on_request(
+                RequestEvent(
+                    request.method, _redacted_path(request.url), status, ms, attempt, error
+                )
+            )
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise PlatformError(
+                f"{response.request.method} {_redacted_path(response.request.url)}: "
+                f"the platform answered {response.status_code} with a body that is not JSON"
+            ) from None
+
+    def _error(
+        self, request: httpx.Request, response: httpx.Response, attempts: int
+    ) -> MosaicError:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        message = body.get("error") if isinstance(body, dict) else None
+        message = message or response.reason_phrase or f"HTTP {status}"
+        where = f"{request.method} {_redacted_path(request.url)}"
+        if status == 401:
+            return AuthError(
+                f"{where}: {message}",
+                hint="Mosaic API keys rotate every 30 days: get the current key from the "
+                "dashboard and run `mosaicsync login` (or set MOSAIC_API_KEY)",
+            )
+        if status in (402, 403):
+            return AuthError(
+                f"{where}: {message}",
+                hint="this is a plan limit or a permission: see your plan, or submit a ticket "
+                "with `mosaicsync ticket`",
+            )
+        if status == 404:
+            return NotFoundError(
+                f"{where}: {message}",
+                hint="check the project id (`mosaicsync projects list`) and the API URL",
+            )
+        if status == 429:
+            return UnavailableError(
+                f"{where}: rate limited; waited and retried {attempts - 1} times: {message}",
+                hint="slow down (e.g. --concurrency 2) or retry later",
+            )
+        if status >= 500:
+            return UnavailableError(
+                f"{where}: the platform failed with {status} after {attempts} attempt"
+                f"{'s' if attempts > 1 else ''}: {message}",
+                hint="retry later; if it persists, run `mosaicsync ticket --diagnostics`",
+            )
+        if isinstance(body, dict) and "code" in body and request.url.path.endswith("/sql"):
+            return SqlError(
+                message,
+                code=body.get("code"),
+                position=body.get("position"),
+                detail=body.get("detail"),
+                hint=body.get("hint"),
+            )
+        return PlatformError(f"{where}: {message}")
+
+    # -- typed helpers -------------------------------------------------------------------------
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self.call("list_projects")["projects"]
+
+    def create_project(self, name: str) -> dict[str, Any]:
+        return self.call("create_project", json={"name": name})
+
+    def get_project(self, project_id: str) -> dict[str, Any]:
+        return self.call("get_project", project_id=project_id)
+
+    def wait_until_running(self, project_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Projects start `provisioning`; poll until `running` (or time out clearly)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            project = self.get_project(project_id)
+            if project.get("status") == "running":
+                return project
+            if time.monotonic() > deadline:
+                raise UnavailableError(
+                    f"project {project_id} is still {project.get('status')!r} "
+                    f"after {timeout:.0f} s",
+                    hint="retry later; if it persists, submit a ticket",
+                )
+            self.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def delete_project(self, project_id: str) -> None:
+        self.call("delete_project", project_id=project_id)
+
+    def database(self, project_id: str) -> dict[str, Any]:
+        return self.call("database", project_id=project_id)
+
+    def sql(self, project_id: str, query: str, *, idempotent: bool = False) -> list[dict[str, Any]]:
+        return self.call(
+            "sql", project_id=project_id, json={"query": query}, idempotent=idempotent
+        )["data"]
+
+    def upload_file(
+        self, project_id: str, filename: str, content: str, *, base64: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"filename": filename, "content": content}
+        if base64:
+            body["encoding"] = "base64"
+        return self.call("upload_file", project_id=project_id, json=body)
+
+    def list_files(self, project_id: str) -> list[dict[str, Any]]:
+        return self.call("list_files", project_id=project_id)["files"]
+
+    def delete_file(self, project_id: str, filename: str) -> None:
+        self.call("delete_file", project_id=project_id, filename=filename)
+
+    def upload_url(self, project_id: str, filename: str, size: int) -> dict[str, Any]:
+        return self.call(
+            "upload_url", project_id=project_id, json={"filename": filename, "size": size}
+        )
+
+    def put_presigned(self, upload_url: str, path: Path, size: int) -> httpx.Response:
+        """Stream a file from disk to a presigned URL (never whole in memory); retried whole."""
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    yield chunk
+
+        return self._send(
+            "PUT",
+            upload_url,
+            safe=True,
+            headers={"Content-Length": str(size)},
+            content_factory=chunks,
+        )
+
+    def list_storage(self, project_id: str) -> dict[str, Any]:
+        return self.call("list_storage", project_id=project_id)
+
+    def delete_object(self, project_id: str, filename: str) -> None:
+        self.call("delete_object", project_id=project_id, filename=filename)
+
+    def magic_link(self, project_id: str, email: str, redirect_url: str = "/") -> dict[str, Any]:
+        return self.call(
+            "magic_link",
+            project_id=project_id,
+            json={"email": email, "redirect_url": redirect_url},
+        )
+
+    def create_ticket(
+        self, subject: str, message: str, project_id: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"subject": subject, "message": message}
+        if project_id:
+            body["project_id"] = project_id
+        return self.call("create_ticket", json=body)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection was dropped"
+    return type(exc).__name__

@@ -1,0 +1,493 @@
+"""`deploy`: make the site on Mosaic equal to the folder on disk, uploading only what changed.
+
+Order matters because the platform has no atomic switch: migrations, then storage objects, then
+site assets (and `mosaic-assets.json`), then HTML, then prune. Each file enters the manifest only
+after it has arrived, so an interrupted deploy resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import json
+import os
+import posixpath
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mosaicsync import __version__
+from mosaicsync.api import MosaicClient
+from mosaicsync.config import Config
+from mosaicsync.contract import TEXT_EXTENSIONS
+from mosaicsync.errors import ConfigError, NotFoundError
+from mosaicsync.manifest import Manifest, ManifestRow, local_digest
+from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
+from mosaicsync.rewrite import ASSETS_FILE, needs_rewrite, rewrite
+from mosaicsync.scan import HashCache, LocalFile, ScanResult, load_ignore_rules, scan
+
+CACHE_DIR = ".mosaicsync"
+FLUSH_EVERY = 200
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    concurrency: int = 8
+    prune: bool = True
+    dry_run: bool = False
+    rewrite: bool = True
+    allow_secrets: bool = False
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """Event: the static root was scanned."""
+
+    files: int
+    hashed: int
+    bytes_hashed: int
+    skipped: list[str]
+    ms: float
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Event: the plan is known."""
+
+    plan: Plan
+    noop: bool
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """Event: one file arrived (or was pruned)."""
+
+    path: str
+    target: str
+    size: int
+    done: int
+    total: int
+    action: str = "upload"
+
+
+@dataclass
+class DeployResult:
+    project_id: str
+    url: str
+    uploaded: int = 0
+    unchanged: int = 0
+    pruned: int = 0
+    bytes: int = 0
+    storage: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    migrations_applied: int = 0
+    duration_ms: int = 0
+    dry_run: bool = False
+    plan: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "url": self.url,
+            "uploaded": self.uploaded,
+            "unchanged": self.unchanged,
+            "pruned": self.pruned,
+            "bytes": self.bytes,
+            "storage": self.storage,
+            "skipped": self.skipped,
+            "migrations_applied": self.migrations_applied,
+            "duration_ms": self.duration_ms,
+            "dry_run": self.dry_run,
+            **({"plan": self.plan} if self.plan is not None else {}),
+        }
+
+
+def scan_project(config: Config, *, allow_secrets: bool = False) -> ScanResult:
+    """Scan the static root with the project's ignore rules and its hash cache."""
+    rules = load_ignore_rules(
+        config.static_root, config.project_dir, config.static_ignore, allow_secrets=allow_secrets
+    )
+    cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
+    result = scan(config.static_root, rules, cache)
+    cache.save()
+    for f in result.files:
+        if f.path == ASSETS_FILE:
+            raise ConfigError(
+                f"{config.static_root / ASSETS_FILE}: this name is reserved: mosaicsync publishes "
+                "it with the storage URLs of files that do not go to the site",
+                hint="rename the file, or add it to .mosaicignore",
+            )
+    return result
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    return {
+        "upload": [
+            {"path": u.file.path, "target": u.target, "size": u.file.size, "reason": u.reason}
+            for u in plan.uploads
+        ],
+        "prune": [{"path": p.path, "target": p.target} for p in plan.prune],
+        "unchanged": len(plan.unchanged),
+    }
+
+
+def deployed_by() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class _ManifestWriter:
+    """Buffers manifest rows of files that arrived and writes them in batches."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.rows: list[ManifestRow] = []
+        self.lock = threading.Lock()
+
+    def add(self, row: ManifestRow) -> None:
+        with self.lock:
+            self.rows.append(row)
+            full = len(self.rows) >= FLUSH_EVERY
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            rows, self.rows = self.rows, []
+        if rows:
+            self.manifest.upsert(rows)
+
+
+class Deployer:
+    def __init__(
+        self,
+        config: Config,
+        client: MosaicClient,
+        project_id: str,
+        options: DeployOptions,
+        on_event: Callable[[object], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.project_id = project_id
+        self.options = options
+        self._on_event = on_event
+        self._event_lock = threading.Lock()
+        self.manifest = Manifest(client, project_id)
+
+    def emit(self, event: object) -> None:
+        if self._on_event:
+            with self._event_lock:
+                self._on_event(event)
+
+    def run(self) -> DeployResult:
+        started = time.time()
+        t0 = time.perf_counter()
+        project = self.client.get_project(self.project_id)
+        if project.get("status") != "running":
+            project = self.client.wait_until_running(self.project_id)
+        result = DeployResult(self.project_id, project.get("url", ""), dry_run=self.options.dry_run)
+
+        scanned = scan_project(self.config, allow_secrets=self.options.allow_secrets)
+        result.skipped = [s.path for s in scanned.skipped]
+        self.emit(
+            Scanned(
+                len(scanned.files), scanned.hashed, scanned.bytes_hashed, result.skipped,
+                (time.perf_counter() - t0) * 1000,
+            )
+        )  # fmt: skip
+        files = scanned.files
+        targets = {f.path: route(f.path, f.size) for f in files}
+        remote_digest, _ = self.manifest.ensure()
+        mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
+        if remote_digest == mine:
+            plan = Plan(uploads=[], prune=[], unchanged=list(files))
+            self.emit(Planned(plan, noop=True))
+            result.unchanged = len(files)
+            result.storage = sorted(p for p, t in targets.items() if t == "storage")
+            if self.options.dry_run:
+                result.plan = plan_summary(plan)
+            result.duration_ms = int((time.perf_counter() - t0) * 1000)
+            return result
+
+        remote, rows = self.manifest.fetch()
+        plan = plan_deploy(files, remote)
+        if not self.options.prune:
+            plan = Plan(uploads=plan.uploads, prune=[], unchanged=plan.unchanged)
+        self.emit(Planned(plan, noop=False))
+        result.unchanged = len(plan.unchanged)
+        result.storage = sorted(p for p, t in targets.items() if t == "storage")
+        if self.options.dry_run:
+            result.plan = plan_summary(plan)
+            result.uploaded = len(plan.uploads)
+            result.pruned = len(plan.prune)
+            result.bytes = sum(u.file.size for u in plan.uploads)
+            result.duration_ms = int((time.perf_counter() - t0) * 1000)
+            return result
+
+        writer = _ManifestWriter(self.manifest)
+        counter = _Counter(len(plan.uploads))
+        try:
+            self._publish(plan, files, targets, rows, writer, counter, result)
+        finally:
+            # Whatever arrived is recorded, even when the deploy stops half way.
+            writer.flush()
+
+        result.duration_ms = int((time.perf_counter() - t0) * 1000)
+        self.manifest.record_deploy(
+            started_at=started,
+            uploaded=result.uploaded,
+            pruned=result.pruned,
+            bytes_uploaded=result.bytes,
+            files=len(files),
+            duration_ms=result.duration_ms,
+            deployed_by=deployed_by(),
+            tool_version=__version__,
+        )
+        return result
+
+    def _publish(
+        self,
+        plan: Plan,
+        files: Sequence[LocalFile],
+        targets: dict[str, str],
+        rows: dict[str, ManifestRow],
+        writer: _ManifestWriter,
+        counter: _Counter,
+        result: DeployResult,
+    ) -> None:
+        # 1. Storage objects.
+        storage_uploads = [u for u in plan.uploads if u.target == "storage"]
+        self._parallel(storage_uploads, lambda u: self._put_storage(u, writer, counter, result))
+        writer.flush()
+
+        # 2. The storage URL map, then site assets (CSS rewritten), then HTML.
+        storage_urls = self._storage_urls(files, targets, rows, storage_uploads, writer)
+        site_uploads = [u for u in plan.uploads if u.target == "site"]
+        was_rewritten = any(r.uploaded_sha256 for r in rows.values())
+        if self.options.rewrite and (storage_urls or was_rewritten):
+            site_uploads = self._add_rewrite_changes(site_uploads, plan, rows, storage_urls)
+            counter.total = len(storage_uploads) + len(site_uploads)
+        urls_for_rewrite = storage_urls if self.options.rewrite else {}
+        assets = [u for u in site_uploads if not u.file.path.lower().endswith(".html")]
+        pages = [u for u in site_uploads if u.file.path.lower().endswith(".html")]
+        self._publish_assets_file(storage_urls, rows, writer, result)
+        self._parallel(
+            assets, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
+        )
+        writer.flush()
+        self._parallel(
+            pages, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
+        )
+        writer.flush()
+
+        # 3. Prune only after everything else arrived, and only what we deployed.
+        self._prune(plan.prune, files, rows, storage_urls, result)
+
+    # -- execution -------------------------------------------------------------------------------
+
+    def _parallel(self, uploads: Sequence[Upload], work: Callable[[Upload], None]) -> None:
+        """Run `work` on every upload with bounded concurrency; stop at the first failure."""
+        if not uploads:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency)) as pool:
+            futures: list[Future[None]] = [pool.submit(work, u) for u in uploads]
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception():
+                    raise f.exception()  # type: ignore[misc]
+
+    def _put_storage(
+        self, upload: Upload, writer: _ManifestWriter, counter: _Counter, result: DeployResult
+    ) -> None:
+        f = upload.file
+        signed = self.client.upload_url(self.project_id, f.path, f.size)
+        self.client.put_presigned(signed["upload_url"], f.abs_path, f.size)
+        writer.add(ManifestRow(f.path, f.sha256, f.size, "storage"))
+        self._arrived(f, "storage", f.size, counter, result)
+
+    def _put_site(
+        self,
+        upload: Upload,
+        storage_urls: dict[str, str],
+        writer: _ManifestWriter,
+        counter: _Counter,
+        result: DeployResult,
+    ) -> None:
+        f = upload.file
+        data = f.abs_path.read_bytes()
+        # The manifest records what arrived: if the file changed since the scan, the new bytes.
+        source_sha = hashlib.sha256(data).hexdigest()
+        uploaded_sha = None
+        if storage_urls and needs_rewrite(f.path):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text is not None:
+                out = rewrite(text, f.path, storage_urls)
+                if out.references:
+                    data = out.text.encode("utf-8")
+                    uploaded_sha = hashlib.sha256(data).hexdigest()
+        self._send_site_bytes(f.path, data)
+        writer.add(ManifestRow(f.path, source_sha, len(data), "site", None, uploaded_sha))
+        self._arrived(f, "site", len(data), counter, result)
+
+    def _send_site_bytes(self, path: str, data: bytes) -> None:
+        ext = posixpath.splitext(path)[1].lower()
+        if ext in TEXT_EXTENSIONS:
+            try:
+                self.client.upload_file(self.project_id, path, data.decode("utf-8"))
+                return
+            except UnicodeDecodeError:
+                pass
+        self.client.upload_file(
+            self.project_id, path, base64.b64encode(data).decode("ascii"), base64=True
+        )
+
+    def _arrived(
+        self, f: LocalFile, target: str, size: int, counter: _Counter, result: DeployResult
+    ) -> None:
+        done = counter.next()
+        with self._event_lock:
+            result.uploaded += 1
+            result.bytes += size
+        self.emit(Transferred(f.path, target, size, done, counter.total))
+
+    def _storage_urls(
+        self,
+        files: Sequence[LocalFile],
+        targets: dict[str, str],
+        rows: dict[str, ManifestRow],
+        storage_uploads: Sequence[Upload],
+        writer: _ManifestWriter,
+    ) -> dict[str, str]:
+        """path -> public URL for every storage-routed file of the site."""
+        wanted = {f.path for f in files if targets[f.path] == "storage"}
+        if not wanted:
+            return {}
+        urls = {p: rows[p].url for p in wanted if p in rows and rows[p].url}
+        missing = wanted - set(urls)
+        if missing:
+            listing = self.client.list_storage(self.project_id)
+            by_name = {o["filename"]: o.get("url") for o in listing.get("files", [])}
+            fresh = []
+            for u in storage_uploads:
+                url = by_name.get(u.file.path)
+                if url:
+                    fresh.append(
+                        ManifestRow(u.file.path, u.file.sha256, u.file.size, "storage", url)
+                    )
+            for p in missing:
+                if by_name.get(p):
+                    urls[p] = by_name[p]  # type: ignore[assignment]
+            if fresh:
+                writer.add_all(fresh) if hasattr(writer, "add_all") else [
+                    writer.add(r) for r in fresh
+                ]
+                writer.flush()
+        return dict(sorted((p, u) for p, u in urls.items() if u))
+
+    def _add_rewrite_changes(
+        self,
+        site_uploads: list[Upload],
+        plan: Plan,
+        rows: dict[str, ManifestRow],
+        storage_urls: dict[str, str],
+    ) -> list[Upload]:
+        """Unchanged HTML/CSS whose rewritten copy would differ from what was sent go again."""
+        queued = {u.file.path for u in site_uploads}
+        extra = []
+        for f in plan.unchanged:
+            if f.path in queued or not needs_rewrite(f.path) or route(f.path, f.size) != "site":
+                continue
+            try:
+                text = f.abs_path.read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            out = rewrite(text, f.path, storage_urls)
+            sent = rows.get(f.path)
+            expected = hashlib.sha256(out.text.encode()).hexdigest() if out.references else None
+            if sent is None or sent.uploaded_sha256 != expected:
+                extra.append(Upload(f, "site", "changed"))
+        return site_uploads + extra
+
+    def _publish_assets_file(
+        self,
+        storage_urls: dict[str, str],
+        rows: dict[str, ManifestRow],
+        writer: _ManifestWriter,
+        result: DeployResult,
+    ) -> None:
+        previous = rows.get(ASSETS_FILE)
+        if not storage_urls:
+            return
+        data = (json.dumps(storage_urls, indent=2, sort_keys=True) + "\n").encode()
+        sha = hashlib.sha256(data).hexdigest()
+        if previous and previous.generated and previous.sha256 == sha:
+            return
+        self.client.upload_file(self.project_id, ASSETS_FILE, data.decode())
+        writer.add(ManifestRow(ASSETS_FILE, sha, len(data), "site", None, None, True))
+        writer.flush()
+        with self._event_lock:
+            result.uploaded += 1
+            result.bytes += len(data)
+        self.emit(Transferred(ASSETS_FILE, "site", len(data), 0, 0))
+
+    def _prune(
+        self,
+        prune: Iterable[RemoteEntry],
+        files: Sequence[LocalFile],
+        rows: dict[str, ManifestRow],
+        storage_urls: dict[str, str],
+        result: DeployResult,
+    ) -> None:
+        local_paths = {f.path for f in files}
+        targets = list(prune)
+        assets_row = rows.get(ASSETS_FILE)
+        if assets_row and assets_row.generated and not storage_urls and self.options.prune:
+            targets.append(RemoteEntry(ASSETS_FILE, assets_row.sha256, assets_row.size, "site"))
+        gone: list[str] = []
+        for entry in targets:
+            try:
+                if entry.target == "storage":
+                    self.client.delete_object(self.project_id, entry.path)
+                else:
+                    self.client.delete_file(self.project_id, entry.path)
+            except NotFoundError:
+                pass  # already gone: the manifest catches up below
+            if entry.path not in local_paths:
+                gone.append(entry.path)
+            result.pruned += 1
+            self.emit(
+                Transferred(entry.path, entry.target, 0, result.pruned, len(targets), "prune")
+            )
+        if gone:
+            self.manifest.remove(gone)
+
+
+class _Counter:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.value = 0
+        self.lock = threading.Lock()
+
+    def next(self) -> int:
+        with self.lock:
+            self.value += 1
+            return self.value
+
+
+def read_assets_map(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text())

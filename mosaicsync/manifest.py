@@ -1,0 +1,182 @@
+"""Deploy state in the project's own database (schema `mosaicsync`), via the SQL endpoint.
+
+The platform, not a laptop, knows what is deployed, so any machine deploys incrementally. Every
+statement here is idempotent, so a request whose response was lost can be sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mosaicsync.api import MosaicClient
+from mosaicsync.plan import RemoteEntry
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS mosaicsync;
+CREATE TABLE IF NOT EXISTS mosaicsync.files (
+    path text PRIMARY KEY,
+    sha256 text NOT NULL,
+    size bigint NOT NULL,
+    target text NOT NULL CHECK (target IN ('site', 'storage')),
+    url text,
+    uploaded_sha256 text,
+    generated boolean NOT NULL DEFAULT false,
+    deployed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS mosaicsync.deploys (
+    id bigserial PRIMARY KEY,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    uploaded integer NOT NULL,
+    pruned integer NOT NULL,
+    bytes bigint NOT NULL,
+    files integer NOT NULL,
+    duration_ms integer NOT NULL,
+    deployed_by text NOT NULL,
+    tool_version text NOT NULL
+);
+"""
+
+# The same digest is computed locally (`local_digest`) and by the server: a no-op deploy then
+# costs one tiny request instead of downloading the whole manifest.
+DIGEST_SQL = """
+SELECT encode(sha256(convert_to(coalesce(string_agg(
+    path || E'\\t' || sha256 || E'\\t' || target, E'\\n' ORDER BY path COLLATE "C"), ''),
+    'UTF8')), 'hex') AS digest,
+    count(*) AS files
+FROM mosaicsync.files WHERE NOT generated
+"""
+
+UPSERT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One deployed file: written only after the file has arrived."""
+
+    path: str
+    sha256: str
+    size: int
+    target: str
+    url: str | None = None
+    # The sha256 of the bytes sent, when they differ from the source (rewritten HTML/CSS).
+    uploaded_sha256: str | None = None
+    # Made by the deploy (mosaic-assets.json), not a file on disk: left out of the digest.
+    generated: bool = False
+
+
+def sql_literal(value: object) -> str:
+    """A PostgreSQL literal (standard_conforming_strings, the default since 9.1)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("NUL cannot be stored in a PostgreSQL text value")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def local_digest(entries: Iterable[tuple[str, str, str]]) -> str:
+    """sha256 over `path\\tsha256\\ttarget` lines in byte order, as `DIGEST_SQL` computes it."""
+    lines = sorted(entries, key=lambda e: e[0].encode("utf-8"))
+    text = "\n".join(f"{p}\t{s}\t{t}" for p, s, t in lines)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Manifest:
+    def __init__(self, client: MosaicClient, project_id: str) -> None:
+        self.client = client
+        self.project_id = project_id
+
+    def _sql(self, query: str) -> list[dict]:
+        return self.client.sql(self.project_id, query, idempotent=True)
+
+    def ensure(self) -> tuple[str, int]:
+        """Create the schema if needed and return (digest, file count) in the same request."""
+        rows = self._sql(SCHEMA_SQL + DIGEST_SQL)
+        return rows[0]["digest"], int(rows[0]["files"])
+
+    def fetch(self) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
+        """The deployed files: (entries for the planner, full rows by path)."""
+        rows = self._sql(
+            "SELECT path, sha256, size, target, url, uploaded_sha256, generated "
+            "FROM mosaicsync.files"
+        )
+        full = {
+            r["path"]: ManifestRow(
+                r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
+                r["uploaded_sha256"], bool(r["generated"]),
+            )
+            for r in rows
+        }  # fmt: skip
+        entries = {
+            p: RemoteEntry(p, r.sha256, r.size, r.target, r.url)  # type: ignore[arg-type]
+            for p, r in full.items()
+            if not r.generated
+        }
+        return entries, full
+
+    def upsert(self, rows: Sequence[ManifestRow]) -> None:
+        for start in range(0, len(rows), UPSERT_BATCH):
+            batch = rows[start : start + UPSERT_BATCH]
+            values = ",\n".join(
+                "("
+                + ", ".join(
+                    sql_literal(v)
+                    for v in (
+                        r.path,
+                        r.sha256,
+                        r.size,
+                        r.target,
+                        r.url,
+                        r.uploaded_sha256,
+                        r.generated,
+                    )
+                )
+                + ", now())"
+                for r in batch
+            )
+            self._sql(
+                "INSERT INTO mosaicsync.files (path, sha256, size, target, url, "
+                "uploaded_sha256, generated, deployed_at) VALUES\n"
+                + values
+                + "\nON CONFLICT (path) DO UPDATE SET sha256 = EXCLUDED.sha256, "
+                "size = EXCLUDED.size, target = EXCLUDED.target, url = EXCLUDED.url, "
+                "uploaded_sha256 = EXCLUDED.uploaded_sha256, generated = EXCLUDED.generated, "
+                "deployed_at = EXCLUDED.deployed_at"
+            )
+
+    def remove(self, paths: Sequence[str]) -> None:
+        for start in range(0, len(paths), UPSERT_BATCH):
+            batch = paths[start : start + UPSERT_BATCH]
+            self._sql(
+                "DELETE FROM mosaicsync.files WHERE path IN ("
+                + ", ".join(sql_literal(p) for p in batch)
+                + ")"
+            )
+
+    def record_deploy(
+        self,
+        *,
+        started_at: float,
+        uploaded: int,
+        pruned: int,
+        bytes_uploaded: int,
+        files: int,
+        duration_ms: int,
+        deployed_by: str,
+        tool_version: str,
+    ) -> None:
+        # Not idempotent (a lost response could log the deploy twice), and only history: no retry.
+        self.client.sql(
+            self.project_id,
+            "INSERT INTO mosaicsync.deploys (started_at, uploaded, pruned, bytes, files, "
+            "duration_ms, deployed_by, tool_version) VALUES ("
+            f"to_timestamp({started_at:.3f}), {uploaded}, {pruned}, {bytes_uploaded}, {files}, "
+            f"{duration_ms}, {sql_literal(deployed_by)}, {sql_literal(tool_version)})",
+        )

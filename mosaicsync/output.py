@@ -1,0 +1,119 @@
+"""Rendering for the terminal: human text or `--json`, progress on a TTY only, secrets redacted.
+
+stdout carries the result (one JSON document under `--json`); stderr carries progress and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from mosaicsync.api import RequestEvent
+from mosaicsync.deploy import Planned, Scanned, Transferred
+from mosaicsync.errors import MosaicError
+
+SCHEMA = "mosaicsync/1"
+
+
+def use_color(stream: TextIO) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class Output:
+    """One per command run; `secrets` are masked in everything it prints."""
+
+    def __init__(self, *, json_mode: bool, verbose: bool = False, secrets: tuple[str, ...] = ()):
+        self.json_mode = json_mode
+        self.verbose = verbose
+        self.secrets = tuple(s for s in secrets if s)
+        self.progress = sys.stderr.isatty() and not json_mode
+        self._last_progress = 0.0
+        self._progress_shown = False
+
+    def redact(self, text: str) -> str:
+        from mosaicsync.credentials import redact
+
+        return redact(text, *self.secrets)
+
+    def info(self, message: str) -> None:
+        """A log line for people: stderr, so stdout stays a clean result."""
+        if not self.json_mode:
+            self._clear_progress()
+            print(self.redact(message), file=sys.stderr)
+
+    def result(self, data: dict[str, Any], human: str) -> None:
+        self._clear_progress()
+        if self.json_mode:
+            print(self.redact(json.dumps({"schema": SCHEMA, "status": "ok", **data})))
+        else:
+            print(self.redact(human))
+
+    def error(self, exc: MosaicError) -> None:
+        self._clear_progress()
+        if self.json_mode:
+            body = {"schema": SCHEMA, "status": "error", "error": exc.to_json()}
+            print(self.redact(json.dumps(body)))
+        else:
+            print(self.redact(f"Error: {exc.message}"), file=sys.stderr)
+            if exc.hint:
+                print(self.redact(f"Hint: {exc.hint}"), file=sys.stderr)
+
+    def request(self, event: RequestEvent) -> None:
+        if self.verbose:
+            status = event.status if event.status is not None else event.error
+            retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            self._clear_progress()
+            print(
+                self.redact(f"  {event.method} {event.path} -> {status} {event.ms:.0f} ms{retry}"),
+                file=sys.stderr,
+            )
+
+    def deploy_event(self, event: object) -> None:
+        if isinstance(event, Scanned):
+            cached = event.files - event.hashed
+            self.info(
+                f"Scanned {event.files} files in {event.ms:.0f} ms "
+                f"({event.hashed} hashed, {cached} from cache)"
+            )
+            if event.skipped:
+                shown = ", ".join(event.skipped[:8])
+                more = f" and {len(event.skipped) - 8} more" if len(event.skipped) > 8 else ""
+                self.info(f"Skipped (never uploaded): {shown}{more}")
+        elif isinstance(event, Planned):
+            if event.noop:
+                self.info("Nothing changed since the last deploy.")
+            else:
+                plan = event.plan
+                self.info(
+                    f"Plan: upload {len(plan.uploads)}, prune {len(plan.prune)}, "
+                    f"unchanged {len(plan.unchanged)}"
+                )
+        elif isinstance(event, Transferred):
+            if self.verbose and not self.json_mode:
+                self.info(
+                    f"  {event.action} {event.path} ({event.target}, {human_size(event.size)})"
+                )
+            elif self.progress and event.total:
+                now = time.monotonic()
+                if now - self._last_progress > 0.1 or event.done == event.total:
+                    self._last_progress = now
+                    self._progress_shown = True
+                    sys.stderr.write(f"\r  {event.action} {event.done}/{event.total}\x1b[K")
+                    sys.stderr.flush()
+
+    def _clear_progress(self) -> None:
+        if self._progress_shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._progress_shown = False

@@ -1,0 +1,127 @@
+"""The deploy planner: local files and the remote manifest in, uploads, prunes and no-ops out.
+
+Pure data in, data out, with no I/O, so `--dry-run`, `status` and `deploy` share one plan and the
+rules are tested exhaustively without a server.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from mosaicsync import contract
+from mosaicsync.scan import LocalFile
+
+Target = Literal["site", "storage"]
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One row of the remote manifest: what we deployed at `path`, and where it went."""
+
+    path: str
+    sha256: str
+    size: int
+    target: Target
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file to send, where to send it, and why it is not already there."""
+
+    file: LocalFile
+    target: Target
+    reason: Literal["new", "changed", "moved-target"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a deploy will do; uploads are already in publishing order."""
+
+    uploads: list[Upload]  # in publishing order
+    prune: list[RemoteEntry]  # deployed by us earlier, gone locally now (or left in the old target)
+    unchanged: list[LocalFile]
+
+    @property
+    def bytes_to_upload(self) -> int:
+        return sum(upload.file.size for upload in self.uploads)
+
+    @property
+    def site_uploads(self) -> list[Upload]:
+        return [upload for upload in self.uploads if upload.target == "site"]
+
+    @property
+    def storage_uploads(self) -> list[Upload]:
+        return [upload for upload in self.uploads if upload.target == "storage"]
+
+    @property
+    def is_noop(self) -> bool:
+        """True when the platform already holds exactly the local files."""
+        return not self.uploads and not self.prune
+
+
+def route(path: str, size: int, *, max_site_file: int = contract.MAX_SITE_FILE) -> Target:
+    """Static hosting takes only some types, up to a size cap; anything else goes to storage."""
+    extension = posixpath.splitext(path)[1].lower()
+    if extension in contract.SITE_EXTENSIONS and size <= max_site_file:
+        return "site"
+    return "storage"
+
+
+def _is_html(path: str) -> bool:
+    return path.lower().endswith(".html")
+
+
+def _publish_rank(upload: Upload) -> tuple[int, str]:
+    # HTML goes last wherever it is routed: a page may reference anything else in the deploy.
+    if _is_html(upload.file.path):
+        group = 2
+    elif upload.target == "storage":
+        group = 0
+    else:
+        group = 1
+    return group, upload.file.path
+
+
+def publish_order(uploads: Iterable[Upload]) -> list[Upload]:
+    """Storage objects, then site assets, then HTML, each by path: no page goes live before its
+    assets, since Mosaic publishes file by file and has no atomic release."""
+    return sorted(uploads, key=_publish_rank)
+
+
+def plan_deploy(
+    local: Sequence[LocalFile],
+    remote: Mapping[str, RemoteEntry],
+    *,
+    max_site_file: int = contract.MAX_SITE_FILE,
+) -> Plan:
+    """Compare the scanned files with the remote manifest, by exact path and sha256."""
+    uploads: list[Upload] = []
+    prune: list[RemoteEntry] = []
+    unchanged: list[LocalFile] = []
+    seen: set[str] = set()
+    for file in local:
+        if file.path in seen:
+            raise ValueError(f"{file.path} is listed twice in the local files")
+        seen.add(file.path)
+        target = route(file.path, file.size, max_site_file=max_site_file)
+        entry = remote.get(file.path)
+        if entry is None:
+            uploads.append(Upload(file, target, "new"))
+        elif entry.target != target:
+            # The routing rule moved it (it grew past the cap, say): the copy in the old target
+            # would otherwise stay behind, so it is pruned once the new one is up.
+            same_bytes = entry.sha256 == file.sha256 and entry.size == file.size
+            uploads.append(Upload(file, target, "moved-target" if same_bytes else "changed"))
+            prune.append(entry)
+        elif entry.sha256 != file.sha256 or entry.size != file.size:
+            uploads.append(Upload(file, target, "changed"))
+        else:
+            unchanged.append(file)
+    prune += [entry for path, entry in remote.items() if path not in seen]
+    prune.sort(key=lambda entry: (entry.path, entry.target))
+    unchanged.sort(key=lambda file: file.path)
+    return Plan(publish_order(uploads), prune, unchanged)

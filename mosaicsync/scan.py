@@ -1,0 +1,868 @@
+"""Walk the static root, apply the ignore rules and hash what changed.
+
+A file whose (size, mtime_ns, inode, ctime_ns) still matches the hash cache is never read, so a
+deploy that changes nothing costs one `stat` per file; cache misses are hashed on every core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import itertools
+import os
+import re
+import stat
+import threading
+import time
+import unicodedata
+import zlib
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from pathspec import GitIgnoreSpec
+
+from mosaicsync.errors import ConfigError, ScanError
+
+# Never published, whatever a `!pattern` says, unless the caller passes allow_secrets=True:
+# version-control metadata, environment files, private keys and credential files.
+SECRET_IGNORES: tuple[str, ...] = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".env",
+    ".env.*",
+    ".env*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ed25519*",
+    "id_ecdsa*",
+    ".npmrc",
+    ".pypirc",
+    ".netrc",
+)
+
+# The whole default layer, in gitignore syntax, relative to the static root. `.well-known/` is
+# deliberately absent: sites need it (ACME challenges, security.txt).
+DEFAULT_IGNORES: tuple[str, ...] = (
+    *SECRET_IGNORES,
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "node_modules/",
+    "__pycache__/",
+    ".venv/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".hypothesis/",
+    ".idea/",
+    ".vscode/",
+    # The tool's own files, for a project whose static root is the project dir itself.
+    ".mosaicsync/",
+    "mosaic.toml",
+    ".mosaicignore",
+    # Editor swap, backup and lock files.
+    "*.swp",
+    "*.swo",
+    "*~",
+    ".#*",
+    r"\#*#",  # the backslash keeps it from reading as a comment
+)
+
+IGNORE_FILE = ".mosaicignore"
+CONFIG_SOURCE = "mosaic.toml [static] ignore"
+
+CHUNK = 1024 * 1024  # bytes read per call when hashing
+POOL_MIN_SIZE = 256 * 1024  # smaller files are hashed in the calling thread
+
+# A file changed this recently may be rewritten again within the same tick of the filesystem's
+# clock (a Linux jiffy, NTFS's 16 ms) without its stat changing, so its hash is not cached yet.
+RACY_WINDOW_NS = 100_000_000
+
+_CACHE_MAGIC = b"mosaicsync-hashcache"
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file that will be published: where it goes (`path`) and where to read it (`abs_path`)."""
+
+    path: str  # POSIX, NFC, relative to the static root
+    abs_path: Path  # the resolved target for symlinks
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path left out of the deploy, with the rule that left it out."""
+
+    path: str  # relative; a directory ends with "/"
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    """What a walk found: files to publish, what was skipped and how much was read."""
+
+    files: list[LocalFile]  # sorted by path
+    skipped: list[Skipped]
+    hashed: int  # files whose content was read this time (cache misses)
+    bytes_hashed: int
+
+
+# --- ignore rules --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    pattern: str
+    source: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.source}: {self.pattern}"
+
+
+class _Layer:
+    """One gitignore spec plus a union regex that rules most paths out in a single C-level match."""
+
+    def __init__(self, compiled: list[tuple[object, _Rule]]) -> None:
+        patterns = [pattern for pattern, _ in compiled]
+        self.rules = [rule for _, rule in compiled]
+        self.spec = GitIgnoreSpec(patterns)
+        self.prefilter = _union_regex(patterns)
+
+    def check(self, path: str) -> tuple[bool | None, _Rule | None]:
+        """(True, rule) if ignored, (False, rule) if a `!pattern` re-includes it, else no rule."""
+        if self.prefilter is not None and self.prefilter.match(path) is None:
+            return None, None
+        result = self.spec.check_file(path)
+        if result.index is None:
+            return None, None
+        return result.include, self.rules[result.index]
+
+
+def _union_regex(patterns: Sequence[object]) -> re.Pattern[str] | None:
+    """A regex matching whenever any excluding pattern matches, or None if one cannot be built.
+
+    The spec walks its patterns one by one in Python; most paths match none, and this says so in
+    one match. Patterns sharing the "any directory" prefix are grouped so it is scanned once.
+    """
+    any_dir = "^(?:.+/)?"
+    grouped: list[str] = []
+    alone: list[str] = []
+    default_flags = re.compile("").flags
+    for pattern in patterns:
+        regex = getattr(pattern, "regex", None)
+        if getattr(pattern, "include", None) is not True:
+            continue
+        if not isinstance(regex, re.Pattern) or regex.flags != default_flags:
+            return None
+        # Group names repeat across patterns; only the union of matches matters here.
+        source = re.sub(r"\(\?P<\w+>", "(?:", regex.pattern)
+        if source.startswith(any_dir):
+            grouped.append(source[len(any_dir) :])
+        else:
+            alone.append(source)
+    branches = [f"{any_dir}(?:{'|'.join(grouped)})"] if grouped else []
+    branches += [f"(?:{source})" for source in alone]
+    if not branches:
+        return re.compile(r"(?!)")
+    try:
+        return re.compile("|".join(branches))
+    except re.error:
+        return None
+
+
+def _compile(lines: Iterable[str], source: str) -> list[tuple[object, _Rule]]:
+    compiled: list[tuple[object, _Rule]] = []
+    for number, raw in enumerate(lines, start=1):
+        line = unicodedata.normalize("NFC", raw.rstrip("\r\n"))
+        if not line.strip():
+            continue
+        try:
+            patterns = GitIgnoreSpec.from_lines([line]).patterns
+        except (ValueError, re.error) as exc:
+            where = source if source == CONFIG_SOURCE else f"{source} line {number}"
+            raise ConfigError(
+                f"{where}: invalid ignore pattern {line!r} ({getattr(exc, 'msg', exc)})",
+                hint="fix the pattern; the syntax is the one of .gitignore",
+            ) from exc
+        for pattern in patterns:
+            if pattern.include is not None:  # comments compile to no-op patterns
+                compiled.append((pattern, _Rule(line.strip(), source)))
+    return compiled
+
+
+class IgnoreRules:
+    """The ignore layers of one project, built once and reused by every walk (and a watcher).
+
+    `layers` are (gitignore lines, source label) pairs, lowest precedence first.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[tuple[Iterable[str], str]],
+        *,
+        allow_secrets: bool = False,
+    ) -> None:
+        compiled: list[tuple[object, _Rule]] = []
+        for lines, source in layers:
+            compiled += _compile(lines, source)
+        self.allow_secrets = allow_secrets
+        self._all = _Layer(compiled)
+        # Checked apart from the other layers so that no `!pattern` can re-include a secret; on
+        # the lowercased path, so `.ENV` or `Server.PEM` on a case-insensitive disk are caught too.
+        self._secrets = None if allow_secrets else _Layer(_compile(SECRET_IGNORES, "default"))
+
+    def match(self, rel_path: str, is_dir: bool) -> str | None:
+        """Why `rel_path` is ignored, or None; parents are not checked, as a walk prunes them."""
+        key = rel_path + "/" if is_dir else rel_path
+        if self._secrets is not None:
+            secret = self.secret_reason(rel_path, is_dir)
+            if secret is not None:
+                return secret
+        include, rule = self._all.check(key)
+        return rule.reason if include and rule is not None else None
+
+    def secret_reason(self, rel_path: str, is_dir: bool) -> str | None:
+        """The secret rule `rel_path` matches, or None; None always when secrets are allowed."""
+        if self._secrets is None:
+            return None
+        key = (rel_path + "/" if is_dir else rel_path).lower()
+        include, rule = self._secrets.check(key)
+        if not include or rule is None:
+            return None
+        include_all, _ = self._all.check(rel_path + "/" if is_dir else rel_path)
+        if include_all is False:
+            return f"{rule.reason} (a secret: a !pattern cannot re-include it)"
+        return rule.reason
+
+    def match_with_parents(
+        self, rel_path: str, is_dir: bool, *, secrets_only: bool = False
+    ) -> str | None:
+        """Like `match`, but a path inside an ignored directory is ignored too (for a watcher)."""
+        check = self.secret_reason if secrets_only else self.match
+        parts = rel_path.split("/")
+        for depth in range(1, len(parts)):
+            reason = check("/".join(parts[:depth]), True)
+            if reason is not None:
+                return reason
+        return check(rel_path, is_dir)
+
+
+def load_ignore_rules(
+    static_root: Path,
+    project_dir: Path,
+    extra: Sequence[str] = (),
+    *,
+    allow_secrets: bool = False,
+) -> IgnoreRules:
+    """Defaults, then .mosaicignore in the static root and in the project dir, then `extra`.
+
+    Every layer is gitignore syntax relative to the static root; later layers win.
+    """
+    layers: list[tuple[Iterable[str], str]] = [(DEFAULT_IGNORES, "default")]
+    candidates = [static_root / IGNORE_FILE]
+    if not _same_dir(static_root, project_dir):
+        candidates.append(project_dir / IGNORE_FILE)
+    for path in candidates:
+        lines = _read_ignore_file(path, project_dir)
+        if lines is not None:
+            layers.append((lines, _label(path, project_dir)))
+    layers.append((extra, CONFIG_SOURCE))
+    return IgnoreRules(layers, allow_secrets=allow_secrets)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _label(path: Path, project_dir: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, project_dir)).as_posix()
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def _read_ignore_file(path: Path, project_dir: Path) -> list[str] | None:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {_label(path, project_dir)}: {exc}",
+            hint="make it a readable UTF-8 text file, or remove it",
+        ) from exc
+    return text.splitlines()
+
+
+# --- hashing -------------------------------------------------------------------------------------
+
+_buffers = threading.local()
+
+
+def _read_digest(path: str) -> tuple[str, int]:
+    """(sha256 hex, bytes read) of one file, streamed through this thread's reusable buffer."""
+    view = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(CHUNK))
+    digest = hashlib.sha256()
+    total = 0
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(view):
+            digest.update(view[:count])
+            total += count
+    return digest.hexdigest(), total
+
+
+def hash_file(path: Path) -> str:
+    """The sha256 of a file's raw bytes, read in 1 MiB chunks so memory stays flat."""
+    return _read_digest(os.fspath(path))[0]
+
+
+StatKey = tuple[int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+class HashCache:
+    """sha256 by relative path, trusted only while (size, mtime_ns, inode, ctime_ns) all match.
+
+    On disk: a header line `mosaicsync-hashcache 1 <crc32>` and then NUL-separated pairs of path
+    and "size mtime_ns inode ctime_ns sha256"; NUL cannot occur in a file name, so nothing needs
+    escaping and loading is two C-level splits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, str] = {}
+        self._dirty = False
+
+    @classmethod
+    def load(cls, path: Path) -> HashCache:
+        """The cache at `path`; a missing, corrupt or foreign-version file gives an empty cache."""
+        cache = cls(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return cache
+        except OSError:
+            data = b""
+        entries = _parse_cache(data)
+        if entries is None:
+            cache._dirty = True  # replace the unusable file on the next save
+        else:
+            cache._entries = entries
+        return cache
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, rel_path: object) -> bool:
+        return rel_path in self._entries
+
+    def lookup(self, rel_path: str, key: StatKey) -> str | None:
+        """The cached sha256 if the file's stat still matches the one it was hashed with."""
+        value = self._entries.get(rel_path)
+        if value is None or len(value) < 65 or value[-65] != " ":
+            return None
+        if value[:-65] != "{} {} {} {}".format(*key):
+            return None
+        return value[-64:]
+
+    def store(self, rel_path: str, key: StatKey, sha256: str) -> None:
+        """Remember the sha256 read from a file while it had this stat."""
+        value = "{} {} {} {} {}".format(*key, sha256)
+        if self._entries.get(rel_path) != value:
+            self._entries[rel_path] = value
+            self._dirty = True
+
+    def discard(self, rel_path: str) -> None:
+        """Forget one path, whose cached hash can no longer be trusted."""
+        if self._entries.pop(rel_path, None) is not None:
+            self._dirty = True
+
+    def discard_tree(self, rel_path: str) -> None:
+        """Forget `rel_path` and, should it have been a directory, everything under it."""
+        self.discard(rel_path)
+        prefix = rel_path + "/"
+        under = [path for path in self._entries if path.startswith(prefix)]
+        for path in under:
+            del self._entries[path]
+        self._dirty = self._dirty or bool(under)
+
+    def retain(self, live: set[str]) -> None:
+        """Drop every entry whose path is not in `live` (the files a full walk found)."""
+        stale = self._entries.keys() - live
+        for path in stale:
+            del self._entries[path]
+        self._dirty = self._dirty or bool(stale)
+
+    def save(self) -> None:
+        """Write the cache atomically (temp file, then rename); a no-op when nothing changed.
+
+        A cache only saves time, so a directory we cannot write (a read-only checkout) is no error.
+        """
+        if not self._dirty and self.path.exists():
+            return
+        payload = "\0".join(itertools.chain.from_iterable(self._entries.items())).encode("utf-8")
+        header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, zlib.crc32(payload))
+        temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(header)
+                handle.write(payload)
+            os.replace(temp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            return
+        self._dirty = False
+
+
+def _parse_cache(data: bytes) -> dict[str, str] | None:
+    try:
+        header, _, payload = data.partition(b"\n")
+        magic, version, checksum = header.split(b" ")
+        if magic != _CACHE_MAGIC or int(version) != _CACHE_VERSION:
+            return None
+        if int(checksum, 16) != zlib.crc32(payload):
+            return None
+        if not payload:
+            return {}
+        parts = payload.decode("utf-8").split("\0")
+    except ValueError:  # a bad header, a bad number or bad UTF-8
+        return None
+    if len(parts) % 2:
+        return None
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
+
+
+# --- the walk ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Found:
+    rel: str
+    path: str
+    st: os.stat_result
+    sha: str = ""  # filled from the cache or by hashing
+
+
+def _nfc(name: str) -> str:
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
+
+
+def _link_fix(rel: str) -> str:
+    return f"remove the link, or add {rel} to {IGNORE_FILE}"
+
+
+class _Walker:
+    """Collects the publishable files under the root; links are followed only inside it."""
+
+    def __init__(self, root: str, rules: IgnoreRules) -> None:
+        self.root = root
+        self.root_prefix = root if root.endswith(os.sep) else root + os.sep
+        self.rules = rules
+        self.found: list[_Found] = []
+        self.skipped: list[Skipped] = []
+
+    def inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root_prefix)
+
+    def walk(self, directory: str, prefix: str, chain: tuple[str, ...]) -> None:
+        """Walk `directory` (a real path) whose files are published under `prefix`.
+
+        `chain` holds the real paths of the directories the walk is inside, to refuse loops.
+        """
+        match = self.rules.match
+        found = self.found
+        skipped = self.skipped
+        stack = [(directory, prefix, chain)]
+        while stack:
+            directory, prefix, chain = stack.pop()
+            names: dict[str, str] = {}
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        name = _nfc(entry.name)
+                        if name in names:
+                            raise ScanError(
+                                f"{prefix}{entry.name!a} and {prefix}{names[name]!a} have the same "
+                                "name once Unicode-normalized (NFC), so they would overwrite each "
+                                "other",
+                                hint="rename one of them",
+                            )
+                        names[name] = entry.name
+                        rel = prefix + name
+                        if entry.is_symlink():
+                            self.visit_link(entry.path, rel, chain, stack)
+                        elif entry.is_dir(follow_symlinks=False):
+                            reason = match(rel, True)
+                            if reason is not None:
+                                skipped.append(Skipped(rel + "/", reason))
+                            else:
+                                stack.append((entry.path, rel + "/", (*chain, entry.path)))
+                        elif entry.is_file(follow_symlinks=False):
+                            reason = match(rel, False)
+                            if reason is not None:
+                                skipped.append(Skipped(rel, reason))
+                            else:
+                                _check_utf8(rel)
+                                st = _stat(entry.path, rel, entry)
+                                if st is not None:
+                                    found.append(_Found(rel, entry.path, st))
+                        else:
+                            self.skip_special(rel)
+            except OSError as exc:
+                shown = prefix or "./"
+                raise ScanError(
+                    f"cannot read directory {shown}: {exc.strerror or exc}",
+                    hint=f"fix its permissions, or add {shown} to {IGNORE_FILE}",
+                ) from exc
+
+    def skip_special(self, rel: str) -> None:
+        reason = self.rules.match(rel, False)
+        self.skipped.append(Skipped(rel, reason or "not a regular file"))
+
+    def visit_link(
+        self,
+        link: str,
+        rel: str,
+        chain: tuple[str, ...],
+        stack: list[tuple[str, str, tuple[str, ...]]],
+    ) -> None:
+        """Follow a symlink inside the root; one that leaves it, dangles or loops is an error."""
+        real = self.resolve_link(link, rel, ignorable=True)
+        if real is None:
+            return
+        st = _stat(real, rel)
+        if st is None:
+            return
+        is_dir = stat.S_ISDIR(st.st_mode)
+        shown = rel + "/" if is_dir else rel
+        reason = self.rules.match(rel, is_dir)
+        if reason is not None:
+            self.skipped.append(Skipped(shown, reason))
+            return
+        secret = self.secret_target(real, is_dir)
+        if secret is not None:
+            self.skipped.append(Skipped(shown, secret))
+            return
+        if is_dir:
+            self.check_loop(real, rel, chain)
+            stack.append((real, rel + "/", (*chain, real)))
+        elif stat.S_ISREG(st.st_mode):
+            _check_utf8(rel)
+            self.found.append(_Found(rel, real, st))
+        else:
+            self.skipped.append(Skipped(rel, "not a regular file"))
+
+    def resolve_link(self, link: str, rel: str, *, ignorable: bool) -> str | None:
+        """The real path a link inside the root leads to; None if it is broken but ignored."""
+        try:
+            raw_target = os.readlink(link)
+        except OSError:
+            raw_target = "?"
+        try:
+            real = os.path.realpath(link, strict=True)
+        except OSError as exc:
+            if ignorable and self._ignored_link(rel):
+                return None
+            what = "loops" if exc.errno == errno.ELOOP else "points to nothing (it dangles)"
+            raise ScanError(f"symlink {rel} -> {raw_target} {what}", hint=_link_fix(rel)) from exc
+        if not self.inside(real):
+            if ignorable and self._ignored_link(rel):
+                return None
+            raise ScanError(
+                f"symlink {rel} -> {raw_target} leaves the static root (it resolves to {real})",
+                hint=_link_fix(rel) + ", or copy the target into the static root",
+            )
+        return real
+
+    def secret_target(self, real: str, is_dir: bool) -> str | None:
+        """Why a link's target is a secret, or None: a link must not smuggle out a file the rules
+        keep back, such as `env.txt -> .env`."""
+        target_rel = _nfc(Path(os.path.relpath(real, self.root)).as_posix())
+        secret = self.rules.match_with_parents(target_rel, is_dir, secrets_only=True)
+        return None if secret is None else f"links to {target_rel}, {secret}"
+
+    def check_loop(self, real: str, rel: str, chain: tuple[str, ...]) -> None:
+        """Refuse a directory link that leads back to a directory the walk is already inside."""
+        for ancestor in chain:
+            if ancestor == real or ancestor.startswith(real + os.sep):
+                raise ScanError(
+                    f"symlink {rel} -> {os.path.relpath(real, self.root)} loops: it leads back to "
+                    "a directory that contains it",
+                    hint=_link_fix(rel),
+                )
+
+    def _ignored_link(self, rel: str) -> bool:
+        """An ignored broken link is skipped rather than an error, whichever way it was named."""
+        reason = self.rules.match(rel, False) or self.rules.match(rel, True)
+        if reason is None:
+            return False
+        self.skipped.append(Skipped(rel, reason))
+        return True
+
+
+def _stat(path: str, rel: str, entry: os.DirEntry[str] | None = None) -> os.stat_result | None:
+    """The file's stat, or None if it was deleted since it was listed (it is gone, not broken)."""
+    try:
+        return entry.stat() if entry is not None else os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ScanError(
+            f"cannot read {rel}: {exc.strerror or exc}",
+            hint=f"fix its permissions, or add {rel} to {IGNORE_FILE}",
+        ) from exc
+
+
+def _check_utf8(rel: str) -> None:
+    if rel.isascii():
+        return
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ScanError(
+            f"{rel!a} is not a valid UTF-8 file name, so it cannot be published",
+            hint=f"rename it, or add it to {IGNORE_FILE}",
+        ) from exc
+
+
+def _real_root(static_root: Path) -> str:
+    try:
+        real = os.path.realpath(static_root, strict=True)
+    except OSError as exc:
+        raise ScanError(
+            f"the static root {static_root} does not exist",
+            hint="create it, or set [static] root in mosaic.toml",
+        ) from exc
+    if not os.path.isdir(real):
+        raise ScanError(
+            f"the static root {static_root} is not a directory",
+            hint="set [static] root in mosaic.toml to a directory",
+        )
+    return real
+
+
+# --- hashing the walk's result -------------------------------------------------------------------
+
+
+def _hash_batch(batch: list[_Found]) -> int:
+    """Fill in `sha` for each file of the batch; the bytes read."""
+    total = 0
+    for item in batch:
+        try:
+            for _ in range(3):
+                item.sha, count = _read_digest(item.path)
+                total += count
+                if count == item.st.st_size:
+                    break
+                # Being written while we read it (an editor saving, a build running): the size
+                # and the hash must describe the same bytes, so look again.
+                item.st = os.stat(item.path)
+            else:
+                raise ScanError(
+                    f"{item.rel} kept changing while it was being read",
+                    hint="run the command again once whatever writes it has finished",
+                )
+        except FileNotFoundError as exc:
+            raise ScanError(
+                f"{item.rel} disappeared while the static root was being read",
+                hint="run the command again once whatever deletes it has finished",
+            ) from exc
+        except OSError as exc:
+            raise ScanError(
+                f"cannot read {item.rel}: {exc.strerror or exc}",
+                hint=f"fix its permissions, or add {item.rel} to {IGNORE_FILE}",
+            ) from exc
+    return total
+
+
+def _hash_all(misses: list[_Found], workers: int) -> int:
+    """Hash every miss: big files on a thread pool, small ones meanwhile in this thread.
+
+    hashlib and reads release the GIL on big buffers, so big files hash on every core; a small
+    file costs mostly interpreter time, which threads would only fight over.
+    """
+    big = [item for item in misses if item.st.st_size >= POOL_MIN_SIZE]
+    if workers <= 1 or not big or len(big) == len(misses) == 1:
+        return _hash_batch(misses)
+    small = [item for item in misses if item.st.st_size < POOL_MIN_SIZE]
+    big.sort(key=lambda item: item.st.st_size, reverse=True)  # longest first evens the finish
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(big)))
+    try:
+        futures = [pool.submit(_hash_batch, [item]) for item in big]
+        total = _hash_batch(small)
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # raises the first failure
+        return total + sum(future.result() for future in futures)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _resolve(
+    found: list[_Found],
+    cache: HashCache | None,
+    started_ns: int,
+    workers: int,
+) -> tuple[list[LocalFile], int, int]:
+    """LocalFiles for the walk's result, reading only the files the cache cannot vouch for."""
+    misses: list[_Found] = []
+    for item in found:
+        if cache is not None:
+            item.sha = cache.lookup(item.rel, _stat_key(item.st)) or ""
+        if not item.sha:
+            misses.append(item)
+    bytes_hashed = _hash_all(misses, workers)
+    if cache is not None:
+        settled_before = started_ns - RACY_WINDOW_NS
+        for item in misses:
+            st = item.st
+            if max(st.st_mtime_ns, st.st_ctime_ns) < settled_before:
+                cache.store(item.rel, _stat_key(st), item.sha)
+            else:
+                cache.discard(item.rel)
+    files = [LocalFile(item.rel, Path(item.path), item.st.st_size, item.sha) for item in found]
+    files.sort(key=lambda local: local.path)
+    return files, len(misses), bytes_hashed
+
+
+def scan(
+    static_root: Path,
+    rules: IgnoreRules,
+    cache: HashCache | None = None,
+    *,
+    workers: int | None = None,
+) -> ScanResult:
+    """Walk the static root: the files to publish, with their sha256, and what was skipped."""
+    started_ns = time.time_ns()
+    root = _real_root(static_root)
+    walker = _Walker(root, rules)
+    walker.walk(root, "", (root,))
+    files, hashed, bytes_hashed = _resolve(
+        walker.found, cache, started_ns, workers or os.cpu_count() or 1
+    )
+    if cache is not None:
+        cache.retain({local.path for local in files})
+    walker.skipped.sort(key=lambda skipped: skipped.path)
+    return ScanResult(files, walker.skipped, hashed, bytes_hashed)
+
+
+def scan_paths(
+    static_root: Path,
+    rel_paths: Iterable[str],
+    rules: IgnoreRules,
+    cache: HashCache | None = None,
+) -> tuple[list[LocalFile], list[str]]:
+    """Re-check only `rel_paths` (what a watcher saw change): (files present, paths now gone).
+
+    A directory yields every file under it. A gone path may have been a directory, so callers
+    drop it and everything under it; an ignored path counts as gone, as a full scan would.
+    """
+    started_ns = time.time_ns()
+    root = _real_root(static_root)
+    walker = _Walker(root, rules)
+    gone: set[str] = set()
+    for raw in rel_paths:
+        parts = _split_rel(raw)
+        rel = "/".join(_nfc(part) for part in parts)
+        before = len(walker.found)
+        _visit_one(walker, parts, rel)
+        if len(walker.found) == before:
+            gone.add(rel)
+    unique = {item.rel: item for item in walker.found}
+    files, _, _ = _resolve(list(unique.values()), cache, started_ns, os.cpu_count() or 1)
+    if cache is not None:
+        for rel in gone:
+            cache.discard_tree(rel)
+    return files, sorted(gone)
+
+
+def _split_rel(raw: str) -> list[str]:
+    parts = [part for part in raw.replace(os.sep, "/").split("/") if part not in ("", ".")]
+    if not parts or ".." in parts or os.path.isabs(raw):
+        raise ValueError(f"{raw!r} is not a path inside the static root")
+    return parts
+
+
+def _visit_one(walker: _Walker, parts: list[str], rel: str) -> None:
+    """Add what one path holds to the walker, with the same rules and link checks as a full walk."""
+    names = _locate(walker.root, parts)
+    if names is None:
+        return
+    logical = rel.split("/")
+    chain = [walker.root]
+    current = walker.root
+    for depth, name in enumerate(names[:-1], start=1):
+        parent_rel = "/".join(logical[:depth])
+        if walker.rules.match(parent_rel, True) is not None:
+            return
+        current = os.path.join(current, name)
+        if os.path.islink(current):
+            real = walker.resolve_link(current, parent_rel, ignorable=False)
+            if real is None or walker.secret_target(real, True) is not None:
+                return
+            walker.check_loop(real, parent_rel, tuple(chain))
+            current = real
+        chain.append(current)
+    path = os.path.join(current, names[-1])
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    stack: list[tuple[str, str, tuple[str, ...]]] = []
+    if stat.S_ISLNK(st.st_mode):
+        walker.visit_link(path, rel, tuple(chain), stack)
+    elif stat.S_ISDIR(st.st_mode):
+        if walker.rules.match(rel, True) is None:
+            stack.append((path, rel + "/", (*chain, path)))
+    elif stat.S_ISREG(st.st_mode):
+        if walker.rules.match(rel, False) is None:
+            _check_utf8(rel)
+            walker.found.append(_Found(rel, path, st))
+    else:
+        walker.skip_special(rel)
+    for directory, prefix, dir_chain in stack:
+        walker.walk(directory, prefix, dir_chain)
+
+
+def _locate(root: str, parts: list[str]) -> list[str] | None:
+    """The on-disk names for `parts`, also when the disk keeps a name in another Unicode form."""
+    if os.path.lexists(os.path.join(root, *parts)):
+        return parts
+    if all(part.isascii() for part in parts):
+        return None
+    names: list[str] = []
+    current = root
+    for part in parts:
+        wanted = unicodedata.normalize("NFC", part)
+        try:
+            listing = os.listdir(current)
+        except OSError:
+            return None
+        match = next((name for name in listing if _nfc(name) == wanted), None)
+        if match is None:
+            return None
+        names.append(match)
+        current = os.path.join(current, match)
+    return names

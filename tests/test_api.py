@@ -1,0 +1,182 @@
+"""Unit tests of the platform client's mechanisms: routes, retries, error mapping, redaction."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import pytest
+
+from mosaicsync.api import ROUTES, MosaicClient, RetryPolicy, SqlError
+from mosaicsync.errors import AuthError, NotFoundError, PlatformError, UnavailableError
+
+KEY = "mk_unit_test_secret_key"
+
+
+def client_for(handler, **kw) -> tuple[MosaicClient, list[float], list]:
+    sleeps: list[float] = []
+    events: list = []
+    client = MosaicClient(
+        "http://platform.test/v1/project/",
+        KEY,
+        transport=httpx.MockTransport(handler),
+        sleep=sleeps.append,
+        rng=random.Random(1),
+        on_request=events.append,
+        **kw,
+    )
+    return client, sleeps, events
+
+
+def test_every_route_is_under_the_base_and_unique() -> None:
+    pairs = [(r.method, r.path) for r in ROUTES.values()]
+    assert len(set(pairs)) == len(pairs)
+    assert all(path.startswith("/") for _, path in pairs)
+
+
+def test_sends_key_and_formats_paths() -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"success": True})
+
+    client, _, _ = client_for(handler)
+    client.delete_file("pod-16f", "img/a b.png")
+    assert seen[0].method == "DELETE"
+    assert seen[0].url.raw_path == b"/v1/project/pod-16f/files/img/a%20b.png"
+    assert seen[0].headers["x-api-key"] == KEY
+
+
+def test_retries_5xx_for_idempotent_routes_with_backoff() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 3:
+            return httpx.Response(503, json={"error": "busy"})
+        return httpx.Response(200, json={"files": []})
+
+    client, sleeps, events = client_for(handler)
+    assert client.list_files("pod-16f") == []
+    assert len(calls) == 3 and len(sleeps) == 2
+    assert [e.attempt for e in events] == [1, 2, 3]
+
+
+def test_honours_retry_after_on_429_even_for_unsafe_routes() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "slow"})
+        return httpx.Response(200, json={"project_id": "pod-16f"})
+
+    client, sleeps, _ = client_for(handler)
+    assert client.create_project("x")["project_id"] == "pod-16f"
+    assert sleeps == [7.0]
+
+
+def test_does_not_retry_unsafe_post_on_5xx() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(500, json={"error": "boom"})
+
+    client, _, _ = client_for(handler)
+    with pytest.raises(UnavailableError) as info:
+        client.sql("pod-16f", "insert into t values (1)")
+    assert len(calls) == 1
+    assert "ticket --diagnostics" in (info.value.hint or "")
+
+
+def test_connect_errors_are_retried_then_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client, sleeps, _ = client_for(handler, retry=RetryPolicy(attempts=3))
+    with pytest.raises(UnavailableError) as info:
+        client.list_projects()
+    assert len(sleeps) == 2
+    assert "cannot connect" in info.value.message
+
+
+def test_429_after_retries_says_how_often_it_waited() -> None:
+    client, _, _ = client_for(
+        lambda r: httpx.Response(429, headers={"Retry-After": "1"}, json={"error": "slow down"}),
+        retry=RetryPolicy(attempts=3),
+    )
+    with pytest.raises(UnavailableError, match="retried 2 times"):
+        client.list_projects()
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "advice"),
+    [
+        (401, AuthError, "rotate every 30 days"),
+        (403, AuthError, "plan"),
+        (402, AuthError, "plan"),
+        (404, NotFoundError, "projects list"),
+        (400, PlatformError, None),
+        (413, PlatformError, None),
+    ],
+)
+def test_status_codes_become_errors_with_advice(status, error_type, advice) -> None:
+    client, _, _ = client_for(lambda r: httpx.Response(status, json={"error": "nope"}))
+    with pytest.raises(error_type) as info:
+        client.get_project("pod-16f")
+    assert "nope" in info.value.message
+    if advice:
+        assert advice in (info.value.hint or "")
+
+
+def test_sql_errors_carry_code_and_position() -> None:
+    body = {"success": False, "error": "syntax error", "code": "42601", "position": 8}
+    client, _, _ = client_for(lambda r: httpx.Response(400, json=body))
+    with pytest.raises(SqlError) as info:
+        client.sql("pod-16f", "select fromm")
+    assert info.value.code == "42601" and info.value.position == 8
+
+
+def test_key_and_signature_never_appear_in_errors_or_events(tmp_path) -> None:
+    payload = tmp_path / "f.bin"
+    payload.write_bytes(b"x" * 10)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"error": "signature does not match"})
+
+    client, _, events = client_for(handler)
+    with pytest.raises(AuthError) as info:
+        client.put_presigned("http://platform.test/_storage/p/f.bin?sig=SECRETSIG", payload, 10)
+    text = str(info.value) + repr(events)
+    assert "SECRETSIG" not in text and KEY not in text
+
+
+def test_presigned_put_streams_with_content_length(tmp_path) -> None:
+    payload = tmp_path / "f.bin"
+    payload.write_bytes(b"y" * (3 * 1024 * 1024 + 5))
+    got = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        got["length"] = request.headers.get("content-length")
+        got["chunked"] = request.headers.get("transfer-encoding")
+        got["body"] = request.read()
+        return httpx.Response(200, json={})
+
+    client, _, _ = client_for(handler)
+    client.put_presigned(
+        "http://platform.test/_storage/p/f.bin?sig=x", payload, payload.stat().st_size
+    )
+    assert got["length"] == str(payload.stat().st_size) and got["chunked"] is None
+    assert got["body"] == payload.read_bytes()
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    policy = RetryPolicy(base=0.5, cap=4)
+    rng = random.Random(0)
+    delays = [policy.delay(a, None, rng) for a in range(1, 12)]
+    assert all(0 <= d <= 4 for d in delays)
+    assert len(set(delays)) > 5
+    assert policy.delay(1, "3", rng) == 3.0
+    assert policy.delay(1, "100000", rng) == policy.max_retry_after

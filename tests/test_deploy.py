@@ -1,0 +1,226 @@
+"""`mosaicsync deploy` end to end: the real CLI against the real local platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mosaicsync.api import MosaicClient
+from tests.conftest import KEY_A, LocalServer
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(
+    args: list[str], cwd: Path, server: LocalServer, *, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=server.api, MOSAIC_API_KEY=KEY_A)
+    out = subprocess.run(
+        [sys.executable, "-m", "mosaicsync", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=input if input is not None else "",
+    )
+    assert KEY_A not in out.stdout + out.stderr, "the API key leaked into output"
+    if check:
+        assert out.returncode == 0, f"{args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def deploy_json(cwd: Path, server: LocalServer, *extra: str) -> dict:
+    out = run_cli(["deploy", "--json", *extra], cwd, server)
+    return json.loads(out.stdout)
+
+
+def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    """A real PNG of noise (incompressible, so its size is about width*height*3)."""
+    import random
+
+    rng = random.Random(seed)
+    raw = b"".join(b"\0" + rng.randbytes(width * 3) for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+def site_get(server: LocalServer, project_id: str, path: str) -> httpx.Response:
+    return httpx.get(f"{server.base_url}/sites/{project_id}/{path.lstrip('/')}")
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path, local_server: LocalServer) -> Path:
+    run_cli(
+        ["init", "site", "--template", "basic", "--name", "Deploy Test"], tmp_path, local_server
+    )
+    site = tmp_path / "site"
+    run_cli(["link", "--create", "Deploy Test"], site, local_server)
+    return site
+
+
+def project_id_of(site: Path) -> str:
+    import tomllib
+
+    return tomllib.loads((site / "mosaic.toml").read_text())["app"]["project_id"]
+
+
+def static_files(site: Path) -> list[Path]:
+    return [p for p in (site / "public").rglob("*") if p.is_file()]
+
+
+def test_first_deploy_redeploy_and_one_edit(project_dir: Path, local_server: LocalServer):
+    pid = project_id_of(project_dir)
+    first = deploy_json(project_dir, local_server)
+    assert first["status"] == "ok"
+    assert first["uploaded"] == len(static_files(project_dir))
+    assert first["pruned"] == 0 and first["migrations_applied"] == 0
+    assert first["url"].endswith(f".localhost:{local_server.port}")
+    page = site_get(local_server, pid, "/")
+    assert page.status_code == 200
+    assert page.text == (project_dir / "public" / "index.html").read_text()
+
+    again = deploy_json(project_dir, local_server)
+    assert again["uploaded"] == 0 and again["unchanged"] == first["uploaded"]
+
+    css = project_dir / "public" / "style.css"
+    css.write_text(css.read_text() + "\n/* edited */\n")
+    edit = deploy_json(project_dir, local_server)
+    assert edit["uploaded"] == 1
+    assert site_get(local_server, pid, "/style.css").text.endswith("/* edited */\n")
+
+    (project_dir / "public" / "app.js").unlink()
+    pruned = deploy_json(project_dir, local_server)
+    assert pruned["pruned"] == 1 and pruned["uploaded"] == 0
+    assert site_get(local_server, pid, "/app.js").status_code == 404
+
+
+def test_png_font_and_secrets(project_dir: Path, local_server: LocalServer) -> None:
+    pid = project_id_of(project_dir)
+    public = project_dir / "public"
+    big_png = png_bytes(1300, 1300)  # about 5 MB
+    assert len(big_png) > 5_000_000
+    (public / "photo.png").write_bytes(big_png)
+    (public / "fonts").mkdir()
+    font = os.urandom(40_000)
+    (public / "fonts" / "brand.woff2").write_bytes(font)
+    (public / "fonts.css").write_text(
+        "@font-face{font-family:Brand;src:url('fonts/brand.woff2') format('woff2')}\n"
+    )
+    (public / ".env").write_text("SECRET_TOKEN=do-not-publish\n")
+    (public / ".git").mkdir()
+    (public / ".git" / "config").write_text("[core]\n")
+    (public / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+
+    result = deploy_json(project_dir, local_server)
+    assert result["storage"] == ["fonts/brand.woff2"]
+    assert ".env" in result["skipped"] and any(s.startswith(".git") for s in result["skipped"])
+
+    assert site_get(local_server, pid, "/photo.png").content == big_png
+    assets = site_get(local_server, pid, "/mosaic-assets.json").json()
+    font_url = assets["fonts/brand.woff2"]
+    assert httpx.get(font_url).content == font
+    served_css = site_get(local_server, pid, "/fonts.css").text
+    assert font_url in served_css and "url('fonts/brand.woff2')" not in served_css
+    # The rewritten copy is what was served; the source on disk is untouched.
+    assert "url('fonts/brand.woff2')" in (public / "fonts.css").read_text()
+
+    # .env, .git and the key are nowhere on the platform.
+    with MosaicClient(local_server.api, KEY_A) as client:
+        names = {f["filename"] for f in client.list_files(pid)}
+        names |= {f["filename"] for f in client.list_storage(pid)["files"]}
+        rows = client.sql(pid, "SELECT path FROM mosaicsync.files")
+    everywhere = names | {r["path"] for r in rows}
+    assert not any(n.startswith((".env", ".git", "id_rsa")) for n in everywhere)
+    assert site_get(local_server, pid, "/.env").status_code == 404
+    assert deploy_json(project_dir, local_server)["uploaded"] == 0
+
+
+def test_symlink_escape_is_refused(project_dir: Path, local_server: LocalServer) -> None:
+    outside = project_dir.parent / "outside.txt"
+    outside.write_text("secret")
+    (project_dir / "public" / "leak.txt").symlink_to(outside)
+    out = run_cli(["deploy"], project_dir, local_server, check=False)
+    assert out.returncode == 2
+    assert "leak.txt" in out.stderr
+
+
+def test_second_clone_without_cache_deploys_nothing(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    deploy_json(project_dir, local_server)
+    clone = project_dir.parent / "clone"
+    shutil.copytree(project_dir, clone, ignore=shutil.ignore_patterns(".mosaicsync"))
+    assert not (clone / ".mosaicsync").exists()
+    assert deploy_json(clone, local_server)["uploaded"] == 0
+
+
+def test_dry_run_and_status_change_nothing(project_dir: Path, local_server: LocalServer) -> None:
+    plan = deploy_json(project_dir, local_server, "--dry-run")
+    n = len(static_files(project_dir))
+    assert plan["dry_run"] is True and len(plan["plan"]["upload"]) == n
+    status = json.loads(run_cli(["status", "--json"], project_dir, local_server).stdout)
+    assert len(status["plan"]["upload"]) == n
+    assert deploy_json(project_dir, local_server)["uploaded"] == n
+
+
+def test_killed_deploy_resumes_and_converges(project_dir: Path, local_server: LocalServer):
+    pid = project_id_of(project_dir)
+    public = project_dir / "public"
+    for i in range(300):
+        (public / f"page{i:03}.txt").write_text(f"page {i}\n" * 50)
+    total = len(static_files(project_dir))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=local_server.api, MOSAIC_API_KEY=KEY_A)
+    with subprocess.Popen(
+        [sys.executable, "-m", "mosaicsync", "deploy", "--verbose", "--concurrency", "2"],
+        cwd=project_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+    ) as proc:  # fmt: skip
+        uploads = 0
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.strip().startswith("upload "):
+                uploads += 1
+                if uploads >= 220:
+                    break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert uploads >= 220, "the deploy finished before it could be killed"
+    resumed = deploy_json(project_dir, local_server)
+    # Rows are written in batches as files arrive: at most one batch is sent again.
+    assert 0 < resumed["uploaded"] < total
+    assert deploy_json(project_dir, local_server)["uploaded"] == 0
+    with MosaicClient(local_server.api, KEY_A) as client:
+        deployed = {f["filename"] for f in client.list_files(pid)}
+    assert deployed == {p.relative_to(public).as_posix() for p in static_files(project_dir)}
+
+
+def test_no_project_linked_is_a_config_error(tmp_path: Path, local_server: LocalServer) -> None:
+    run_cli(["init", "bare"], tmp_path, local_server)
+    out = run_cli(["deploy", "--json"], tmp_path / "bare", local_server, check=False)
+    assert out.returncode == 2
+    body = json.loads(out.stdout)
+    assert body["status"] == "error" and "link" in body["error"]["hint"]

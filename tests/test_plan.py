@@ -1,0 +1,290 @@
+"""The planner is pure: examples for each rule, then properties over generated trees."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mosaicsync import contract
+from mosaicsync.plan import (
+    Plan,
+    RemoteEntry,
+    Target,
+    Upload,
+    plan_deploy,
+    publish_order,
+    route,
+)
+from mosaicsync.scan import LocalFile
+
+CAP = 100  # a small site cap keeps generated sizes on both sides of it
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def local(path: str, content: str = "x", size: int | None = None) -> LocalFile:
+    return LocalFile(
+        path, Path("/src") / path, len(content) if size is None else size, sha(content)
+    )
+
+
+def remote(file: LocalFile, target: Target | None = None) -> RemoteEntry:
+    where = target or route(file.path, file.size)
+    return RemoteEntry(file.path, file.sha256, file.size, where)
+
+
+def manifest(*entries: RemoteEntry) -> dict[str, RemoteEntry]:
+    return {entry.path: entry for entry in entries}
+
+
+# --- route ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "size", "expected"),
+    [
+        ("index.html", 10, "site"),
+        ("INDEX.HTML", 10, "site"),
+        ("img/Photo.JPG", 10, "site"),
+        ("favicon.ico", 10, "site"),
+        ("video.mp4", 10, "storage"),
+        ("archive.tar.gz", 10, "storage"),
+        ("LICENSE", 10, "storage"),
+        (".well-known/security.txt", 10, "site"),
+        ("page.htm", 10, "storage"),
+        ("big.png", contract.MAX_SITE_FILE, "site"),
+        ("big.png", contract.MAX_SITE_FILE + 1, "storage"),
+    ],
+)
+def test_route(path: str, size: int, expected: Target) -> None:
+    assert route(path, size) == expected
+
+
+def test_route_honours_a_smaller_cap() -> None:
+    assert route("a.css", 11, max_site_file=10) == "storage"
+    assert route("a.css", 10, max_site_file=10) == "site"
+
+
+def test_every_site_extension_is_routed_to_the_site() -> None:
+    for extension in contract.SITE_EXTENSIONS:
+        assert route(f"file{extension}", 1) == "site"
+        assert route(f"file{extension.upper()}", 1) == "site"
+
+
+# --- plan_deploy ---------------------------------------------------------------------------------
+
+
+def test_new_changed_unchanged_and_pruned() -> None:
+    same = local("same.css", "a")
+    changed = local("changed.js", "new")
+    new = local("new.html", "n")
+    old = RemoteEntry("old.png", sha("gone"), 4, "site")
+    plan = plan_deploy(
+        [same, changed, new],
+        manifest(remote(same), RemoteEntry("changed.js", sha("old"), 3, "site"), old),
+    )
+    assert [(u.file.path, u.target, u.reason) for u in plan.uploads] == [
+        ("changed.js", "site", "changed"),
+        ("new.html", "site", "new"),
+    ]
+    assert plan.unchanged == [same]
+    assert plan.prune == [old]
+    assert plan.bytes_to_upload == changed.size + new.size
+    assert not plan.is_noop
+
+
+def test_an_empty_remote_uploads_everything_and_prunes_nothing() -> None:
+    files = [local("a.html"), local("b.mp4")]
+    plan = plan_deploy(files, {})
+    assert {u.reason for u in plan.uploads} == {"new"}
+    assert plan.prune == [] and plan.unchanged == []
+    assert [u.file.path for u in plan.storage_uploads] == ["b.mp4"]
+    assert [u.file.path for u in plan.site_uploads] == ["a.html"]
+
+
+def test_a_file_that_outgrew_the_cap_moves_and_its_old_copy_is_pruned() -> None:
+    file = local("hero.png", "p" * 20)
+    was_on_site = RemoteEntry("hero.png", file.sha256, file.size, "site")
+    plan = plan_deploy([file], manifest(was_on_site), max_site_file=10)
+    assert plan.uploads == [Upload(file, "storage", "moved-target")]
+    assert plan.prune == [was_on_site]
+    assert plan.unchanged == []
+
+
+def test_new_content_in_another_target_is_changed_and_prunes_the_old_copy() -> None:
+    file = local("hero.png", "q" * 20)
+    was_on_site = RemoteEntry("hero.png", sha("older"), 5, "site")
+    plan = plan_deploy([file], manifest(was_on_site), max_site_file=10)
+    assert plan.uploads == [Upload(file, "storage", "changed")]
+    assert plan.prune == [was_on_site]
+
+
+def test_same_target_changes_never_prune_the_path() -> None:
+    file = local("app.js", "v2")
+    plan = plan_deploy([file], manifest(RemoteEntry("app.js", sha("v1"), 2, "site")))
+    assert plan.prune == []
+
+
+def test_a_manifest_row_whose_size_disagrees_is_uploaded_again() -> None:
+    file = local("app.js", "v1")
+    plan = plan_deploy([file], manifest(RemoteEntry("app.js", file.sha256, 999, "site")))
+    assert [u.reason for u in plan.uploads] == ["changed"]
+
+
+def test_paths_are_compared_exactly() -> None:
+    plan = plan_deploy([local("Index.html")], manifest(remote(local("index.html"))))
+    assert [u.file.path for u in plan.uploads] == ["Index.html"]
+    assert [entry.path for entry in plan.prune] == ["index.html"]
+
+
+def test_a_path_listed_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        plan_deploy([local("a.html"), local("a.html", "other")], {})
+
+
+def test_nothing_to_do() -> None:
+    files = [local("a.html"), local("b.css")]
+    plan = plan_deploy(files, manifest(*map(remote, files)))
+    assert plan.is_noop and plan.unchanged == files and plan.bytes_to_upload == 0
+
+
+def test_publish_order_puts_storage_then_assets_then_html() -> None:
+    uploads = [
+        Upload(local("index.html"), "site", "new"),
+        Upload(local("z.css"), "site", "new"),
+        Upload(local("docs/guide.html"), "site", "new"),
+        Upload(local("video.mp4"), "storage", "new"),
+        Upload(local("a.js"), "site", "changed"),
+        Upload(local("huge.html", size=CAP + 1), "storage", "new"),
+        Upload(local("archive.zip"), "storage", "new"),
+    ]
+    assert [u.file.path for u in publish_order(uploads)] == [
+        "archive.zip",
+        "video.mp4",
+        "a.js",
+        "z.css",
+        "docs/guide.html",
+        "huge.html",
+        "index.html",
+    ]
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+NAMES = st.sampled_from(["index", "about", "a/b", "a/c", "img/x", "Img/x", "v", "data"])
+EXTENSIONS = st.sampled_from([".html", ".css", ".js", ".png", ".mp4", ".zip", ".HTML", ""])
+CONTENTS = st.sampled_from(["", "a", "b", "ab", "x" * (CAP - 1), "y" * CAP, "z" * (CAP + 1)])
+
+
+@st.composite
+def local_trees(draw: st.DrawFn) -> list[LocalFile]:
+    paths = draw(st.sets(st.builds(str.__add__, NAMES, EXTENSIONS), max_size=12))
+    return [local(path, draw(CONTENTS)) for path in sorted(paths)]
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> dict[str, RemoteEntry]:
+    """Remote state: some rows match a local tree by chance, others are stale or misrouted."""
+    files = draw(local_trees())
+    targets = st.sampled_from(["site", "storage"])
+    return {f.path: RemoteEntry(f.path, f.sha256, f.size, draw(targets)) for f in files}
+
+
+def apply(plan: Plan, remote_state: dict[str, RemoteEntry]) -> dict[tuple[str, str], str]:
+    """What the platform holds after the deploy executes `plan`: (path, target) -> sha256."""
+    state = {(entry.path, entry.target): entry.sha256 for entry in remote_state.values()}
+    for upload in plan.uploads:
+        state[(upload.file.path, upload.target)] = upload.file.sha256
+    for entry in plan.prune:
+        del state[(entry.path, entry.target)]
+    return state
+
+
+def after(plan: Plan, remote_state: dict[str, RemoteEntry]) -> dict[str, RemoteEntry]:
+    """The manifest after the deploy, as the uploader would record it."""
+    rows = dict(remote_state)
+    for entry in plan.prune:
+        rows.pop(entry.path, None)
+    for upload in plan.uploads:
+        file = upload.file
+        rows[file.path] = RemoteEntry(file.path, file.sha256, file.size, upload.target)
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=local_trees(), remote_state=manifests())
+def test_every_local_file_is_uploaded_or_unchanged_exactly_once(
+    files: list[LocalFile], remote_state: dict[str, RemoteEntry]
+) -> None:
+    plan = plan_deploy(files, remote_state, max_site_file=CAP)
+    uploaded = [u.file.path for u in plan.uploads]
+    kept = [f.path for f in plan.unchanged]
+    assert sorted(uploaded + kept) == sorted(f.path for f in files)
+    assert not set(uploaded) & set(kept)
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=local_trees(), remote_state=manifests())
+def test_prune_spares_local_paths_except_copies_left_in_the_old_target(
+    files: list[LocalFile], remote_state: dict[str, RemoteEntry]
+) -> None:
+    plan = plan_deploy(files, remote_state, max_site_file=CAP)
+    targets = {u.file.path: u.target for u in plan.uploads}
+    local_paths = {f.path for f in files}
+    for entry in plan.prune:
+        assert entry == remote_state[entry.path]
+        if entry.path in local_paths:
+            assert targets[entry.path] != entry.target
+    assert len({entry.path for entry in plan.prune}) == len(plan.prune)
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=local_trees(), remote_state=manifests())
+def test_applying_the_plan_yields_the_local_tree(
+    files: list[LocalFile], remote_state: dict[str, RemoteEntry]
+) -> None:
+    plan = plan_deploy(files, remote_state, max_site_file=CAP)
+    expected = {(f.path, route(f.path, f.size, max_site_file=CAP)): f.sha256 for f in files}
+    assert apply(plan, remote_state) == expected
+    # And a second deploy right after has nothing to do.
+    assert plan_deploy(files, after(plan, remote_state), max_site_file=CAP).is_noop
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=local_trees(), remote_state=manifests())
+def test_reasons_match_what_the_remote_held(
+    files: list[LocalFile], remote_state: dict[str, RemoteEntry]
+) -> None:
+    plan = plan_deploy(files, remote_state, max_site_file=CAP)
+    for upload in plan.uploads:
+        entry = remote_state.get(upload.file.path)
+        assert upload.target == route(upload.file.path, upload.file.size, max_site_file=CAP)
+        if upload.reason == "new":
+            assert entry is None
+        elif upload.reason == "moved-target":
+            assert entry is not None and entry.sha256 == upload.file.sha256
+            assert entry.target != upload.target
+        else:
+            assert entry is not None
+    for file in plan.unchanged:
+        assert remote_state[file.path].sha256 == file.sha256
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=local_trees(), remote_state=manifests())
+def test_html_is_published_after_everything_else(
+    files: list[LocalFile], remote_state: dict[str, RemoteEntry]
+) -> None:
+    uploads = plan_deploy(files, remote_state, max_site_file=CAP).uploads
+    is_html = [u.file.path.lower().endswith(".html") for u in uploads]
+    assert is_html == sorted(is_html)  # every False before every True
+    rest = [u for u, html in zip(uploads, is_html, strict=True) if not html]
+    is_site = [u.target == "site" for u in rest]
+    assert is_site == sorted(is_site)  # storage objects before site assets
+    assert publish_order(list(reversed(uploads))) == uploads  # a total, stable order
