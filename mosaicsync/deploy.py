@@ -28,6 +28,7 @@ from mosaicsync.config import Config
 from mosaicsync.contract import TEXT_EXTENSIONS
 from mosaicsync.errors import ConfigError, NotFoundError
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest
+from mosaicsync.migrate import Migrator
 from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
 from mosaicsync.rewrite import ASSETS_FILE, needs_rewrite, rewrite
 from mosaicsync.scan import HashCache, LocalFile, ScanResult, load_ignore_rules, scan
@@ -43,6 +44,10 @@ class DeployOptions:
     dry_run: bool = False
     rewrite: bool = True
     allow_secrets: bool = False
+    migrate: bool = True
+    allow_changed: bool = False
+    allow_out_of_order: bool = False
+    lock_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class DeployResult:
     storage: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     migrations_applied: int = 0
+    migrations_pending: list[str] = field(default_factory=list)
     duration_ms: int = 0
     dry_run: bool = False
     plan: dict[str, Any] | None = None
@@ -102,6 +108,7 @@ class DeployResult:
             "storage": self.storage,
             "skipped": self.skipped,
             "migrations_applied": self.migrations_applied,
+            "migrations_pending": self.migrations_pending,
             "duration_ms": self.duration_ms,
             "dry_run": self.dry_run,
             **({"plan": self.plan} if self.plan is not None else {}),
@@ -207,6 +214,8 @@ class Deployer:
         )  # fmt: skip
         files = scanned.files
         targets = {f.path: route(f.path, f.size) for f in files}
+        # Schema first, so new pages never meet an old schema; a failed migration stops here.
+        self._migrate(result)
         remote_digest, _ = self.manifest.ensure()
         mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
         if remote_digest == mine:
@@ -292,6 +301,27 @@ class Deployer:
 
         # 3. Prune only after everything else arrived, and only what we deployed.
         self._prune(plan.prune, files, rows, storage_urls, result)
+
+    def _migrate(self, result: DeployResult) -> None:
+        directory = self.config.migrations_dir
+        if not self.options.migrate or not directory.is_dir():
+            return
+        if not any(directory.glob("*.sql")):
+            return
+        migrator = Migrator(
+            self.client,
+            self.project_id,
+            directory,
+            lock_timeout=self.options.lock_timeout,
+            on_event=self.emit,
+        )
+        up = migrator.up(
+            dry_run=self.options.dry_run,
+            allow_changed=self.options.allow_changed,
+            allow_out_of_order=self.options.allow_out_of_order,
+        )
+        result.migrations_applied = len(up.applied)
+        result.migrations_pending = [m.filename for m in up.planned] if up.dry_run else []
 
     # -- execution -------------------------------------------------------------------------------
 

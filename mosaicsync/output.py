@@ -14,6 +14,13 @@ from typing import Any, TextIO
 from mosaicsync.api import RequestEvent
 from mosaicsync.deploy import Planned, Scanned, Transferred
 from mosaicsync.errors import MosaicError
+from mosaicsync.migrate import (
+    LockWaiting,
+    MigrationApplied,
+    MigrationWarning,
+    NotAtomic,
+    PreflightWarning,
+)
 
 SCHEMA = "mosaicsync/1"
 
@@ -99,6 +106,21 @@ class Output:
                     f"Plan: upload {len(plan.uploads)}, prune {len(plan.prune)}, "
                     f"unchanged {len(plan.unchanged)}"
                 )
+        elif isinstance(event, MigrationApplied):
+            atomic = "" if event.atomic else " (not atomic)"
+            self.info(f"Applied migration {event.version}_{event.name} in {event.ms} ms{atomic}")
+        elif isinstance(event, LockWaiting):
+            self.info(f"Migrations are locked by {event.host} (pid {event.pid}); waiting...")
+        elif isinstance(event, NotAtomic):
+            self.info(
+                f"Migration {event.version}_{event.name} runs outside a transaction "
+                f"({event.statements} statements): it is not atomic"
+            )
+        elif isinstance(event, PreflightWarning):
+            where = f"{event.filename}:{event.line}:{event.column}"
+            self.info(f"Warning: {where}: {event.message}")
+        elif isinstance(event, MigrationWarning):
+            self.info(f"Warning: migration {event.version}: {event.message}")
         elif isinstance(event, Transferred):
             if self.verbose and not self.json_mode:
                 self.info(
@@ -117,3 +139,25 @@ class Output:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
             self._progress_shown = False
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as an aligned text table, like psql's, for people at a terminal."""
+    if not rows:
+        return "(0 rows)"
+    columns = list(rows[0])
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

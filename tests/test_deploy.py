@@ -224,3 +224,36 @@ def test_no_project_linked_is_a_config_error(tmp_path: Path, local_server: Local
     assert out.returncode == 2
     body = json.loads(out.stdout)
     assert body["status"] == "error" and "link" in body["error"]["hint"]
+
+
+def test_deploy_applies_migrations_first_and_stops_on_failure(
+    tmp_path: Path, local_server: LocalServer
+) -> None:
+    run_cli(["init", "todo", "--template", "todo"], tmp_path, local_server)
+    site = tmp_path / "todo"
+    run_cli(["link", "--create", "Todo"], site, local_server)
+    pid = project_id_of(site)
+    first = deploy_json(site, local_server)
+    assert first["migrations_applied"] == 1 and first["uploaded"] > 0
+    with MosaicClient(local_server.api, KEY_A) as client:
+        assert client.sql(pid, "SELECT count(*) AS n FROM todos") == [{"n": 0}]
+
+    # A broken migration: the deploy fails before any file is uploaded.
+    (site / "migrations" / "0002_broken.sql").write_text(
+        "CREATE TABLE tags (id int);\n\nSELECT * FROM missing_table;\n"
+    )
+    (site / "public" / "new.html").write_text("<p>new</p>")
+    out = run_cli(["deploy", "--json"], site, local_server, check=False)
+    assert out.returncode == 7
+    error = json.loads(out.stdout)["error"]
+    assert "0002_broken.sql:3:" in error["error"] and "42P01" in error["error"]
+    assert site_get(local_server, pid, "/new.html").status_code == 404
+    with MosaicClient(local_server.api, KEY_A) as client:
+        tables = client.sql(pid, "SELECT to_regclass('public.tags') IS NULL AS gone")
+    assert tables == [{"gone": True}]
+
+    # Fixed: the migration and the page go out together.
+    (site / "migrations" / "0002_broken.sql").write_text("CREATE TABLE tags (id int);\n")
+    fixed = deploy_json(site, local_server)
+    assert fixed["migrations_applied"] == 1 and fixed["uploaded"] == 1
+    assert deploy_json(site, local_server, "--no-migrate")["uploaded"] == 0
