@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -281,15 +283,33 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
         ]
         lines += [f"  prune   {p['path']}  ({p['target']})" for p in plan.get("prune", [])]
         lines.append(f"  unchanged {plan.get('unchanged', 0)}")
+        lines += [f"  migrate {name}" for name in result.migrations_pending]
         human = "\n".join(lines)
     else:
         storage = f", {len(result.storage)} in storage" if result.storage else ""
         human = (
             f"Deployed {project_id}: uploaded {result.uploaded} ({human_size(result.bytes)}), "
-            f"unchanged {result.unchanged}, pruned {result.pruned}{storage} "
+            f"unchanged {result.unchanged}, pruned {result.pruned}{storage}"
+            f"{f', migrations {result.migrations_applied}' if result.migrations_applied else ''} "
             f"in {seconds:.2f} s\n{result.url}/"
         )
     out.result(data, human)
+
+
+def migration_safety_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--allow-changed", is_flag=True,
+        help="Apply even though an applied migration file changed.",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--allow-out-of-order", is_flag=True,
+        help="Apply a pending migration older than the newest applied one.",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--lock-timeout", default=30.0, show_default=True,
+        help="Seconds to wait for another run's migration lock.",
+    )(func)  # fmt: skip
+    return func
 
 
 def deploy_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -304,6 +324,11 @@ def deploy_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--no-rewrite", "rewrite", is_flag=True, flag_value=False, default=True,
         help="Do not point HTML/CSS at storage URLs.",
     )(func)  # fmt: skip
+    func = click.option(
+        "--no-migrate", "migrate", is_flag=True, flag_value=False, default=True,
+        help="Do not apply pending migrations.",
+    )(func)  # fmt: skip
+    func = migration_safety_options(func)
     func = click.option(
         "--allow-secrets", is_flag=True,
         help="Let .mosaicignore re-include files the safe defaults exclude (.env, keys).",
@@ -340,6 +365,511 @@ def status(session: Session, **opts: Any) -> None:
       mosaicsync status --json
     """
     _deploy(session, True, **opts)
+
+
+# -- migrations ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def migrate() -> None:
+    """SQL migrations: each applied exactly once, all or nothing, in version order.
+
+    \b
+    Example:
+      mosaicsync migrate new add_tags
+      mosaicsync migrate status --json
+      mosaicsync migrate up
+    """
+
+
+def _migrator(session: Session, out: Any, lock_timeout: float = 30.0) -> tuple[Any, Any, Any]:
+    from mosaicsync.migrate import Migrator
+
+    config = session.config()
+    client = session.client(config, out)
+    migrator = Migrator(
+        client,
+        session.project_id(config),
+        config.migrations_dir,
+        lock_timeout=lock_timeout,
+        on_event=out.deploy_event,
+    )
+    return config, client, migrator
+
+
+@migrate.command("new")
+@click.argument("name")
+@common_options
+def migrate_new(session: Session, name: str) -> None:
+    """Create the next migration file.
+
+    \b
+    Example:
+      mosaicsync migrate new create_todos
+    """
+    from mosaicsync.migrate import new_migration
+
+    config = session.config()
+    out = session.output()
+    path = new_migration(config.migrations_dir, name)
+    out.result({"path": str(path)}, f"Created {path}")
+
+
+@migrate.command("status")
+@common_options
+def migrate_status(session: Session) -> None:
+    """Show applied, pending, changed and missing migrations, and the lock holder.
+
+    \b
+    Example:
+      mosaicsync migrate status --json
+    """
+    out = session.output()
+    _, client, migrator = _migrator(session, out)
+    with client:
+        status = migrator.status()
+    data = status.to_json()
+    lines = []
+    for key in ("applied", "pending", "changed", "missing", "partial", "out_of_order"):
+        items = data.get(key) or []
+        if items:
+            names = ", ".join(_migration_label(i) for i in items)
+            lines.append(f"{key:<12} {len(items):>3}  {names}")
+    if data.get("lock"):
+        lines.append(f"lock         held: {data['lock']}")
+    out.result(data, "\n".join(lines) or "No migrations.")
+
+
+def _migration_label(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    if item.get("filename"):
+        return str(item["filename"])
+    return f"{item.get('version')}_{item.get('name')}" if item.get("name") else str(item)
+
+
+@migrate.command("up")
+@click.option("--to", "to_version", type=int, help="Stop after this version.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would be sent; apply nothing.")
+@migration_safety_options
+@common_options
+def migrate_up(
+    session: Session,
+    to_version: int | None,
+    dry_run: bool,
+    allow_changed: bool,
+    allow_out_of_order: bool,
+    lock_timeout: float,
+) -> None:
+    """Apply pending migrations.
+
+    \b
+    Example:
+      mosaicsync migrate up --dry-run
+      mosaicsync migrate up --to 20261125120000
+    """
+    out = session.output()
+    _, client, migrator = _migrator(session, out, lock_timeout)
+    with client:
+        result = migrator.up(
+            to=to_version,
+            dry_run=dry_run,
+            allow_changed=allow_changed,
+            allow_out_of_order=allow_out_of_order,
+        )
+    data = result.to_json()
+    if dry_run:
+        data["sql"] = result.sql
+        human = "\n\n".join(result.sql) or "Nothing to apply."
+    else:
+        human = f"Applied {len(result.applied)} migration(s)." + "".join(
+            f"\n  {a.version}_{a.name} ({a.ms} ms)" for a in result.applied
+        )
+    out.result(data, human)
+
+
+@migrate.command("repair")
+@click.option("--accept", multiple=True, type=int, help="Record the file's new checksum for V.")
+@click.option("--forget", multiple=True, type=int, help="Remove V (file gone) from the history.")
+@common_options
+def migrate_repair(session: Session, accept: tuple[int, ...], forget: tuple[int, ...]) -> None:
+    """Fix the history after an intended change: accept new checksums or forget versions.
+
+    \b
+    Example:
+      mosaicsync migrate repair --accept 3
+    """
+    if not accept and not forget:
+        raise click.UsageError("give --accept VERSION and/or --forget VERSION")
+    out = session.output()
+    _, client, migrator = _migrator(session, out)
+    with client:
+        result = migrator.repair(accept=accept, forget=forget)
+    out.result(
+        {"accepted": result.accepted, "forgotten": result.forgotten},
+        f"Accepted {result.accepted}, forgot {result.forgotten}",
+    )
+
+
+@migrate.command("unlock")
+@common_options
+def migrate_unlock(session: Session) -> None:
+    """Release the migration lock of a crashed run (operators only).
+
+    \b
+    Example:
+      mosaicsync migrate unlock
+    """
+    out = session.output()
+    _, client, migrator = _migrator(session, out)
+    with client:
+        previous = migrator.unlock()
+    out.result(
+        {"previous": previous.to_json() if previous else None},
+        f"Unlocked (was held by {previous.describe()})" if previous else "The lock was free.",
+    )
+
+
+# -- the platform at the command line ----------------------------------------------------------
+
+
+def _no_prompt(flag: str, what: str) -> None:
+    """Nobody at the keyboard: fail with the flag to pass instead of waiting on a prompt."""
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{what}: stdin is not a terminal, so pass {flag}")
+
+
+@cli.group()
+def projects() -> None:
+    """List, create and delete projects.
+
+    \b
+    Example:
+      mosaicsync projects create "My App" --json
+      mosaicsync projects list
+    """
+
+
+@projects.command("list")
+@common_options
+def projects_list(session: Session) -> None:
+    """List the projects of this API key.
+
+    \b
+    Example:
+      mosaicsync projects list --json
+    """
+    out = session.output()
+    with session.client(session.config_or_none(), out) as client:
+        items = client.list_projects()
+    lines = [f"{p['project_id']:<12} {p['status']:<13} {p['name']}  {p['url']}" for p in items]
+    out.result({"projects": items}, "\n".join(lines) or "No projects.")
+
+
+@projects.command("create")
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Return while the project is still provisioning.")
+@common_options
+def projects_create(session: Session, name: str, no_wait: bool) -> None:
+    """Create a project (and wait until its database is ready).
+
+    \b
+    Example:
+      mosaicsync projects create "Todo App"
+    """
+    out = session.output()
+    with session.client(session.config_or_none(), out) as client:
+        project = client.create_project(name)
+        if not no_wait:
+            project = client.wait_until_running(project["project_id"])
+    out.result(project, f"Created {project['project_id']} ({project['status']}): {project['url']}")
+
+
+@projects.command("delete")
+@click.argument("project_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def projects_delete(session: Session, project_id: str, yes: bool) -> None:
+    """Delete a project with its site, storage and database. There is no undo.
+
+    \b
+    Example:
+      mosaicsync projects delete pod-16f --yes
+    """
+    if not yes:
+        _no_prompt("--yes", f"deleting {project_id}")
+        click.confirm(f"Delete {project_id} with its site, storage and database?", abort=True)
+    out = session.output()
+    with session.client(session.config_or_none(), out) as client:
+        client.delete_project(project_id)
+    out.result({"project_id": project_id, "deleted": True}, f"Deleted {project_id}.")
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("-f", "--file", "sql_file", type=click.File("r"), help="Read the query from a file.")
+@common_options
+def sql(session: Session, query: str | None, sql_file: Any) -> None:
+    """Run SQL on the project's database: a table on a terminal, JSON otherwise.
+
+    Several statements run as one transaction; the result is the last statement's.
+
+    \b
+    Example:
+      mosaicsync sql "select 1 as x" --json
+      mosaicsync sql -f report.sql
+    """
+    from mosaicsync.output import render_table
+
+    if sql_file is not None:
+        query = sql_file.read()
+    if not query:
+        raise click.UsageError("give a QUERY or -f FILE")
+    config = session.config_or_none()
+    out = session.output()
+    with session.client(config, out) as client:
+        rows = client.sql(session.project_id(config), query)
+    if session.json_mode or not sys.stdout.isatty():
+        click.echo(out.redact(json.dumps(rows, ensure_ascii=False)))
+    else:
+        click.echo(out.redact(render_table(rows)))
+
+
+@cli.group()
+def db() -> None:
+    """The project's PostgreSQL: connection URL and a psql shell.
+
+    \b
+    Example:
+      mosaicsync db url
+      mosaicsync db shell
+    """
+
+
+@db.command("url")
+@click.option("--show-password", is_flag=True, help="Print the password instead of a mask.")
+@common_options
+def db_url(session: Session, show_password: bool) -> None:
+    """Print the database URL (password masked unless --show-password).
+
+    \b
+    Example:
+      psql "$(mosaicsync db url --show-password)"
+    """
+    from mosaicsync.credentials import MASK
+
+    config = session.config_or_none()
+    out = session.output()
+    with session.client(config, out) as client:
+        creds = client.database(session.project_id(config))
+    if show_password:
+        # Asked for explicitly: printed as is, bypassing the redaction of every other output.
+        if session.json_mode:
+            click.echo(json.dumps({"schema": "mosaicsync/1", "status": "ok", **creds}))
+        else:
+            click.echo(creds["database_url"])
+        return
+    masked = dict(creds, password=MASK)
+    masked["database_url"] = creds["database_url"].replace(
+        ":" + creds["password"] + "@", f":{MASK}@"
+    )
+    out.result(masked, masked["database_url"])
+
+
+@db.command("shell", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@common_options
+def db_shell(session: Session, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the project's database (the password goes in the environment, not argv).
+
+    \b
+    Example:
+      mosaicsync db shell -- -c "select count(*) from todos"
+    """
+    import shutil
+    import subprocess
+
+    psql = shutil.which("psql")
+    if psql is None:
+        raise ConfigError("psql is not installed", hint="install the PostgreSQL client (psql)")
+    config = session.config_or_none()
+    out = session.output()
+    with session.client(config, out) as client:
+        creds = client.database(session.project_id(config))
+    env = {
+        **os.environ,
+        "PGHOST": str(creds["host"]),
+        "PGPORT": str(creds["port"]),
+        "PGUSER": creds["user"],
+        "PGDATABASE": creds["database"],
+        "PGPASSWORD": creds["password"],
+    }
+    code = subprocess.call([psql, *psql_args], env=env)
+    sys.exit(code)
+
+
+@cli.group()
+def storage() -> None:
+    """Object storage: list, upload (presigned, streamed) and delete.
+
+    \b
+    Example:
+      mosaicsync storage put video.mp4 --name media/intro.mp4
+      mosaicsync storage ls
+    """
+
+
+@storage.command("ls")
+@common_options
+def storage_ls(session: Session) -> None:
+    """List objects and usage.
+
+    \b
+    Example:
+      mosaicsync storage ls --json
+    """
+    from mosaicsync.output import human_size
+
+    config = session.config_or_none()
+    out = session.output()
+    with session.client(config, out) as client:
+        listing = client.list_storage(session.project_id(config))
+    usage = listing.get("usage", {})
+    lines = [f"{human_size(f['size']):>10}  {f['filename']}" for f in listing.get("files", [])]
+    lines.append(f"used {usage.get('used')} of {usage.get('limit')} ({usage.get('percent')}%)")
+    out.result(listing, "\n".join(lines))
+
+
+@storage.command("put")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Object name (default: the file's name).")
+@common_options
+def storage_put(session: Session, file: Path, name: str | None) -> None:
+    """Upload a file to storage through a presigned URL, streamed from disk.
+
+    \b
+    Example:
+      mosaicsync storage put backup.tar.gz --name backups/2026-11-25.tar.gz
+    """
+    from mosaicsync.output import human_size
+
+    config = session.config_or_none()
+    out = session.output()
+    object_name = name or file.name
+    size = file.stat().st_size
+    with session.client(config, out) as client:
+        project_id = session.project_id(config)
+        signed = client.upload_url(project_id, object_name, size)
+        client.put_presigned(signed["upload_url"], file, size)
+        listing = client.list_storage(project_id)
+    url = next((f["url"] for f in listing["files"] if f["filename"] == object_name), None)
+    out.result(
+        {"filename": object_name, "size": size, "url": url},
+        f"Uploaded {object_name} ({human_size(size)}): {url}",
+    )
+
+
+@storage.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@common_options
+def storage_rm(session: Session, names: tuple[str, ...]) -> None:
+    """Delete objects from storage.
+
+    \b
+    Example:
+      mosaicsync storage rm media/old.mp4
+    """
+    config = session.config_or_none()
+    out = session.output()
+    with session.client(config, out) as client:
+        project_id = session.project_id(config)
+        for name in names:
+            client.delete_object(project_id, name)
+    out.result({"deleted": list(names)}, f"Deleted {len(names)} object(s).")
+
+
+@cli.group()
+def auth() -> None:
+    """Magic-link sign-in for your app's users.
+
+    \b
+    Example:
+      mosaicsync auth magic-link user@example.com --redirect /dashboard
+    """
+
+
+@auth.command("magic-link")
+@click.argument("email")
+@click.option(
+    "--redirect",
+    "redirect_url",
+    default="/",
+    show_default=True,
+    help="Path on your site the user lands on.",
+)
+@common_options
+def auth_magic_link(session: Session, email: str, redirect_url: str) -> None:
+    """Send a sign-in link (free tier: 10 emails a day).
+
+    \b
+    Example:
+      mosaicsync auth magic-link user@example.com --redirect /dashboard --json
+    """
+    config = session.config_or_none()
+    out = session.output()
+    with session.client(config, out) as client:
+        answer = client.magic_link(session.project_id(config), email, redirect_url)
+    out.result({"email": email, **answer}, answer.get("message", "Sent."))
+
+
+@cli.command()
+@click.option("--subject", required=True, help="One line: what went wrong.")
+@click.option("--message", required=True, help="What you tried, the errors, how to reproduce.")
+@click.option(
+    "--diagnostics",
+    is_flag=True,
+    help="Attach version, OS, Python and the last error (never a secret).",
+)
+@common_options
+def ticket(session: Session, subject: str, message: str, diagnostics: bool) -> None:
+    """Submit a support ticket to the platform.
+
+    \b
+    Example:
+      mosaicsync ticket --subject "deploy fails with 502" --message "..." --diagnostics
+    """
+    from mosaicsync.diagnostics import diagnostics_text
+
+    config = session.config_or_none()
+    out = session.output()
+    body = message + ("\n\n" + diagnostics_text() if diagnostics else "")
+    project_id = None
+    with contextlib.suppress(ConfigError):  # a ticket need not name a project
+        project_id = session.project_id(config)
+    with session.client(config, out) as client:
+        answer = client.create_ticket(subject, out.redact(body), project_id)
+    out.result(
+        answer, f"Ticket #{answer.get('ticket_id')} {answer.get('status')}: {answer.get('message')}"
+    )
+
+
+@cli.command()
+@common_options
+def doctor(session: Session) -> None:
+    """Check config, key, reachability, versions and clock skew.
+
+    \b
+    Example:
+      mosaicsync doctor --json
+    """
+    from mosaicsync.diagnostics import run_doctor
+
+    out = session.output()
+    report = run_doctor(session)
+    lines = [f"{'ok ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}" for c in report["checks"]]
+    out.result(report, "\n".join(lines))
+    if not report["ok"]:
+        sys.exit(1)
 
 
 @cli.command()
@@ -503,9 +1033,12 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except MosaicError as exc:
+        from mosaicsync.diagnostics import record_last_error
         from mosaicsync.output import Output
 
-        Output(json_mode=json_mode).error(exc)
+        out = Output(json_mode=json_mode)
+        out.error(exc)
+        record_last_error(exc, out.redact(exc.message))
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -87,8 +87,10 @@ def _publish_rank(upload: Upload) -> tuple[int, str]:
 
 
 def publish_order(uploads: Iterable[Upload]) -> list[Upload]:
-    """Storage objects, then site assets, then HTML, each by path: no page goes live before its
-    assets, since Mosaic publishes file by file and has no atomic release."""
+    """Storage objects, then site assets, then HTML, each group by path.
+
+    Mosaic publishes file by file with no atomic release, so no page may go live before its assets.
+    """
     return sorted(uploads, key=_publish_rank)
 
 

@@ -64,7 +64,7 @@ DEFAULT_IGNORES: tuple[str, ...] = (
     ".hypothesis/",
     ".idea/",
     ".vscode/",
-    # The tool's own files, for a project whose static root is the project dir itself.
+    # mosaicsync's own files, for a project whose static root is the project dir itself.
     ".mosaicsync/",
     "mosaic.toml",
     ".mosaicignore",
@@ -597,8 +597,10 @@ class _Walker:
         return real
 
     def secret_target(self, real: str, is_dir: bool) -> str | None:
-        """Why a link's target is a secret, or None: a link must not smuggle out a file the rules
-        keep back, such as `env.txt -> .env`."""
+        """Why a link's target is a secret, or None.
+
+        A link must not smuggle out what the rules keep back, such as `env.txt -> .env`.
+        """
         target_rel = _nfc(Path(os.path.relpath(real, self.root)).as_posix())
         secret = self.rules.match_with_parents(target_rel, is_dir, secrets_only=True)
         return None if secret is None else f"links to {target_rel}, {secret}"

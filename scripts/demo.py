@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ def step(message: str) -> None:
 
 
 def mosaicsync(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    print("$ mosaicsync " + " ".join(args), flush=True)
+    print("$ mosaicsync " + shlex.join(args), flush=True)
     out = subprocess.run(
         [sys.executable, "-m", "mosaicsync", *args], cwd=cwd, env=env, text=True,
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,

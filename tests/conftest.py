@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,23 @@ KEY_A = "mk_test_account_a"
 KEY_B = "mk_test_account_b"
 
 
+def make_traversable(path: Path) -> None:
+    """Let PostgreSQL, run as `nobody` when the tests run as root, pass through pytest's 0700
+    temp dirs, so clusters stay in the test's data dir instead of /var/lib/mosaicsync."""
+    if os.geteuid() != 0:
+        return
+    for p in [path, *path.parents]:
+        if p == Path(tempfile.gettempdir()) or p == p.parent:
+            break
+        mode = p.stat().st_mode
+        if mode & 0o011 != 0o011:
+            os.chmod(p, (mode & 0o7777) | 0o011)
+
+
 @pytest.fixture(autouse=True)
 def _clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never see the user's keys or config, and never write to the real home."""
+    make_traversable(tmp_path)
     for name in list(os.environ):
         if name.startswith("MOSAIC_"):
             monkeypatch.delenv(name)
@@ -83,6 +98,7 @@ def postgres_running_for(data_dir: Path) -> bool:
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """One platform for the session, with two fixed keys (two accounts) and a movable clock."""
     data = tmp_path_factory.mktemp("platform") / "data"
+    make_traversable(data.parent)
     server = LocalServer(
         data,
         [

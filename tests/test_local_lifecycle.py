@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from mosaicsync.local.postgres import Cluster
 from tests.conftest import LocalServer
 from tests.test_local_api import wait_running
 
@@ -139,3 +142,65 @@ def test_port_in_use_is_a_clear_error(tmp_path) -> None:
         )
     assert out.returncode == 8
     assert "already in use" in out.stderr and "--port 0" in out.stderr
+
+
+DEBIAN_PG = Path("/usr/lib/postgresql/15/bin")
+
+
+def smoke(server: LocalServer, key: str) -> list[dict]:
+    """Create a project and run SQL that needs the three documented extensions' functions."""
+    with server.client(key) as api:
+        pid = api.post("/projects", json={"name": "Smoke"}).json()["project_id"]
+        wait_running(api, pid)
+        r = api.post(
+            f"/{pid}/sql",
+            json={
+                "query": "CREATE TABLE t (id uuid DEFAULT uuid_generate_v4(), h text); "
+                "INSERT INTO t (h) VALUES (encode(digest('abc', 'sha256'), 'hex')); "
+                "SELECT h, id IS NOT NULL AS has_id FROM t"
+            },
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+
+@pytest.mark.skipif(not DEBIAN_PG.exists(), reason="no system PostgreSQL 15 on this machine")
+def test_system_postgresql_binaries_with_pg_bin(tmp_path) -> None:
+    server = LocalServer(
+        tmp_path / "data", ["--api-key", "mk_test_pgbin", "--pg-bin", str(DEBIAN_PG)]
+    )
+    server.start()
+    try:
+        info = httpx.get(server.base_url + "/_local/info").json()
+        assert info["database"]["version"].startswith("15")
+        assert info["database"]["extensions"]["pgcrypto"].startswith("real")
+        rows = smoke(server, "mk_test_pgbin")
+        assert rows == [{"h": hashlib.sha256(b"abc").hexdigest(), "has_id": True}]
+    finally:
+        server.stop()
+
+
+def test_external_server_with_database_url(tmp_path) -> None:
+    """--database-url: the platform provisions tenants on a server it does not own."""
+    external = Cluster(data_dir=tmp_path / "external", fast=True)
+    external.start()
+    try:
+        server = LocalServer(
+            tmp_path / "data",
+            ["--api-key", "mk_test_external", "--database-url", external.admin_dsn],
+        )
+        server.start()
+        try:
+            info = httpx.get(server.base_url + "/_local/info").json()
+            assert info["database"]["mode"].startswith("external")
+            rows = smoke(server, "mk_test_external")
+            assert rows[0]["h"] == hashlib.sha256(b"abc").hexdigest()
+            # The admin password is never shown by the platform.
+            password = external.password_path.read_text().strip()
+            assert password not in server.log_text()
+            assert password not in "\n".join(server.stdout_lines)
+            assert password not in httpx.get(server.base_url + "/_local/info").text
+        finally:
+            server.stop()
+    finally:
+        external.stop()

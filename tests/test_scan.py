@@ -331,7 +331,11 @@ def test_a_link_to_a_secret_does_not_smuggle_it_out(tmp_path: Path) -> None:
     reasons = skipped(tmp_path)
     assert reasons["env.txt"] == "links to .env, default: .env*"
     assert reasons["gitconfig.txt"] == "links to .git/config, default: .git/"
+    (tmp_path / "repo").symlink_to(".git")
+    assert skipped(tmp_path)["repo/"] == "links to .git, default: .git/"
     assert paths(tmp_path) == []
+    present, gone = scan_paths(tmp_path, ["env.txt", "repo/config"], rules_for(tmp_path))
+    assert present == [] and gone == ["env.txt", "repo/config"]
 
 
 # --- paths ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mosaicsync.local.clock import Clock
-from mosaicsync.local.db import Databases, TenantCredentials
+from mosaicsync.local.db import Databases, TenantCredentials, tenant_name
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.state import State
 
@@ -72,10 +72,6 @@ class Project:
 
 def new_project_id() -> str:
     return secrets.choice(WORDS) + "-" + "".join(secrets.choice(ALPHABET) for _ in range(3))
-
-
-def role_name(project_id: str) -> str:
-    return "tenant_" + project_id.replace("-", "_")
 
 
 class Projects:
@@ -151,7 +147,7 @@ class Projects:
         return project
 
     def credentials(self, project: Project) -> TenantCredentials:
-        name = role_name(project.id)
+        name = tenant_name(project.id)
         return TenantCredentials(
             database=name,
             user=name,

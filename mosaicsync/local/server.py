@@ -90,7 +90,10 @@ class LocalPlatform:
         s = self.settings
         data = s.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        os.chmod(data, 0o700)
+        # Private to its user. As root, PostgreSQL runs as `nobody` and must be able to pass
+        # through to its own directory: execute-only for others, still no listing. Files that
+        # hold secrets are 0600 on their own.
+        os.chmod(data, 0o711 if os.geteuid() == 0 else 0o700)
         self.sock = bind_socket(s.host, s.port)
         port = self.sock.getsockname()[1]
         public_host = "127.0.0.1" if s.host in ("0.0.0.0", "") else s.host
@@ -127,6 +130,7 @@ class LocalPlatform:
                 db_port,
                 limits,
                 shim_dir=self.cluster.shim_dir,
+                on_event=self.on_event,
             )
             mode = f"--pg-bin {s.pg_bin}" if s.pg_bin else "embedded"
         server_info = self.databases.prepare()
@@ -181,7 +185,8 @@ class LocalPlatform:
             ) from None
         host = str(params.get("host") or "127.0.0.1")
         port = int(params.get("port") or 5432)
-        return Databases(url, host, port, limits), host, port, "external --database-url"
+        databases = Databases(url, host, port, limits, on_event=self.on_event)
+        return databases, host, port, "external --database-url"
 
     def serve(self) -> None:
         assert self.app is not None and self.sock is not None

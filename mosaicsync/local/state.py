@@ -7,6 +7,7 @@ Secrets are stored as hashes where the platform never needs them back (API keys,
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -89,6 +90,10 @@ class State:
     """A thread-safe wrapper over one SQLite connection (WAL; request handlers run in threads)."""
 
     def __init__(self, path: Path) -> None:
+        # It holds the tenants' database passwords: 0600 from the first byte (SQLite gives its
+        # -wal and -shm files the same mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
