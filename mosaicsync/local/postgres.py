@@ -148,6 +148,11 @@ def _child_setup(owner: tuple[int, int] | None) -> Callable[[], None]:
     return setup
 
 
+def die_with_parent() -> Callable[[], None]:
+    """A preexec function: the child gets SIGINT (a clean stop) when its parent dies."""
+    return _child_setup(None)
+
+
 def _child_env() -> dict[str, str]:
     # PGDATA, PGPORT and friends in the user's shell must not redirect our cluster.
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mosaicsync.local.postgres import die_with_parent
+
 LISTENING = re.compile(r"^Listening on (http://\S+)")
 
 
@@ -32,6 +34,8 @@ class LocalProcess:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None
     log_path: Path | None = None
+    # 0 picks a free port; a fixed one lets a restarted platform come back where clients expect.
+    listen_port: int = 0
     proc: subprocess.Popen | None = None
     base_url: str = ""
     stdout_lines: list[str] = field(default_factory=list)
@@ -51,10 +55,12 @@ class LocalProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mosaicsync", "local", "--port", "0",
+                [sys.executable, "-m", "mosaicsync", "local", "--port", str(self.listen_port),
                  "--data", str(self.data_dir), *self.args],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                 env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
+                # A killed test run or demo must not leave the platform (and its database) behind.
+                preexec_fn=die_with_parent(),
             )  # fmt: skip
         lines: queue.Queue[str | None] = queue.Queue()
         self._pump_thread = threading.Thread(target=self._pump, args=(lines,), daemon=True)
