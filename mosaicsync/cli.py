@@ -293,6 +293,10 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
             f"{f', migrations {result.migrations_applied}' if result.migrations_applied else ''} "
             f"in {seconds:.2f} s\n{result.url}/"
         )
+        if result.storage:
+            shown = ", ".join(result.storage[:10])
+            more = f" and {len(result.storage) - 10} more" if len(result.storage) > 10 else ""
+            human += f"\nIn storage (mapped in mosaic-assets.json): {shown}{more}"
     out.result(data, human)
 
 
