@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-all lint clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check mosaicsync tests scripts
+	$(PY) -m pytest -q -m "not heavy"
+
+# Also the heavy reliability suites (tests/test_reliability.py): faults, SIGKILL, races, outage.
+test-all: $(STAMP)
+	$(PY) -m ruff check mosaicsync tests scripts
 	$(PY) -m pytest -q
+
+# Benchmarks against a local platform the harness starts; results land in bench/results/.
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

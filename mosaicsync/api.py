@@ -129,6 +129,14 @@ class MosaicClient:
         max_connections: int = 32,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        if not (api_key.isascii() and api_key.isprintable()) or " " in api_key:
+            # It could not go in a header: say so (without echoing it) instead of a traceback.
+            raise AuthError(
+                "the API key holds a space, a control character or a non-ASCII character "
+                "(a typographic quote or dash pasted with it?)",
+                hint="copy the key again from the dashboard, then `mosaicsync login` or set "
+                "MOSAIC_API_KEY",
+            )
         self._key = api_key
         self.retry = retry or RetryPolicy()
         self.on_request = on_request
@@ -161,9 +169,14 @@ class MosaicClient:
         *,
         json: dict[str, Any] | None = None,
         idempotent: bool | None = None,
+        expect: tuple[str, ...] = (),
         **params: str,
     ) -> Any:
-        """Send one API request by route name; returns the JSON body or raises a MosaicError."""
+        """Send one API request by route name; returns the JSON body or raises a MosaicError.
+
+        `expect` names the fields the answer must have: another server answering JSON of some
+        other shape (a proxy, a wrong URL) then fails with a message, not with a KeyError.
+        """
         route = ROUTES[route_name]
         path = route.path.format(**{k: quote(v, safe="/") for k, v in params.items()})
         safe = route.idempotent if idempotent is None else idempotent
@@ -174,7 +187,15 @@ class MosaicClient:
             headers={"X-API-Key": self._key},
             json=json,
         )
-        return self._json(response)
+        body = self._json(response)
+        missing = [key for key in expect if not isinstance(body, dict) or key not in body]
+        if missing:
+            raise PlatformError(
+                f"{route.method} {_redacted_path(response.request.url)}: the answer has no "
+                f"{', '.join(repr(k) for k in missing)} field; is {self.api_url} a Mosaic API?",
+                hint="check --api-url, MOSAIC_API_URL or the target's api_url",
+            )
+        return body
 
     def _send(
         self,
@@ -302,13 +323,13 @@ class MosaicClient:
     # -- typed helpers -------------------------------------------------------------------------
 
     def list_projects(self) -> list[dict[str, Any]]:
-        return self.call("list_projects")["projects"]
+        return self.call("list_projects", expect=("projects",))["projects"]
 
     def create_project(self, name: str) -> dict[str, Any]:
-        return self.call("create_project", json={"name": name})
+        return self.call("create_project", json={"name": name}, expect=("project_id",))
 
     def get_project(self, project_id: str) -> dict[str, Any]:
-        return self.call("get_project", project_id=project_id)
+        return self.call("get_project", project_id=project_id, expect=("project_id", "status"))
 
     def wait_until_running(self, project_id: str, timeout: float = 120.0) -> dict[str, Any]:
         """Projects start `provisioning`; poll until `running` (or time out clearly)."""
@@ -331,11 +352,15 @@ class MosaicClient:
         self.call("delete_project", project_id=project_id)
 
     def database(self, project_id: str) -> dict[str, Any]:
-        return self.call("database", project_id=project_id)
+        return self.call("database", project_id=project_id, expect=("database_url", "password"))
 
     def sql(self, project_id: str, query: str, *, idempotent: bool = False) -> list[dict[str, Any]]:
         return self.call(
-            "sql", project_id=project_id, json={"query": query}, idempotent=idempotent
+            "sql",
+            project_id=project_id,
+            json={"query": query},
+            idempotent=idempotent,
+            expect=("data",),
         )["data"]
 
     def upload_file(
@@ -347,14 +372,17 @@ class MosaicClient:
         return self.call("upload_file", project_id=project_id, json=body)
 
     def list_files(self, project_id: str) -> list[dict[str, Any]]:
-        return self.call("list_files", project_id=project_id)["files"]
+        return self.call("list_files", project_id=project_id, expect=("files",))["files"]
 
     def delete_file(self, project_id: str, filename: str) -> None:
         self.call("delete_file", project_id=project_id, filename=filename)
 
     def upload_url(self, project_id: str, filename: str, size: int) -> dict[str, Any]:
         return self.call(
-            "upload_url", project_id=project_id, json={"filename": filename, "size": size}
+            "upload_url",
+            project_id=project_id,
+            json={"filename": filename, "size": size},
+            expect=("upload_url",),
         )
 
     def put_presigned(self, upload_url: str, path: Path, size: int) -> httpx.Response:
@@ -374,7 +402,7 @@ class MosaicClient:
         )
 
     def list_storage(self, project_id: str) -> dict[str, Any]:
-        return self.call("list_storage", project_id=project_id)
+        return self.call("list_storage", project_id=project_id, expect=("files",))
 
     def delete_object(self, project_id: str, filename: str) -> None:
         self.call("delete_object", project_id=project_id, filename=filename)

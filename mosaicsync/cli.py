@@ -371,6 +371,174 @@ def status(session: Session, **opts: Any) -> None:
     _deploy(session, True, **opts)
 
 
+# -- watch and dev ---------------------------------------------------------------------------------
+
+
+def watch_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--debounce-ms", default=30, show_default=True, type=click.IntRange(0, 60_000),
+        help="Quiet time before a sync; changes closer together than this go as one.",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--poll", "force_polling", is_flag=True,
+        help="Poll the disk instead of using OS events (network or container filesystems).",
+    )(func)  # fmt: skip
+    return func
+
+
+def _run_watch(
+    config: Any,
+    client: Any,
+    project_id: str,
+    out: Any,
+    target: str | None,
+    debounce_ms: int,
+    force_polling: bool,
+    opts: dict[str, Any],
+) -> None:
+    from mosaicsync.deploy import DeployOptions
+    from mosaicsync.watch import Watcher, WatchOptions
+
+    options = WatchOptions(
+        debounce_ms=debounce_ms,
+        deploy=DeployOptions(**opts),
+        force_polling=force_polling,
+        target=target,
+    )
+    Watcher(config, client, project_id, options, out.watch_event).run()
+
+
+@cli.command()
+@watch_options
+@deploy_options
+@common_options
+def watch(session: Session, debounce_ms: int, force_polling: bool, **opts: Any) -> None:
+    """Deploy, then upload each change as it is saved, until Ctrl-C.
+
+    Only the changed files are hashed and sent. New migration files are applied; an edit
+    to an applied one is refused with a warning. A failed sync is retried until it lands.
+    Prints one line per sync (one JSON object per line with --json).
+
+    \b
+    Example:
+      mosaicsync watch
+      mosaicsync watch --target local --json
+    """
+    config = session.config()
+    out = session.output()
+    project_id = session.project_id(config)
+    target = session.target or os.environ.get("MOSAIC_TARGET") or None
+    with session.client(config, out) as client:
+        _run_watch(config, client, project_id, out, target, debounce_ms, force_polling, opts)
+
+
+def _dev_project(client: Any, config: Any) -> str:
+    """This folder's project on the local platform: the one in [targets.local], else a new one."""
+    from mosaicsync.errors import NotFoundError
+
+    known = config.targets.get("local")
+    if known is not None and known.project_id:
+        try:
+            client.get_project(known.project_id)
+            return known.project_id
+        except NotFoundError:
+            pass  # made on another data dir, or deleted: make a new one
+    project = client.create_project(config.name)
+    client.wait_until_running(project["project_id"])
+    return project["project_id"]
+
+
+@cli.command()
+@click.option(
+    "--port", default=8787, show_default=True, type=int,
+    help="Port of the local platform; 0 picks a free one.",
+)  # fmt: skip
+@click.option(
+    "--data", "data_dir", type=click.Path(path_type=Path),
+    help="The local platform's data directory (default: the one `mosaicsync local` uses).",
+)  # fmt: skip
+@watch_options
+@deploy_options
+@common_options
+def dev(
+    session: Session,
+    port: int,
+    data_dir: Path | None,
+    debounce_ms: int,
+    force_polling: bool,
+    **opts: Any,
+) -> None:
+    """Develop locally: run the local platform, deploy this folder, reload the browser on save.
+
+    Starts `mosaicsync local --dev`, creates (or reuses) this folder's project there and
+    records it under [targets.local] in mosaic.toml, deploys, prints the URL, then watches
+    like `mosaicsync watch`. Open pages reload after each sync; a change made only of
+    stylesheets is swapped in without a reload.
+
+    \b
+    Example:
+      mosaicsync dev
+      mosaicsync dev --port 0 --json
+    """
+    from mosaicsync.api import MosaicClient
+    from mosaicsync.config import load_config, set_project_id
+    from mosaicsync.local.process import LocalProcess, LocalProcessError
+    from mosaicsync.local.server import default_data_dir
+
+    if session.api_url or session.project or session.target:
+        raise click.UsageError(
+            "dev runs its own local platform: --api-url, --project and --target do not apply"
+        )
+    config = session.config()
+    out = session.output()
+    data = (data_dir or default_data_dir()).resolve()
+    # A child process, not a thread: the platform gets its own interpreter (serving pages never
+    # waits on the watcher's hashing), and it is the very `mosaicsync local` that tests exercise.
+    platform = LocalProcess(data, args=["--dev"], listen_port=port)
+    try:
+        platform.start()
+    except LocalProcessError as exc:
+        errors = [line for line in str(exc).splitlines() if line.startswith("Error:")]
+        raise LocalPlatformError(
+            errors[-1].removeprefix("Error: ") if errors else str(exc),
+            hint=f"see {platform.log_path}; another port: --port 0",
+        ) from None
+    try:
+        try:
+            key = (data / "api-key").read_text().strip()
+        except OSError as exc:
+            raise LocalPlatformError(
+                f"cannot read the local platform's API key in {data}: {exc.strerror}",
+                hint="pass another --data directory",
+            ) from None
+        out.secrets = (*out.secrets, key)
+        with MosaicClient(platform.api_url, key, on_request=out.request) as client:
+            project_id = _dev_project(client, config)
+            target = config.targets.get("local")
+            if target is None or target.project_id != project_id:
+                set_project_id(config.path, project_id, target="local")
+                config = load_config(config.path)
+            url = client.get_project(project_id)["url"] + "/"
+            by_path = f"{platform.base_url}/sites/{project_id}/"
+            out.event_line(
+                "dev",
+                {
+                    "project_id": project_id,
+                    "url": url,
+                    "url_by_path": by_path,
+                    "api_url": platform.api_url,
+                    "data_dir": str(data),
+                },
+                f"Local platform {platform.base_url} (data in {data})\n"
+                f"Project {project_id} (recorded under [targets.local] in {config.path.name})\n"
+                f"Open {url}  (or {by_path})",
+                log=False,
+            )
+            _run_watch(config, client, project_id, out, "local", debounce_ms, force_polling, opts)
+    finally:
+        platform.stop()
+
+
 # -- migrations ------------------------------------------------------------------------------------
 
 
@@ -965,6 +1133,11 @@ def doctor(session: Session) -> None:
 )
 @click.option(
     "--allow-clock-override", is_flag=True, help="Enable POST /_local/clock so tests can move time."
+)
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Live reload: serve HTML with a script that reloads it when the site changes.",
 )
 @click.option(
     "--reset-db",

@@ -158,6 +158,11 @@ def load_config(path: Path) -> Config:
             "point it at the folder that holds the NNNN_name.sql files",
         )
     check.unknown_keys(migrations, ("migrations",), _SCHEMA["migrations"], secrets)
+    if migrations_dir != static_root and migrations_dir.is_relative_to(static_root):
+        # With `root = "."` (the default without public/) the schema and its seed data would
+        # otherwise be published with the site.
+        inside = migrations_dir.relative_to(static_root).as_posix()
+        ignore.append("/" + re.sub(r"([*?\[\\])", r"\\\1", inside) + "/")
 
     targets = _targets(check, doc, secrets)
     check.raise_if_any(path)

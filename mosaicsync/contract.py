@@ -30,6 +30,7 @@ SITE_EXTENSIONS = frozenset(SITE_CONTENT_TYPES)
 TEXT_EXTENSIONS = frozenset({".html", ".css", ".js", ".json", ".txt", ".svg"})
 
 MAX_SITE_FILE = 10 * 1024 * 1024  # bytes; larger files go to storage
+MAX_PATH_LENGTH = 1024  # characters in a file or object name (our reading; undocumented)
 PRESIGN_TTL = 300  # seconds an upload URL stays valid
 FREE_STORAGE = 20 * 1000**3
 MAGIC_LINK_TTL = 15 * 60

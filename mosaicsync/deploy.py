@@ -8,11 +8,13 @@ after it has arrived, so an interrupted deploy resumes where it stopped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import hashlib
 import json
 import os
 import posixpath
+import re
 import socket
 import threading
 import time
@@ -25,8 +27,8 @@ from typing import Any
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
-from mosaicsync.contract import TEXT_EXTENSIONS
-from mosaicsync.errors import ConfigError, NotFoundError
+from mosaicsync.contract import MAX_PATH_LENGTH, TEXT_EXTENSIONS
+from mosaicsync.errors import ConfigError, NotFoundError, ScanError
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest
 from mosaicsync.migrate import Migrator
 from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
@@ -34,6 +36,8 @@ from mosaicsync.rewrite import ASSETS_FILE, needs_rewrite, rewrite
 from mosaicsync.scan import HashCache, LocalFile, ScanResult, load_ignore_rules, scan
 
 CACHE_DIR = ".mosaicsync"
+# No platform path may hold a control character or a backslash (it reads as a separator).
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\\]")
 FLUSH_EVERY = 200
 
 
@@ -130,6 +134,19 @@ def scan_project(config: Config, *, allow_secrets: bool = False) -> ScanResult:
                 "it with the storage URLs of files that do not go to the site",
                 hint="rename the file, or add it to .mosaicignore",
             )
+        # Refused here rather than by the platform halfway through the uploads.
+        if len(f.path) > MAX_PATH_LENGTH:
+            problem = f"is longer than {MAX_PATH_LENGTH} characters, the platform's limit"
+        elif (bad := _UNSTORABLE.search(f.path)) is not None:
+            problem = (
+                "contains a backslash" if bad.group() == "\\" else "contains a control character"
+            )
+        else:
+            continue
+        raise ScanError(
+            f"{f.path!a} {problem}, so it cannot be published",
+            hint="rename it, or add it to .mosaicignore",
+        )
     return result
 
 
@@ -170,8 +187,15 @@ class _ManifestWriter:
     def flush(self) -> None:
         with self.lock:
             rows, self.rows = self.rows, []
-        if rows:
+        if not rows:
+            return
+        try:
             self.manifest.upsert(rows)
+        except BaseException:
+            # Not recorded yet (a network error, Ctrl-C): the next flush sends them again.
+            with self.lock:
+                self.rows[:0] = rows
+            raise
 
 
 class Deployer:
@@ -182,6 +206,7 @@ class Deployer:
         project_id: str,
         options: DeployOptions,
         on_event: Callable[[object], None] | None = None,
+        manifest: Manifest | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -189,7 +214,7 @@ class Deployer:
         self.options = options
         self._on_event = on_event
         self._event_lock = threading.Lock()
-        self.manifest = Manifest(client, project_id)
+        self.manifest = manifest or Manifest(client, project_id)
 
     def emit(self, event: object) -> None:
         if self._on_event:
@@ -214,35 +239,93 @@ class Deployer:
         )  # fmt: skip
         files = scanned.files
         targets = {f.path: route(f.path, f.size) for f in files}
-        # Schema first, so new pages never meet an old schema; a failed migration stops here.
-        self._migrate(result)
-        remote_digest, _ = self.manifest.ensure()
         mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
-        if remote_digest == mine:
-            plan = Plan(uploads=[], prune=[], unchanged=list(files))
-            self.emit(Planned(plan, noop=True))
-            result.unchanged = len(files)
+        if not files and self.options.prune and not self.options.dry_run:
+            # An empty root is most often a build that produced nothing: pruning the live site
+            # down to it would take the whole site offline.
+            _, deployed = self.manifest.ensure()
+            if deployed:
+                raise ConfigError(
+                    f"the static root {self.config.static_root} has no files to publish, so "
+                    f"this deploy would delete all {deployed} deployed files",
+                    hint="build the site first, or check [static] root and the ignore rules; "
+                    "`--no-prune` deploys without deleting anything",
+                )
+        checked = False
+        if not self.options.dry_run and not self._has_migrations():
+            # Nothing to migrate and nothing changed: done, without taking the lease.
+            if self.manifest.ensure()[0] == mine:
+                return self._noop(result, files, targets, t0)
+            checked = True
+        migrator = Migrator(
+            self.client,
+            self.project_id,
+            self.config.migrations_dir,
+            lock_timeout=self.options.lock_timeout,
+            on_event=self.emit,
+        )
+        # One deploy of a project at a time: another one waits for this lease (or times out),
+        # so two folders deployed at once never end up mixed on the site.
+        with contextlib.nullcontext() if self.options.dry_run else migrator.lease():
+            # Schema first, so new pages never meet an old schema; a failed migration stops here.
+            self._migrate(result, migrator)
+            if not checked and self.manifest.ensure()[0] == mine:
+                return self._noop(result, files, targets, t0)
+
+            remote, rows = self.manifest.fetch()
+            plan = plan_deploy(files, remote)
+            if not self.options.prune:
+                plan = Plan(uploads=plan.uploads, prune=[], unchanged=plan.unchanged)
+            self.emit(Planned(plan, noop=False))
+            result.unchanged = len(plan.unchanged)
             result.storage = sorted(p for p, t in targets.items() if t == "storage")
             if self.options.dry_run:
                 result.plan = plan_summary(plan)
-            result.duration_ms = int((time.perf_counter() - t0) * 1000)
-            return result
+                result.uploaded = len(plan.uploads)
+                result.pruned = len(plan.prune)
+                result.bytes = sum(u.file.size for u in plan.uploads)
+                result.duration_ms = int((time.perf_counter() - t0) * 1000)
+                return result
 
-        remote, rows = self.manifest.fetch()
-        plan = plan_deploy(files, remote)
-        if not self.options.prune:
-            plan = Plan(uploads=plan.uploads, prune=[], unchanged=plan.unchanged)
-        self.emit(Planned(plan, noop=False))
-        result.unchanged = len(plan.unchanged)
+            self.execute(plan, files, rows, result)
+
+            result.duration_ms = int((time.perf_counter() - t0) * 1000)
+            self.manifest.record_deploy(
+                started_at=started,
+                uploaded=result.uploaded,
+                pruned=result.pruned,
+                bytes_uploaded=result.bytes,
+                files=len(files),
+                duration_ms=result.duration_ms,
+                deployed_by=deployed_by(),
+                tool_version=__version__,
+            )
+        return result
+
+    def _noop(
+        self, result: DeployResult, files: Sequence[LocalFile], targets: dict[str, str], t0: float
+    ) -> DeployResult:
+        plan = Plan(uploads=[], prune=[], unchanged=list(files))
+        self.emit(Planned(plan, noop=True))
+        result.unchanged = len(files)
         result.storage = sorted(p for p, t in targets.items() if t == "storage")
         if self.options.dry_run:
             result.plan = plan_summary(plan)
-            result.uploaded = len(plan.uploads)
-            result.pruned = len(plan.prune)
-            result.bytes = sum(u.file.size for u in plan.uploads)
-            result.duration_ms = int((time.perf_counter() - t0) * 1000)
-            return result
+        result.duration_ms = int((time.perf_counter() - t0) * 1000)
+        return result
 
+    def execute(
+        self,
+        plan: Plan,
+        files: Sequence[LocalFile],
+        rows: dict[str, ManifestRow],
+        result: DeployResult,
+    ) -> None:
+        """Publish `plan` in the safe order and record what arrived; `files` is every local file.
+
+        Shared by `run` and by `watch`, whose plans cover only the paths that changed.
+        """
+        targets = {f.path: route(f.path, f.size) for f in files}
         writer = _ManifestWriter(self.manifest)
         counter = _Counter(len(plan.uploads))
         try:
@@ -250,19 +333,6 @@ class Deployer:
         finally:
             # Whatever arrived is recorded, even when the deploy stops half way.
             writer.flush()
-
-        result.duration_ms = int((time.perf_counter() - t0) * 1000)
-        self.manifest.record_deploy(
-            started_at=started,
-            uploaded=result.uploaded,
-            pruned=result.pruned,
-            bytes_uploaded=result.bytes,
-            files=len(files),
-            duration_ms=result.duration_ms,
-            deployed_by=deployed_by(),
-            tool_version=__version__,
-        )
-        return result
 
     def _publish(
         self,
@@ -302,19 +372,13 @@ class Deployer:
         # 3. Prune only after everything else arrived, and only what we deployed.
         self._prune(plan.prune, files, rows, storage_urls, result)
 
-    def _migrate(self, result: DeployResult) -> None:
+    def _has_migrations(self) -> bool:
         directory = self.config.migrations_dir
-        if not self.options.migrate or not directory.is_dir():
+        return self.options.migrate and directory.is_dir() and any(directory.glob("*.sql"))
+
+    def _migrate(self, result: DeployResult, migrator: Migrator) -> None:
+        if not self._has_migrations():
             return
-        if not any(directory.glob("*.sql")):
-            return
-        migrator = Migrator(
-            self.client,
-            self.project_id,
-            directory,
-            lock_timeout=self.options.lock_timeout,
-            on_event=self.emit,
-        )
         up = migrator.up(
             dry_run=self.options.dry_run,
             allow_changed=self.options.allow_changed,
@@ -329,7 +393,8 @@ class Deployer:
         """Run `work` on every upload with bounded concurrency; stop at the first failure."""
         if not uploads:
             return
-        with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.concurrency))
+        try:
             futures: list[Future[None]] = [pool.submit(work, u) for u in uploads]
             _, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
@@ -337,6 +402,9 @@ class Deployer:
             for f in futures:
                 if f.done() and not f.cancelled() and f.exception():
                     raise f.exception()  # type: ignore[misc]
+        finally:
+            # On Ctrl-C too, queued uploads are dropped: only those already in flight finish.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _put_storage(
         self, upload: Upload, writer: _ManifestWriter, counter: _Counter, result: DeployResult

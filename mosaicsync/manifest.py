@@ -50,6 +50,7 @@ FROM mosaicsync.files WHERE NOT generated
 """
 
 UPSERT_BATCH = 500
+FETCH_PAGE = 5000  # rows per manifest read, well under the endpoint's row and byte caps
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,22 @@ class Manifest:
         return rows[0]["digest"], int(rows[0]["files"])
 
     def fetch(self) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
-        """The deployed files: (entries for the planner, full rows by path)."""
-        rows = self._sql(
-            "SELECT path, sha256, size, target, url, uploaded_sha256, generated "
-            "FROM mosaicsync.files"
-        )
+        """The deployed files: (entries for the planner, full rows by path).
+
+        Read in pages in path order: the SQL endpoint caps a response's rows and bytes, and a
+        big site's manifest in one response would pass both.
+        """
+        rows: list[dict] = []
+        after = ""
+        while True:
+            page = self._sql(
+                "SELECT path, sha256, size, target, url, uploaded_sha256, generated "
+                f"FROM mosaicsync.files {after}ORDER BY path LIMIT {FETCH_PAGE}"
+            )
+            rows += page
+            if len(page) < FETCH_PAGE:
+                break
+            after = f"WHERE path > {sql_literal(page[-1]['path'])} "
         full = {
             r["path"]: ManifestRow(
                 r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
@@ -172,11 +184,15 @@ class Manifest:
         deployed_by: str,
         tool_version: str,
     ) -> None:
-        # Not idempotent (a lost response could log the deploy twice), and only history: no retry.
+        # Everything has arrived by now, so a 5xx or a lost answer here must not fail the deploy:
+        # the row is keyed by its start time and author, which makes a resend a no-op.
+        started = f"to_timestamp({started_at:.3f})"
         self.client.sql(
             self.project_id,
             "INSERT INTO mosaicsync.deploys (started_at, uploaded, pruned, bytes, files, "
-            "duration_ms, deployed_by, tool_version) VALUES ("
-            f"to_timestamp({started_at:.3f}), {uploaded}, {pruned}, {bytes_uploaded}, {files}, "
-            f"{duration_ms}, {sql_literal(deployed_by)}, {sql_literal(tool_version)})",
+            f"duration_ms, deployed_by, tool_version) SELECT {started}, {uploaded}, {pruned}, "
+            f"{bytes_uploaded}, {files}, {duration_ms}, {sql_literal(deployed_by)}, "
+            f"{sql_literal(tool_version)} WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.deploys "
+            f"WHERE started_at = {started} AND deployed_by = {sql_literal(deployed_by)})",
+            idempotent=True,
         )

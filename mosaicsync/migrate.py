@@ -19,9 +19,11 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -32,7 +34,13 @@ import httpx
 
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient, SqlError
-from mosaicsync.errors import ConfigError, MigrationError, PlatformError, UnavailableError
+from mosaicsync.errors import (
+    ConfigError,
+    MigrationError,
+    MosaicError,
+    PlatformError,
+    UnavailableError,
+)
 from mosaicsync.manifest import sql_literal
 from mosaicsync.sqltext import (
     NO_TRANSACTION,
@@ -923,15 +931,24 @@ def progress_batch(
     return Batch(sql, len(sql), "", 0)
 
 
-def take_lease_sql(run_id: str, host: str, pid: int, ttl: float) -> str:
-    """Take the lease if it is free or already ours, and read history and holder with it."""
+def take_lease_sql(
+    run_id: str, host: str, pid: int, ttl: float, stale: LockInfo | None = None
+) -> str:
+    """Take the lease if it is free or already ours, and read history and holder with it.
+
+    `stale` is a lease whose holder is known to be dead: it is taken over, but only while that
+    exact holder and fence still hold it.
+    """
+    takeover = ""
+    if stale is not None and stale.holder:
+        takeover = f" OR (holder = {sql_literal(stale.holder)} AND fence = {stale.fence})"
     # One statement, so the answer is its rows whichever result set a platform returns.
     return (
         "WITH taken AS (\n"
         f"  UPDATE mosaicsync.lock SET holder = '{run_id}', host = {sql_literal(host)}, "
         f"pid = {pid}, acquired_at = now(),\n"
         f"         expires_at = now() + {_ttl(ttl)}, fence = fence + 1\n"
-        f"   WHERE id = 1 AND (expires_at < now() OR holder = '{run_id}')\n"
+        f"   WHERE id = 1 AND (expires_at < now() OR holder = '{run_id}'{takeover})\n"
         "  RETURNING fence, expires_at)\n"
         "SELECT (SELECT json_build_object('fence', fence, 'expires_at', expires_at) "
         f"FROM taken) AS taken,\n       {_HISTORY},\n       {_LOCK},\n"
@@ -997,6 +1014,7 @@ class _Run:
     run_id: str
     fence: int = 0
     holds_lease: bool = False
+    lost: bool = False  # a renewal found the lease taken away
     server_version_num: int | None = None
 
 
@@ -1062,6 +1080,8 @@ class Migrator:
         self.rng = rng or random.Random()
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self._held: _Run | None = None
+        self._held_snapshot: _Snapshot | None = None
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -1111,8 +1131,8 @@ class Migrator:
 
     # -- the lease ---------------------------------------------------------------------------------
 
-    def _take(self, run: _Run) -> _Snapshot:
-        query = take_lease_sql(run.run_id, self.host, self.pid, self.lease_ttl)
+    def _take(self, run: _Run, stale: LockInfo | None = None) -> _Snapshot:
+        query = take_lease_sql(run.run_id, self.host, self.pid, self.lease_ttl, stale)
         try:
             rows = self._sql(query, idempotent=True)
         except SqlError as exc:
@@ -1136,6 +1156,12 @@ class Migrator:
                 if exc.code not in (LOCK_NOT_AVAILABLE, "57014"):
                     raise
                 snap = None
+            stale = snap.lock if snap is not None and not snap.taken else None
+            if stale is not None and self._holder_is_dead(stale):
+                # A run of this machine that was killed (SIGKILL, power loss) cannot give the
+                # lease back: take it over now rather than wait out its TTL. The fence bump
+                # stops the old run should it be alive after all.
+                snap = self._take(run, stale=stale)
             if snap is not None and snap.taken:
                 run.fence = int(snap.taken["fence"])
                 run.holds_lease = True
@@ -1164,6 +1190,51 @@ class Migrator:
                 )
             self.sleep(min(remaining, delay * self.rng.uniform(0.5, 1.5)))
             delay = min(delay * 1.5, 2.0)
+
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        """Hold the lease for a whole deploy, renewed in the background, so that two deploys of
+        one project run one after the other; `up` inside it uses this lease."""
+        run = _Run(str(uuid.uuid4()))
+        self._held_snapshot = self._acquire(run)
+        self._held = run
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease_ttl / 4):
+                try:
+                    self._sql(_lease_only(run.run_id, run.fence, self.lease_ttl), idempotent=True)
+                except SqlError as exc:
+                    if exc.code == LEASE_LOST:
+                        run.lost = True
+                        return
+                except (MosaicError, httpx.TransportError):
+                    pass  # a blip: the next renewal, well within the TTL, tries again
+
+        renewer = threading.Thread(target=renew, name="mosaicsync-lease", daemon=True)
+        renewer.start()
+        try:
+            yield
+            if run.lost:
+                raise self._lease_lost(run)
+        finally:
+            stop.set()
+            renewer.join()
+            self._held = self._held_snapshot = None
+            if run.holds_lease:
+                self._release(run)
+
+    def _holder_is_dead(self, lock: LockInfo) -> bool:
+        """True when the lease is held by a process of this host that no longer exists."""
+        if not lock.active or lock.host != self.host or not lock.pid or lock.pid == self.pid:
+            return False
+        try:
+            os.kill(lock.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # it exists, as another user's process
+        return False
 
     def _release(self, run: _Run) -> None:
         if not run.holds_lease:
@@ -1290,7 +1361,8 @@ class Migrator:
     ) -> UpResult:
         """Apply pending migrations in version order, each exactly once; stop at the first error."""
         files = load_migrations(self.directory)
-        run = _Run(str(uuid.uuid4()))
+        held = self._held
+        run = held or _Run(str(uuid.uuid4()))
         result = UpResult(dry_run=dry_run)
         if dry_run:
             snap = self._read(create=False)
@@ -1309,7 +1381,12 @@ class Migrator:
                 if not migration.transactional:
                     result.not_atomic.append(migration.version)
             return result
-        snap = self._acquire(run)
+        if held is None:
+            snap = self._acquire(run)
+        else:
+            # The history read with the lease is still current: nobody else can write it.
+            snap = self._held_snapshot or self._read(create=True)
+            self._held_snapshot = None
         lost = False
         try:
             todo, resumable = self._plan(
@@ -1341,7 +1418,7 @@ class Migrator:
             lost = True
             raise
         finally:
-            if not lost:
+            if not lost and held is None:
                 self._release(run)
         return result
 

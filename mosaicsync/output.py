@@ -134,11 +134,122 @@ class Output:
                     sys.stderr.write(f"\r  {event.action} {event.done}/{event.total}\x1b[K")
                     sys.stderr.flush()
 
+    def event_line(self, event: str, data: dict[str, Any], human: str | None, *, log: bool) -> None:
+        """One JSON object per line under `--json`; else `human` on stdout, or stderr if `log`."""
+        self._clear_progress()
+        if self.json_mode:
+            print(self.redact(json.dumps({"schema": SCHEMA, "event": event, **data})), flush=True)
+        elif human is not None:
+            print(self.redact(human), file=sys.stderr if log else sys.stdout, flush=True)
+
+    def watch_event(self, event: object) -> None:
+        """The watch's events: one line per sync; retries, warnings and reloads as logs."""
+        from datetime import UTC, datetime
+
+        from mosaicsync import watch as w
+
+        def clock(at: float | None = None) -> str:
+            return time.strftime("%H:%M:%S", time.localtime(at))
+
+        if isinstance(event, w.Synced):
+            shown = ", ".join(event.paths[:3]) + (
+                f" and {len(event.paths) - 3} more" if len(event.paths) > 3 else ""
+            )
+            iso = datetime.fromtimestamp(event.at, UTC).isoformat(timespec="milliseconds")
+            self.event_line(
+                "sync",
+                {
+                    "time": iso.replace("+00:00", "Z"),
+                    "files": event.files,
+                    "uploaded": event.uploaded,
+                    "pruned": event.pruned,
+                    "bytes": event.bytes,
+                    "ms": round(event.ms, 1),
+                    "paths": event.paths,
+                },
+                f"{clock(event.at)}  synced {event.files} file{'s' if event.files != 1 else ''} "
+                f"({human_size(event.bytes)}) in {event.ms:.0f} ms: {shown}",
+                log=False,
+            )
+        elif isinstance(event, w.Deployed):
+            r = event.result
+            self.event_line(
+                "deployed",
+                r.to_json(),
+                f"{clock()}  deployed {r.project_id}: uploaded {r.uploaded} "
+                f"({human_size(r.bytes)}), unchanged {r.unchanged}, pruned {r.pruned} "
+                f"in {r.duration_ms} ms",
+                log=False,
+            )
+        elif isinstance(event, w.Watching):
+            self.event_line(
+                "watching",
+                {
+                    "project_id": event.project_id,
+                    "url": event.url,
+                    "paths": event.paths,
+                    "polling": event.polling,
+                },
+                f"Watching {', '.join(_shown_path(p) for p in event.paths)}"
+                f"{' by polling' if event.polling else ''}; Ctrl-C to stop.",
+                log=True,
+            )
+        elif isinstance(event, w.SyncFailed):
+            self.event_line(
+                "retry",
+                {
+                    "error": event.message,
+                    "pending": event.pending,
+                    "retry_in": round(event.retry_in, 3),
+                    "attempt": event.attempt,
+                },
+                f"{clock()}  platform unreachable ({event.message}); {event.pending} change"
+                f"{'s' if event.pending != 1 else ''} pending; retry in {event.retry_in:.1f} s",
+                log=True,
+            )
+        elif isinstance(event, w.MigrationsApplied):
+            names = ", ".join(f"{v} ({n}) in {ms} ms" for v, n, ms in event.applied)
+            self.event_line(
+                "migrations",
+                {"applied": [{"version": v, "name": n, "ms": ms} for v, n, ms in event.applied]},
+                f"{clock()}  applied migration{'s' if len(event.applied) > 1 else ''} {names}",
+                log=False,
+            )
+        elif isinstance(event, w.WatchWarning):
+            hint = f"\nHint: {event.hint}" if event.hint else ""
+            self.event_line(
+                "warning",
+                {"kind": event.kind, "message": event.message, "hint": event.hint},
+                f"{clock()}  Warning: {event.message}{hint}",
+                log=True,
+            )
+        elif isinstance(event, w.ConfigReloaded):
+            self.event_line(
+                "config",
+                {"message": event.message, "restart_required": event.restart_required},
+                f"{clock()}  {event.message}",
+                log=True,
+            )
+        elif isinstance(event, w.Stopped):
+            lost = f" {event.pending} change(s) not synced." if event.pending else ""
+            self.event_line("stopped", {"pending": event.pending}, "Stopped." + lost, log=True)
+        else:
+            self.deploy_event(event)
+
     def _clear_progress(self) -> None:
         if self._progress_shown:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
             self._progress_shown = False
+
+
+def _shown_path(path: str) -> str:
+    """A path as the user would type it from here: relative when that is shorter."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return relative if len(relative) < len(path) else path
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

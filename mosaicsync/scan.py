@@ -95,9 +95,14 @@ class LocalFile:
     """A file that will be published: where it goes (`path`) and where to read it (`abs_path`)."""
 
     path: str  # POSIX, NFC, relative to the static root
-    abs_path: Path  # the resolved target for symlinks
+    source: str | Path  # the resolved target for symlinks
     size: int
     sha256: str
+
+    @property
+    def abs_path(self) -> Path:
+        # Made on demand: building a Path per file costs more than the stat of a no-op walk.
+        return Path(self.source)
 
 
 @dataclass(frozen=True)
@@ -744,7 +749,7 @@ def _resolve(
                 cache.store(item.rel, _stat_key(st), item.sha)
             else:
                 cache.discard(item.rel)
-    files = [LocalFile(item.rel, Path(item.path), item.st.st_size, item.sha) for item in found]
+    files = [LocalFile(item.rel, item.path, item.st.st_size, item.sha) for item in found]
     files.sort(key=lambda local: local.path)
     return files, len(misses), bytes_hashed
 

@@ -22,12 +22,15 @@ from mosaicsync.local.db import Databases, SqlError
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.outbox import LinkError, Outbox
 from mosaicsync.local.projects import Project, Projects
+from mosaicsync.local.reload import PATH as RELOAD_PATH
+from mosaicsync.local.reload import ReloadHub, inject_script
 from mosaicsync.local.settings import LocalSettings
-from mosaicsync.local.sites import SiteStore
+from mosaicsync.local.sites import SiteResponse, SiteStore
 from mosaicsync.local.state import State, hash_secret
 from mosaicsync.local.storage import ObjectStore
 
 API = "/v1/project"
+INLINE_PUT = 64 * 1024  # site files up to this many characters are stored on the event loop
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, PUT, OPTIONS",
@@ -52,6 +55,12 @@ class Platform:
     databases: Databases
     port: int
     info: dict[str, Any] = field(default_factory=dict)
+    reload: ReloadHub | None = None  # dev mode only
+
+    def changed(self, project_id: str, path: str) -> None:
+        """Tell the pages of the project that a file changed (dev mode; call on the loop)."""
+        if self.reload is not None:
+            self.reload.changed(project_id, path)
 
     def site_url(self, project_id: str) -> str:
         return f"http://{project_id}.localhost:{self.port}"
@@ -90,6 +99,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to be read as JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
@@ -180,13 +191,15 @@ def build_app(platform: Platform) -> Starlette:
         account_id = await account(request)
         body = await read_json(request, max_body)
         project = p.projects.get(account_id, request.path_params["project_id"])
-        stored = await run_in_threadpool(
-            p.sites.put,
-            project.id,
-            body.get("filename"),
-            body.get("content"),
-            body.get("encoding"),
-        )
+        content = body.get("content")
+        args = (project.id, body.get("filename"), content, body.get("encoding"))
+        if isinstance(content, str) and len(content) <= INLINE_PUT:
+            # A thread hand-off costs more than writing a small file (profiled); big ones
+            # still go to a thread so the loop keeps serving.
+            stored = p.sites.put(*args)
+        else:
+            stored = await run_in_threadpool(p.sites.put, *args)
+        p.changed(project.id, stored.path)
         return JSONResponse(
             {
                 "filename": stored.path,
@@ -215,6 +228,7 @@ def build_app(platform: Platform) -> Starlette:
         account_id = await account(request)
         project = p.projects.get(account_id, request.path_params["project_id"])
         await run_in_threadpool(p.sites.delete, project.id, request.path_params["filename"])
+        p.changed(project.id, request.path_params["filename"])
         return JSONResponse({"success": True})
 
     # -- storage ----------------------------------------------------------------------------
@@ -249,6 +263,7 @@ def build_app(platform: Platform) -> Starlette:
         account_id = await account(request)
         project = p.projects.get(account_id, request.path_params["project_id"])
         await run_in_threadpool(p.objects.delete, project.id, request.path_params["filename"])
+        p.changed(project.id, request.path_params["filename"])
         return JSONResponse({"success": True})
 
     async def put_object(request: Request) -> Response:
@@ -264,6 +279,7 @@ def build_app(platform: Platform) -> Starlette:
         except ApiError as exc:
             exc.headers = {**exc.headers, **CORS}
             raise
+        p.changed(project_id, stored.path)
         return JSONResponse(
             {"filename": stored.path, "size": stored.size, "sha256": stored.sha256},
             headers={"ETag": f'"{stored.sha256}"', **CORS},
@@ -348,9 +364,20 @@ def build_app(platform: Platform) -> Starlette:
                 pages.message_page("No such site", f"There is no project {project_id!r} here."),
                 status_code=404,
             )
+        version = p.reload.version(project_id) if p.reload is not None else 0
         result = p.sites.serve(project_id, path, request.headers.get("if-none-match"), base)
-        body = b"" if request.method == "HEAD" else result.body
         headers = dict(result.headers)
+        if p.reload is not None and headers.get("Content-Type", "").startswith("text/html"):
+            if result.status == 304:  # cached before dev mode, without the script
+                result = p.sites.serve(project_id, path, None, base)
+                headers = dict(result.headers)
+            result = SiteResponse(
+                result.status, inject_script(result.body, project_id, version), headers
+            )
+            # The bytes differ from the stored file's: no ETag, and never from a cache.
+            headers.pop("ETag", None)
+            headers["Cache-Control"] = "no-store"
+        body = b"" if request.method == "HEAD" else result.body
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(result.body))
         return Response(body, status_code=result.status, headers=headers)
@@ -418,6 +445,13 @@ def build_app(platform: Platform) -> Starlette:
         return JSONResponse({"now": now})
 
     site_routes = Router(routes=[Route("/{path:path}", site_by_host, methods=["GET", "HEAD"])])
+    dev_routes = []
+    if p.reload is not None:
+        # Also on each site's own host, so the page's script stays same-origin. No site file can
+        # shadow it: a name without an allowed extension is never stored.
+        reload_route = Route(RELOAD_PATH, p.reload.endpoint, methods=["GET"])
+        site_routes.routes.insert(0, reload_route)
+        dev_routes.append(reload_route)
     routes = [
         Host("{project_id}.localhost", app=site_routes),
         Route(f"{API}/projects", list_projects, methods=["GET"]),
@@ -447,6 +481,7 @@ def build_app(platform: Platform) -> Starlette:
         Route("/_local/outbox", outbox_clear, methods=["DELETE"]),
         Route("/_local/tickets", tickets_json, methods=["GET"]),
         Route("/_local/clock", clock, methods=["POST"]),
+        *dev_routes,
     ]
 
     async def on_api_error(request: Request, exc: Exception) -> Response:

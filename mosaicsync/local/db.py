@@ -44,6 +44,7 @@ IDLE_IN_TRANSACTION_TIMEOUT = "10min"
 MAX_SAFE_INTEGER = 2**53 - 1  # beyond it a JSON number loses digits in JavaScript
 CHUNK_ROWS = 1000
 POOL_WAIT = 5.0  # seconds a request waits for a busy project's connection
+CANCEL_GRACE = 2.0  # seconds a cancelled query has to stop before its backend is terminated
 MAX_IDLE = 2  # idle connections kept per project (each counts against its connection limit)
 IDLE_TTL = 60.0
 _PROJECT_ID = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
@@ -558,8 +559,10 @@ class Databases:
 
     def _classify(self, error: SqlError, cancelled: bool, elapsed: float) -> SqlError:
         limit = self.limits.statement_timeout
-        if error.code == "57014" and (
-            cancelled or ("statement timeout" in error.message and elapsed >= limit * 0.9)
+        # 57P01: the watchdog terminated a backend that ignored its cancel.
+        if (cancelled and error.code == "57P01") or (
+            error.code == "57014"
+            and (cancelled or ("statement timeout" in error.message and elapsed >= limit * 0.9))
         ):
             return SqlLimitError(
                 f"the query ran longer than {limit:g}s, the statement timeout of the local "
@@ -574,11 +577,17 @@ class Databases:
     ) -> tuple[_Outcome, bool, float]:
         """Run under a watchdog: the tenant can `SET statement_timeout = 0`, we still stop it."""
         fired = threading.Event()
+        finished = threading.Event()
+        backend = conn.info.backend_pid
 
         def cancel() -> None:
             fired.set()
             with suppress(Exception):
                 conn.cancel_safe(timeout=5.0)
+            # PL/pgSQL can catch query_canceled and carry on: then the backend itself goes.
+            if not finished.wait(CANCEL_GRACE):
+                with suppress(psycopg.Error), self._admin() as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", [backend])
 
         timer = threading.Timer(self.limits.statement_timeout, cancel)
         timer.daemon = True
@@ -587,10 +596,14 @@ class Databases:
         try:
             outcome = self._run(conn, query)
         except psycopg.OperationalError as exc:
-            raise TenantUnavailableError(
-                f"lost the connection to the project database while running the query: {exc}"
-            ) from exc
+            if fired.is_set():
+                outcome = _Outcome(error=SqlError("terminated by the watchdog", "57014"))
+            else:
+                raise TenantUnavailableError(
+                    f"lost the connection to the project database while running the query: {exc}"
+                ) from exc
         finally:
+            finished.set()
             timer.cancel()
             timer.join()  # a cancel in flight must land before the connection is reused
         return outcome, fired.is_set(), time.monotonic() - started

@@ -5,10 +5,9 @@ from __future__ import annotations
 import posixpath
 import unicodedata
 
+from mosaicsync.contract import MAX_PATH_LENGTH
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.settings import SITE_CONTENT_TYPES
-
-MAX_PATH_LENGTH = 1024
 
 
 def clean_path(filename: object, *, field: str = "filename") -> str:

@@ -23,6 +23,7 @@ from mosaicsync.local.db import Databases, SqlLimits
 from mosaicsync.local.outbox import Outbox
 from mosaicsync.local.postgres import Cluster
 from mosaicsync.local.projects import Projects
+from mosaicsync.local.reload import ReloadHub
 from mosaicsync.local.settings import LocalSettings
 from mosaicsync.local.sites import SiteStore
 from mosaicsync.local.state import State
@@ -31,6 +32,19 @@ from mosaicsync.local.storage import ObjectStore
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that first ends the live-reload streams, which would otherwise hold shutdown."""
+
+    def __init__(self, config: uvicorn.Config, hub: ReloadHub | None) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.hub is not None:
+            self.hub.close()
+        await super().shutdown(sockets)
 
 
 class StartupError(Exception):
@@ -85,6 +99,7 @@ class LocalPlatform:
         self.projects: Projects | None = None
         self.sock: socket.socket | None = None
         self.app = None
+        self.reload: ReloadHub | None = None
 
     def start(self) -> Started:
         s = self.settings
@@ -153,7 +168,9 @@ class LocalPlatform:
             outbox=Outbox(self.state, clock, s.emails_per_day),
             databases=self.databases,
             port=port,
+            reload=ReloadHub() if s.dev else None,
         )
+        self.reload = platform.reload
         database = f"PostgreSQL {server_info.version} ({mode})"
         platform.info = {
             "mosaicsync": __version__,
@@ -169,6 +186,7 @@ class LocalPlatform:
             },
             "limits": s.limits(),
             "clock_override": s.allow_clock_override,
+            "dev": s.dev,
             "fidelity_gaps": fidelity.gaps_json(),
         }
         self.app = build_app(platform)
@@ -202,7 +220,7 @@ class LocalPlatform:
         # installed before it: make both a KeyboardInterrupt so that `close()` always runs.
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            uvicorn.Server(config).run(sockets=[self.sock])
+            _Server(config, self.reload).run(sockets=[self.sock])
         except KeyboardInterrupt:
             pass
         finally:

@@ -34,6 +34,7 @@ class LocalSettings:
     allow_clock_override: bool = False
     reset_db: bool = False
     fast_db: bool = False  # tests: no fsync in the embedded cluster
+    dev: bool = False  # live reload: a script in served HTML and GET /_local/reload
 
     def limits(self) -> dict[str, object]:
         """The caps as shown by `GET /_local/info`."""

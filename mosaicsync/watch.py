@@ -1,0 +1,923 @@
+"""`watch`: keep the project on Mosaic equal to the folder while it is being edited.
+
+One full deploy, then filesystem events: filtered (ignore rules, editor temp files), coalesced over
+a short quiet window, and synced by re-checking only the changed paths against an in-memory copy
+of the deployed manifest. A failed sync keeps its paths and is retried with backoff, so the next
+success catches up; new migrations are applied and a changed mosaic.toml is reloaded on the side.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import random
+import re
+import signal
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+from watchfiles import Change
+
+# The raw notifier, not `watchfiles.watch`: its watches are registered when it is built, so no
+# write made after start-up can slip past, and a watch-limit error surfaces where we can handle it.
+from watchfiles._rust_notify import RustNotify
+
+from mosaicsync.api import MosaicClient, RetryPolicy
+from mosaicsync.config import Config, load_config
+from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions, DeployResult
+from mosaicsync.errors import (
+    AuthError,
+    ConfigError,
+    MosaicError,
+    NotFoundError,
+    ScanError,
+    UnavailableError,
+)
+from mosaicsync.manifest import Manifest, ManifestRow
+from mosaicsync.plan import Plan, RemoteEntry, plan_deploy
+from mosaicsync.scan import (
+    IGNORE_FILE,
+    HashCache,
+    IgnoreRules,
+    LocalFile,
+    load_ignore_rules,
+    scan,
+    scan_paths,
+)
+
+DEFAULT_DEBOUNCE_MS = 30
+MAX_WAIT_MS = 1000  # a never-ending stream of changes still syncs this often
+BURST_QUIET_S = 0.1  # the quiet window inside a burst
+BURST_GAP_S = 0.15  # changes that start this soon after a sync belong to the same burst
+BURST_SIZE = 50  # or this many paths at once
+STEP_MS = 10  # watchfiles' tick: a lone save reaches Python 10 to 20 ms after it happened
+BATCH_CAP_MS = 1000  # the longest one watchfiles batch may keep growing
+POLL_DELAY_MS = 100  # when polling: the latency target cannot hold, but 100 ms keeps it usable
+HOT_S = 2.0  # when polling: how long a synced path is also checked to the nanosecond
+MIGRATION_SETTLE_S = 0.3  # a new migration must be this still: applied once, it cannot be redone
+EMPTY_SETTLE_NS = 50_000_000  # an empty file this young is probably being written
+RETRY_BASE_S = 0.25
+RETRY_CAP_S = 5.0
+# The watch owns the backoff (and says so on screen), so each request gives up early.
+WATCH_RETRY = RetryPolicy(attempts=3, base=0.1, cap=1.0)
+
+# Names editors write next to a file while saving it: vim's write probe `4913`, swap and backup
+# files, Emacs locks and autosaves, JetBrains' safe write, GNOME's and Kate's temp files.
+_EDITOR_TEMP = re.compile(
+    r"^4913$|\.sw[a-px]$|~$|^\.#|^#.*#$|___jb_(?:tmp|old|bak)___$"
+    r"|\.tmp$|^\.goutputstream-|\.crswap$|\.kate-swp$|^~\$"
+)
+
+FULL = ("full", "")
+CONFIG = ("config", "")
+MIGRATIONS = ("migrations", "")
+Item = tuple[str, str]
+
+
+def is_editor_temp(name: str) -> bool:
+    """True for the short-lived files an editor writes while saving; they are never synced."""
+    return _EDITOR_TEMP.search(name) is not None
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """Event: the full deploy at start (or after mosaic.toml changed) is done."""
+
+    result: DeployResult
+
+
+@dataclass(frozen=True)
+class Watching:
+    """Event: changes are being watched from now on."""
+
+    project_id: str
+    url: str
+    paths: list[str]
+    polling: bool
+
+
+@dataclass(frozen=True)
+class Synced:
+    """Event: one sync reached the platform."""
+
+    at: float  # epoch seconds when the sync started
+    uploaded: int
+    pruned: int
+    bytes: int
+    ms: float
+    paths: list[str]
+
+    @property
+    def files(self) -> int:
+        return self.uploaded + self.pruned
+
+
+@dataclass(frozen=True)
+class SyncFailed:
+    """Event: the platform could not be reached; the changes are kept and retried."""
+
+    message: str
+    pending: int
+    retry_in: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class MigrationsApplied:
+    """Event: new migration files were applied."""
+
+    applied: list[tuple[int, str, int]]  # version, name, ms
+
+
+@dataclass(frozen=True)
+class WatchWarning:
+    """Event: something the user must act on; watching goes on."""
+
+    kind: str  # migration-edited, migration-failed, config, skipped, watcher
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigReloaded:
+    """Event: mosaic.toml (or .mosaicignore) changed and was reloaded."""
+
+    message: str
+    restart_required: bool = False
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Event: the watch ended; `pending` changes had not reached the platform."""
+
+    pending: int
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+class Coalescer:
+    """Decides when pending changes are synced: once they have been quiet for `quiet` seconds,
+    and never later than `max_wait` after the first one, so an endless stream still syncs.
+
+    Changes that start right after a sync, or come by the hundred, are a burst (a checkout, a
+    build): they wait for a longer quiet window, so a burst is a few syncs and not dozens.
+    """
+
+    def __init__(
+        self,
+        quiet: float,
+        max_wait: float,
+        *,
+        burst_quiet: float = BURST_QUIET_S,
+        burst_gap: float = BURST_GAP_S,
+        burst_size: int = BURST_SIZE,
+    ) -> None:
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self.burst_quiet = max(quiet, burst_quiet)
+        self.burst_gap = burst_gap
+        self.burst_size = burst_size
+        self._pending: dict[Hashable, None] = {}
+        self._first_at = 0.0
+        self._last_at = 0.0
+        self._flushed_at = float("-inf")
+        self._burst = False
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, at: float, items: Iterable[Hashable]) -> None:
+        """Changes seen at `at` (monotonic seconds); a path seen twice is kept once."""
+        items = list(items)
+        if not items:
+            return
+        if not self._pending:
+            self._first_at = at
+            self._last_at = at
+            self._burst = at - self._flushed_at < self.burst_gap
+        self._last_at = max(self._last_at, at)
+        self._pending.update(dict.fromkeys(items))
+        self._burst = self._burst or len(self._pending) > self.burst_size
+
+    def due_at(self) -> float | None:
+        """When the pending changes should be synced, or None if there are none."""
+        if not self._pending:
+            return None
+        quiet = self.burst_quiet if self._burst else self.quiet
+        return min(self._last_at + quiet, self._first_at + self.max_wait)
+
+    def take(self) -> list[Any]:
+        """Everything pending, in the order first seen; the coalescer is then empty."""
+        items = list(self._pending)
+        self._pending.clear()
+        return items
+
+    def flushed(self, at: float) -> None:
+        """A sync ended at `at`: changes that start soon after it are a burst."""
+        self._flushed_at = at
+
+
+class Backoff:
+    """Exponential backoff with ±20 % jitter, capped: 250 ms, 500 ms, 1 s ... 5 s."""
+
+    def __init__(
+        self, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S, rng: random.Random | None = None
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        delay = min(self.cap, self.base * 2 ** (self.attempt - 1))
+        return delay * self.rng.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def polling_wanted(flag: bool) -> bool:
+    """`--poll`, else WATCHFILES_FORCE_POLLING read as watchfiles reads it, else on WSL (whose
+    Windows drives deliver no events), as watchfiles does."""
+    if flag:
+        return True
+    env = os.environ.get("WATCHFILES_FORCE_POLLING")
+    if env is not None:
+        return env.strip().lower() not in ("false", "disable", "disabled")
+    return "microsoft-standard" in platform.uname().release.lower()
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _inside(path: str, root: str) -> str | None:
+    """`path` relative to `root` in POSIX form ("" for the root itself), or None if outside."""
+    if path == root:
+        return ""
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    if not path.startswith(prefix):
+        return None
+    return path[len(prefix) :].replace(os.sep, "/")
+
+
+class ChangeSorter:
+    """Turns raw (change, absolute path) pairs into what must be synced, dropping the noise."""
+
+    def __init__(self, config: Config, rules: IgnoreRules) -> None:
+        self.rules = rules
+        self.static_root = _real(config.static_root)
+        self.migrations_dir = _real(config.migrations_dir)
+        self.config_path = _real(config.path)
+        self.project_dir = _real(config.project_dir)
+
+    def sort(self, change: int, path: str) -> list[Item]:
+        name = os.path.basename(path)
+        if is_editor_temp(name):
+            return []
+        items: list[Item] = []
+        if path == self.config_path or (
+            name == IGNORE_FILE and os.path.dirname(path) in (self.static_root, self.project_dir)
+        ):
+            items.append(CONFIG)
+        if path == self.migrations_dir or (
+            os.path.dirname(path) == self.migrations_dir
+            and name.lower().endswith(".sql")
+            and not name.startswith(".")
+        ):
+            items.append(MIGRATIONS)
+        rel = _inside(path, self.static_root)
+        if rel:
+            is_dir = os.path.isdir(path)
+            # A directory's own `modified` says only that its listing changed: the entries that
+            # changed come with their own events (and polling would otherwise loop on it).
+            if not (is_dir and change == Change.modified):
+                rel = unicodedata.normalize("NFC", rel)
+                if self.rules.match_with_parents(rel, is_dir) is None:
+                    items.append(("file", rel))
+        return items
+
+
+def _affected(paths: Iterable[str], dirty: set[str], dir_like: set[str]) -> set[str]:
+    """The paths that are dirty themselves or lie under a dirty path that may be a directory."""
+    if not dir_like:
+        return {p for p in paths if p in dirty}
+    hit = set()
+    for p in paths:
+        if p in dirty:
+            hit.add(p)
+            continue
+        cut = p.find("/")
+        while cut != -1:
+            if p[:cut] in dir_like:
+                hit.add(p)
+                break
+            cut = p.find("/", cut + 1)
+    return hit
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+# -- the manifest, mirrored in memory -----------------------------------------------------------
+
+
+class MirroredManifest(Manifest):
+    """The deployed manifest plus an in-memory copy that every successful write keeps current,
+    so a sync plans against memory instead of downloading the manifest again."""
+
+    def __init__(self, client: MosaicClient, project_id: str) -> None:
+        super().__init__(client, project_id)
+        self.rows: dict[str, ManifestRow] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        _, rows = self.fetch()
+        with self._lock:
+            self.rows = dict(rows)
+
+    def upsert(self, rows: Sequence[ManifestRow]) -> None:
+        super().upsert(rows)
+        with self._lock:
+            for row in rows:
+                self.rows[row.path] = row
+
+    def remove(self, paths: Sequence[str]) -> None:
+        super().remove(paths)
+        with self._lock:
+            for path in paths:
+                self.rows.pop(path, None)
+
+    def snapshot(self) -> dict[str, ManifestRow]:
+        with self._lock:
+            return dict(self.rows)
+
+    def entries(self) -> dict[str, RemoteEntry]:
+        """The rows the planner compares with (the generated assets map is left out)."""
+        with self._lock:
+            return {
+                p: RemoteEntry(p, r.sha256, r.size, r.target, r.url)  # type: ignore[arg-type]
+                for p, r in self.rows.items()
+                if not r.generated
+            }
+
+
+# -- the filesystem side ------------------------------------------------------------------------
+
+
+class _Stopping(Exception):
+    """A retry wait was cut short because the watch is stopping."""
+
+
+# Failures that say "not now" rather than "not this": the changes are kept and retried.
+_RETRIED: tuple[type[Exception], ...] = (UnavailableError, httpx.TransportError)
+
+
+class _FsWatch:
+    """One notifier, registered when built and read on its own thread into the shared queue."""
+
+    def __init__(
+        self, paths: list[str], recursive: bool, out: queue.Queue, force_polling: bool
+    ) -> None:
+        self.paths = paths
+        self.polling = force_polling
+        self.notify = RustNotify(paths, False, force_polling, POLL_DELAY_MS, recursive, True)
+        self.out = out
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mosaicsync-watch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                raw = self.notify.watch(BATCH_CAP_MS, STEP_MS, 1000, self.stop)
+                if isinstance(raw, set) and raw:
+                    self.out.put((time.monotonic(), raw))
+        except Exception as exc:
+            self.out.put((time.monotonic(), exc))
+
+    def close(self) -> None:
+        # The notifier checks the event every step, so this returns within STEP_MS.
+        self.stop.set()
+        self.thread.join()
+        self.notify.close()
+
+
+# -- the watch ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    max_wait_ms: int = MAX_WAIT_MS
+    deploy: DeployOptions = field(default_factory=DeployOptions)
+    force_polling: bool = False
+    migration_settle: float = MIGRATION_SETTLE_S
+    target: str | None = None  # the mosaic.toml target, to notice its project id changing
+
+
+def make_migrator(client: MosaicClient, project_id: str, directory: Path, **kwargs: Any) -> Any:
+    """The migration runner for new migration files (one place, so tests and callers agree)."""
+    from mosaicsync.migrate import Migrator
+
+    return Migrator(client, project_id, directory, **kwargs)
+
+
+def _configured_project(config: Config, target: str | None) -> str | None:
+    try:
+        return config.target(target).project_id
+    except ConfigError:
+        return None
+
+
+class Watcher:
+    """Deploys once, then keeps the project in sync with the folder until stopped.
+
+    It owns the retry policy of `client` (short request retries, its own visible backoff).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        client: MosaicClient,
+        project_id: str,
+        options: WatchOptions | None = None,
+        on_event: Callable[[object], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.project_id = project_id
+        self.options = options or WatchOptions()
+        self._on_event = on_event
+        self._stop = threading.Event()
+        client.retry = WATCH_RETRY
+        client.sleep = self._sleep
+        self.manifest = MirroredManifest(client, project_id)
+        self.rules = self._rules(config)
+        self.sorter = ChangeSorter(config, self.rules)
+        self.cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
+        self.local: dict[str, LocalFile] = {}
+        self.url = ""
+        self.coalescer = Coalescer(self.options.debounce_ms / 1000, self.options.max_wait_ms / 1000)
+        self.backoff = Backoff()
+        self._queue: queue.Queue = queue.Queue()
+        self._watches: list[_FsWatch] = []
+        self._watching_migrations = False
+        self._retry_at = 0.0
+        self._migrations_at: float | None = None
+        self._warned_edits: dict[str, str] = {}
+        self._started = False
+        self._polling = polling_wanted(self.options.force_polling)
+        self._hot: dict[str, tuple[tuple[int, int, int] | None, float]] = {}
+        self._hot_check_at = 0.0
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def emit(self, event: object) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def stop(self) -> None:
+        """Ask `run` to return; safe from any thread."""
+        self._stop.set()
+        self._queue.put((time.monotonic(), None))
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopping
+
+    def _rules(self, config: Config) -> IgnoreRules:
+        return load_ignore_rules(
+            config.static_root,
+            config.project_dir,
+            config.static_ignore,
+            allow_secrets=self.options.deploy.allow_secrets,
+        )
+
+    def _deployer(self) -> Deployer:
+        options = replace(self.options.deploy, migrate=False, dry_run=False)
+        return Deployer(
+            self.config, self.client, self.project_id, options, self.emit, manifest=self.manifest
+        )
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Deploy, then sync every change until `stop()`, Ctrl-C or SIGTERM."""
+        previous = self._catch_signals()
+        try:
+            self._start_watching()
+            # Anything that changes from here on is in the queue: now the full deploy.
+            self.coalescer.add(time.monotonic() - 1, [MIGRATIONS, FULL])
+            self._loop()
+        except (KeyboardInterrupt, _Stopping):
+            pass
+        finally:
+            self._stop.set()
+            self._stop_watching()
+            self.cache.save()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.emit(Stopped(len(self.coalescer)))
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """In the main thread, Ctrl-C and SIGTERM also cut retry waits short: exit within 1 s."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+            raise KeyboardInterrupt
+
+        return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            hot = self._hot_check_at if self._hot else None
+            wake = [t for t in (self._next_flush(), self._migrations_at, hot) if t is not None]
+            timeout = min(max(0.0, min(wake) - now), 0.5) if wake else 0.5
+            self._receive(timeout)
+            now = time.monotonic()
+            if self._hot and now >= self._hot_check_at:
+                self._check_hot(now)
+            if self._migrations_at is not None and now >= self._migrations_at:
+                self._migrations_at = None
+                self.coalescer.add(now - self.coalescer.quiet, [MIGRATIONS])
+            due = self._next_flush()
+            if due is not None and now >= due and not self._stop.is_set():
+                self._flush(self.coalescer.take())
+                self.coalescer.flushed(time.monotonic())
+
+    def _next_flush(self) -> float | None:
+        due = self.coalescer.due_at()
+        return None if due is None else max(due, self._retry_at)
+
+    def _receive(self, timeout: float) -> None:
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._take(*item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _take(self, at: float, payload: Any) -> None:
+        if payload is None:
+            return
+        if isinstance(payload, BaseException):
+            raise MosaicError(
+                f"the file watcher stopped: {payload}",
+                hint="run `mosaicsync watch` again; on a network or container filesystem set "
+                "WATCHFILES_FORCE_POLLING=1",
+            ) from payload
+        items: list[Item] = []
+        for change, path in payload:
+            items += self.sorter.sort(change, path)
+        self.coalescer.add(at, items)
+
+    # -- the watches ------------------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        static = _real(self.config.static_root)
+        migrations = _real(self.config.migrations_dir)
+        project = _real(self.config.project_dir)
+        recursive = [static]
+        self._watching_migrations = os.path.isdir(migrations)
+        if self._watching_migrations and _inside(migrations, static) is None:
+            recursive.append(migrations)
+        self._watches.append(self._open_watch(recursive, recursive=True))
+        if _inside(project, static) is None:
+            # mosaic.toml, .mosaicignore, and a migrations folder created later. A folder, never
+            # the file itself: editors replace files on save, and a watch on a file dies with it.
+            self._watches.append(self._open_watch([project], recursive=False))
+
+    def _open_watch(self, paths: list[str], *, recursive: bool) -> _FsWatch:
+        try:
+            return _FsWatch(paths, recursive, self._queue, self._polling)
+        except OSError as exc:
+            if self._polling or "limit" not in str(exc).lower():
+                raise
+            self.emit(
+                WatchWarning(
+                    "watcher",
+                    f"the system's limit on file watches is reached ({exc}); polling every "
+                    f"{POLL_DELAY_MS} ms instead, which is slower",
+                    hint="raise it: sudo sysctl fs.inotify.max_user_watches=524288",
+                )
+            )
+            return _FsWatch(paths, recursive, self._queue, True)
+
+    def _stop_watching(self) -> None:
+        watches, self._watches = self._watches, []
+        for watch in watches:
+            watch.close()
+
+    def _restart_watching(self) -> None:
+        self._stop_watching()
+        self._start_watching()
+
+    # -- one flush --------------------------------------------------------------------------
+
+    def _flush(self, items: list[Item]) -> None:
+        remaining = list(items)
+        try:
+            if CONFIG in remaining:
+                if self._reload_config() and FULL not in remaining:
+                    remaining.append(FULL)
+                remaining.remove(CONFIG)
+            if MIGRATIONS in remaining:
+                self._migrate()
+                remaining.remove(MIGRATIONS)
+            if FULL in remaining:
+                self._full_sync()
+                remaining.remove(FULL)
+            files = [rel for kind, rel in remaining if kind == "file"]
+            if files:
+                self._sync_files(files)
+        except _RETRIED as exc:
+            # Keep everything not done yet; the next success catches up.
+            self.coalescer.add(time.monotonic(), remaining)
+            delay = self.backoff.next_delay()
+            self._retry_at = time.monotonic() + delay
+            message = exc.message if isinstance(exc, MosaicError) else str(exc)
+            self.emit(SyncFailed(message, len(self.coalescer), delay, self.backoff.attempt))
+            return
+        except (KeyboardInterrupt, _Stopping):
+            self.coalescer.add(time.monotonic(), remaining)  # counted as not synced
+            raise
+        self.backoff.reset()
+        self._retry_at = 0.0
+
+    def _full_sync(self) -> None:
+        try:
+            result = self._deployer().run()
+        except (*_RETRIED, AuthError, NotFoundError):
+            raise
+        except MosaicError as exc:
+            if not self._started:
+                raise
+            # A bad edit (a symlink that leaves the root, a reserved name): the rest goes on.
+            self.emit(WatchWarning("skipped", exc.message, exc.hint))
+            return
+        self.url = result.url
+        self.manifest.load()
+        self.cache = HashCache.load(self.config.project_dir / CACHE_DIR / "hashes")
+        scanned = scan(self.config.static_root, self.rules, self.cache)
+        self.local = {f.path: f for f in scanned.files}
+        if self._polling:
+            # Files written in the last moments share their mtime's second with a save to come;
+            # None makes the first check look at them again (a no-op when they did not change).
+            recent_ns = time.time_ns() - int(HOT_S * 1e9)
+            until = time.monotonic() + HOT_S
+            for f in scanned.files:
+                seen = _signature(f.abs_path)
+                if seen is not None and seen[1] > recent_ns:
+                    self._hot[f.path] = (None, until)
+        self.emit(Deployed(result))
+        if not self._started:
+            self._started = True
+            watched = [self.config.static_root, self.config.migrations_dir, self.config.path]
+            paths = [str(path) for path in watched if path.exists()]
+            polling = any(watch.polling for watch in self._watches)
+            self.emit(Watching(self.project_id, self.url, paths, polling))
+
+    def _sync_files(self, rels: list[str]) -> None:
+        started = time.time()
+        t0 = time.perf_counter()
+        files, _, unstable = self._scan_dirty(rels)
+        if unstable:
+            # Still being written: look again once it has been quiet.
+            self.coalescer.add(time.monotonic(), [("file", rel) for rel in unstable])
+        found = {f.path: f for f in files}
+        dirty = set(rels) - unstable
+        if not dirty:
+            return
+        # A dirty path that is not a file now may be a directory (renamed, moved, deleted):
+        # what was under it is checked too.
+        dir_like = {rel for rel in dirty if rel not in found}
+        for path in _affected(list(self.local), dirty, dir_like) - found.keys():
+            del self.local[path]
+        self.local.update(found)
+
+        remote = self.manifest.entries()
+        affected = {p: remote[p] for p in _affected(remote, dirty, dir_like)}
+        plan = plan_deploy(files, affected)
+        if not self.options.deploy.prune:
+            plan = Plan(plan.uploads, [], plan.unchanged)
+        if plan.is_noop:
+            return
+        storage_changed = any(
+            u.target == "storage" or u.reason == "moved-target" for u in plan.uploads
+        )
+        storage_changed = storage_changed or any(e.target == "storage" for e in plan.prune)
+        # A storage file came or went: pages and stylesheets that point at it change too.
+        unchanged = [f for p, f in self.local.items() if p not in found] if storage_changed else []
+        plan = Plan(plan.uploads, plan.prune, unchanged)
+        result = DeployResult(self.project_id, self.url)
+        try:
+            self._deployer().execute(
+                plan, list(self.local.values()), self.manifest.snapshot(), result
+            )
+        except (*_RETRIED, AuthError, _Stopping):
+            raise
+        except MosaicError as exc:
+            if len(dirty) > 1:
+                # One file the platform refuses must not hold back the others.
+                for rel in sorted(dirty):
+                    self._sync_files([rel])
+                return
+            self.emit(WatchWarning("skipped", f"{rels[0]}: {exc.message}", exc.hint))
+            return
+        paths = sorted({u.file.path for u in plan.uploads} | {e.path for e in plan.prune})
+        ms = (time.perf_counter() - t0) * 1000
+        self.emit(Synced(started, result.uploaded, result.pruned, result.bytes, ms, paths))
+
+    def _scan_dirty(self, rels: list[str]) -> tuple[list[LocalFile], list[str], set[str]]:
+        """(files, gone, unstable): a stat before and after the hash proves a file held still."""
+        root = self.config.static_root
+        before = {rel: _signature(root / rel) for rel in rels}
+        try:
+            files, gone = scan_paths(root, rels, self.rules, self.cache)
+        except ScanError as exc:
+            if len(rels) == 1:
+                self.emit(WatchWarning("skipped", exc.message, exc.hint))
+                return [], [], set()
+            files: list[LocalFile] = []
+            gone: list[str] = []
+            unstable: set[str] = set()
+            for rel in rels:  # find the bad path; the others go on
+                one, one_gone, one_unstable = self._scan_dirty([rel])
+                files += one
+                gone += one_gone
+                unstable |= one_unstable
+            return files, gone, unstable
+        unstable = set()
+        now_ns = time.time_ns()
+        hot_until = time.monotonic() + HOT_S
+        for f in files:
+            first = before.get(f.path)
+            after = _signature(f.abs_path)
+            # A path found under a directory that moved in was complete by then.
+            if first is not None:
+                moved = after is None or after != first or after[0] != f.size
+                young = f.size == 0 and after is not None and now_ns - after[1] < EMPTY_SETTLE_NS
+                if moved or young:
+                    unstable.add(f.path)
+                    continue
+            if self._polling:
+                self._hot[f.path] = (after, hot_until)
+        return [f for f in files if f.path not in unstable], gone, unstable
+
+    def _check_hot(self, now: float) -> None:
+        """Polling compares modification times in whole seconds, so a second save within the
+        same second goes unseen: recently synced paths are compared here to the nanosecond."""
+        self._hot_check_at = now + POLL_DELAY_MS / 1000
+        root = self.config.static_root
+        changed = []
+        for rel, (seen, until) in list(self._hot.items()):
+            if until < now:
+                del self._hot[rel]
+                continue
+            current = _signature(root / rel)
+            if current != seen:
+                self._hot[rel] = (current, until)
+                changed.append(("file", rel))
+        self.coalescer.add(now, changed)
+
+    # -- migrations -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        directory = self.config.migrations_dir
+        if not self.options.deploy.migrate or not directory.is_dir():
+            return
+        if not self._watching_migrations:
+            self._restart_watching()  # the folder was created after the watch started
+        mtimes = []
+        for path in directory.glob("*.sql"):
+            try:
+                mtimes.append(path.stat().st_mtime)
+            except OSError:
+                continue
+        if not mtimes:
+            return
+        age = time.time() - max(mtimes)
+        if age < self.options.migration_settle:
+            self._migrations_at = time.monotonic() + self.options.migration_settle - age
+            return
+        migrator = make_migrator(
+            self.client,
+            self.project_id,
+            directory,
+            lock_timeout=self.options.deploy.lock_timeout,
+            sleep=self._sleep,
+        )
+        try:
+            status = migrator.status()
+        except (*_RETRIED, AuthError):
+            raise
+        except MosaicError as exc:
+            self.emit(
+                WatchWarning(
+                    "migration-failed",
+                    f"migrations paused: {exc.message}",
+                    "fix the file; files keep syncing meanwhile",
+                )
+            )
+            return
+        self._warn_edited(status.changed)
+        if not status.pending:
+            return
+        try:
+            up = migrator.up(
+                allow_changed=True, allow_out_of_order=self.options.deploy.allow_out_of_order
+            )
+        except (*_RETRIED, AuthError):
+            raise
+        except MosaicError as exc:
+            self.emit(
+                WatchWarning(
+                    "migration-failed",
+                    f"migration failed, so migrations are paused until a migration file changes "
+                    f"(files keep syncing): {exc.message}",
+                    exc.hint,
+                )
+            )
+            return
+        if up.applied:
+            self.emit(MigrationsApplied([(a.version, a.name, a.ms) for a in up.applied]))
+
+    def _warn_edited(self, changed: Sequence[Any]) -> None:
+        current = {c.filename: c.file_checksum for c in changed}
+        for c in changed:
+            if self._warned_edits.get(c.filename) == c.file_checksum:
+                continue
+            self.emit(
+                WatchWarning(
+                    "migration-edited",
+                    f"{c.filename} WAS EDITED AFTER IT WAS APPLIED: the edit is NOT applied, "
+                    "and never will be",
+                    "revert the file and put the change in a new migration "
+                    "(`mosaicsync migrate new NAME`)",
+                )
+            )
+        self._warned_edits = current
+
+    # -- mosaic.toml ------------------------------------------------------------------------
+
+    def _reload_config(self) -> bool:
+        """Reload mosaic.toml and the ignore files; True when a full sync must follow."""
+        try:
+            new = load_config(self.config.path)
+            rules = self._rules(new)
+        except ConfigError as exc:
+            self.emit(
+                WatchWarning(
+                    "config",
+                    f"{exc.message} (still using the settings from before the edit)",
+                    exc.hint,
+                )
+            )
+            return False
+        old = self.config
+        target = self.options.target
+        moved = _configured_project(old, target) != _configured_project(new, target)
+        roots = (_real(new.static_root), _real(new.migrations_dir))
+        roots_changed = roots != (_real(old.static_root), _real(old.migrations_dir))
+        self.config = new
+        self.rules = rules
+        self.sorter = ChangeSorter(new, rules)
+        if roots_changed:
+            self._restart_watching()
+        if moved:
+            self.emit(
+                ConfigReloaded(
+                    f"the project id in {new.path.name} changed; still syncing to "
+                    f"{self.project_id}: restart `mosaicsync watch` to use the new one",
+                    restart_required=True,
+                )
+            )
+        else:
+            self.emit(ConfigReloaded(f"reloaded {new.path.name} and the ignore rules"))
+        return True
