@@ -64,6 +64,7 @@ except ImportError:  # pragma: no cover
 FILE_NAME = re.compile(r"(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)\.sql")
 TIMESTAMP_DIGITS = 12
 DEFAULT_WIDTH = 4
+REPAIR = "mosaicsync migrate repair"  # named in hints, so the fix can be pasted
 MAX_ATTEMPTS = 5
 # Errors that mean "the schema or its tables do not exist yet".
 MISSING_SCHEMA = frozenset({"42P01", "3F000"})
@@ -489,7 +490,7 @@ def validation_problems(
                 (
                     f"{c.filename} changed after it was applied (db {_short_sum(c.db_checksum)}, "
                     f"file {_short_sum(c.file_checksum)})",
-                    f"revert the file, or accept its new text with `repair --accept {c.version}`",
+                    f"revert the file, or accept its new text with `{REPAIR} --accept {c.version}`",
                 )
             )
     for row in status.missing:
@@ -499,7 +500,7 @@ def validation_problems(
                     f"the database has migration {row.version} ({row.name}) but the newest file "
                     f"is {newest if newest is not None else 'none'}",
                     "pull the latest migrations first; if the file was deleted on purpose, "
-                    f"`repair --forget {row.version}`",
+                    f"`{REPAIR} --forget {row.version}`",
                 )
             )
         else:
@@ -507,7 +508,7 @@ def validation_problems(
                 (
                     f"migration {row.version} ({row.name}) was applied on "
                     f"{_short_time(row.applied_at)} but has no file",
-                    f"restore the file, or `repair --forget {row.version}`",
+                    f"restore the file, or `{REPAIR} --forget {row.version}`",
                 )
             )
     for row in status.partial:
@@ -518,8 +519,8 @@ def validation_problems(
             (
                 f"{where} was partially applied ({row.statements_done} statements done) by "
                 f"{row.applied_by} on {_short_time(row.applied_at)}",
-                f"finish or undo it by hand, then `repair --accept {row.version}` (finished) or "
-                f"`repair --forget {row.version}` (undone, to run it again)",
+                f"finish or undo it by hand, then `{REPAIR} --accept {row.version}` (finished) or "
+                f"`{REPAIR} --forget {row.version}` (undone, to run it again)",
             )
         )
     if not allow_out_of_order and status.out_of_order:
@@ -1257,7 +1258,8 @@ class Migrator:
             f"this run lost the migration lease (fence {run.fence}){holder}; nothing more "
             "was applied",
             hint="the lease expired (raise lease_ttl above the longest migration) or an "
-            "operator ran `unlock`; run `status`, then `up` again",
+            "operator ran `mosaicsync migrate unlock`; run `mosaicsync migrate status`, then "
+            "`mosaicsync migrate up` again",
         )
 
     def unlock(self) -> LockInfo | None:
@@ -1618,7 +1620,7 @@ class Migrator:
             hint = (exc.hint + "; " if exc.hint else "") + (
                 "if the cause was outside the file, `up` resumes at the failed statement; "
                 "if you change the file, undo the applied statements (or keep them "
-                f"idempotent) and `repair --forget {migration.version}`"
+                f"idempotent) and `{REPAIR} --forget {migration.version}`"
             )
         return MigrationFailed(
             message + outcome,
@@ -1786,8 +1788,8 @@ class Migrator:
                 raise MigrationError(
                     f"{migration.filename}: statement {step} ({stmt.no_transaction}) got no "
                     "answer and is not idempotent, so it is not sent again",
-                    hint="check by hand whether it took effect, then `repair --accept "
-                    f"{migration.version}` or `repair --forget {migration.version}`",
+                    hint=f"check by hand whether it took effect, then `{REPAIR} --accept "
+                    f"{migration.version}` or `{REPAIR} --forget {migration.version}`",
                 )
 
         self._send_lone(run, migration, stmt, step, settled, before_resend)
