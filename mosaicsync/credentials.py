@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import tomli_w
 
-from mosaicsync.contract import DEFAULT_API_URL
+from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
 from mosaicsync.errors import AuthError, ConfigError
 
 if TYPE_CHECKING:
@@ -91,6 +91,9 @@ def resolve_api_url(flag: str | None, target: Target | None) -> str:
         return normalize_api_url(flag, source="--api-url")
     if target is not None and target.api_url:
         return normalize_api_url(target.api_url, source=f"[targets.{target.name}] api_url")
+    if target is not None and target.name == "local":
+        # What `mosaicsync dev` records: the local platform on its default port.
+        return LOCAL_API_URL
     return _default_api_url()
 
 

@@ -286,3 +286,12 @@ def test_redact_a_database_response() -> None:
 
 def test_the_mask_is_one_constant() -> None:
     assert credentials.MASK in redact("mk_abc")
+
+
+def test_a_target_named_local_defaults_to_the_local_platform(monkeypatch) -> None:
+    from mosaicsync.config import Target
+    from mosaicsync.contract import LOCAL_API_URL
+
+    monkeypatch.setenv("MOSAIC_API_URL", "https://elsewhere.example/v1/project")
+    assert resolve_api_url(None, Target("local", None, "pod-16f")) == LOCAL_API_URL
+    assert resolve_api_url(None, Target("staging", None, "pod-16f")).startswith("https://elsewhere")
