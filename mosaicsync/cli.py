@@ -754,7 +754,10 @@ def projects_create(session: Session, name: str, no_wait: bool) -> None:
         project = client.create_project(name)
         if not no_wait:
             project = client.wait_until_running(project["project_id"])
-    out.result(project, f"Created {project['project_id']} ({project['status']}): {project['url']}")
+    out.result(
+        {"project": project},
+        f"Created {project['project_id']} ({project['status']}): {project['url']}",
+    )
 
 
 @projects.command("delete")
@@ -1021,7 +1024,8 @@ def ticket(session: Session, subject: str, message: str, diagnostics: bool) -> N
     with session.client(config, out) as client:
         answer = client.create_ticket(subject, out.redact(body), project_id)
     out.result(
-        answer, f"Ticket #{answer.get('ticket_id')} {answer.get('status')}: {answer.get('message')}"
+        {"ticket": answer},
+        f"Ticket #{answer.get('ticket_id')} {answer.get('status')}: {answer.get('message')}",
     )
 
 

@@ -62,6 +62,8 @@ class Output:
     def result(self, data: dict[str, Any], human: str) -> None:
         self._clear_progress()
         if self.json_mode:
+            # The envelope's keys must never be shadowed by a result's own (a project's status).
+            assert not {"schema", "status"} & data.keys(), "nest the result under its own key"
             print(self.redact(json.dumps({"schema": SCHEMA, "status": "ok", **data})))
         else:
             print(self.redact(human))

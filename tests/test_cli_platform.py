@@ -27,12 +27,14 @@ def cli_json(args: list[str], cwd: Path, server: LocalServer, **env: str) -> dic
 @pytest.fixture(scope="module")
 def project(local_server: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> str:
     cwd = tmp_path_factory.mktemp("cli")
-    return cli_json(["projects", "create", "CLI App"], cwd, local_server)["project_id"]
+    return cli_json(["projects", "create", "CLI App"], cwd, local_server)["project"]["project_id"]
 
 
 def test_projects_create_list_delete(tmp_path: Path, local_server: LocalServer) -> None:
-    created = cli_json(["projects", "create", "Listed"], tmp_path, local_server)
-    assert created["status"] == "running" and created["schema"] == "mosaicsync/1"
+    answer = cli_json(["projects", "create", "Listed"], tmp_path, local_server)
+    assert answer["status"] == "ok" and answer["schema"] == "mosaicsync/1"
+    created = answer["project"]
+    assert created["status"] == "running"
     listed = cli_json(["projects", "list"], tmp_path, local_server)
     assert created["project_id"] in [p["project_id"] for p in listed["projects"]]
     # No terminal: deleting without --yes fails at once with the flag to pass.
@@ -135,7 +137,7 @@ def test_ticket_with_diagnostics(tmp_path: Path, local_server: LocalServer, proj
         ],
         tmp_path,
         local_server,
-    )
+    )["ticket"]
     assert isinstance(answer["ticket_id"], int) and answer["status"] == "open"
     tickets = httpx.get(local_server.base_url + "/_local/tickets").json()["tickets"]
     mine = next(t for t in tickets if t["ticket_id"] == answer["ticket_id"])
