@@ -425,8 +425,11 @@ class Deployer:
     ) -> None:
         f = upload.file
         data = f.abs_path.read_bytes()
-        # The manifest records what arrived: if the file changed since the scan, the new bytes.
+        # The manifest records the source that arrived (if the file changed since the scan, the
+        # new bytes): its hash and size, never those of a rewritten copy, which the planner
+        # would otherwise see as a change on every later deploy.
         source_sha = hashlib.sha256(data).hexdigest()
+        source_size = len(data)
         uploaded_sha = None
         if storage_urls and needs_rewrite(f.path):
             try:
@@ -439,7 +442,7 @@ class Deployer:
                     data = out.text.encode("utf-8")
                     uploaded_sha = hashlib.sha256(data).hexdigest()
         self._send_site_bytes(f.path, data)
-        writer.add(ManifestRow(f.path, source_sha, len(data), "site", None, uploaded_sha))
+        writer.add(ManifestRow(f.path, source_sha, source_size, "site", None, uploaded_sha))
         self._arrived(f, "site", len(data), counter, result)
 
     def _send_site_bytes(self, path: str, data: bytes) -> None:

@@ -257,3 +257,16 @@ def test_deploy_applies_migrations_first_and_stops_on_failure(
     fixed = deploy_json(site, local_server)
     assert fixed["migrations_applied"] == 1 and fixed["uploaded"] == 1
     assert deploy_json(site, local_server, "--no-migrate")["uploaded"] == 0
+
+
+def test_rewritten_files_are_not_uploaded_again_for_an_unrelated_edit(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    public = project_dir / "public"
+    (public / "fonts").mkdir()
+    (public / "fonts" / "a.woff2").write_bytes(os.urandom(5000))
+    for i in range(5):
+        (public / f"theme{i}.css").write_text(f"@font-face{{src:url(fonts/a.woff2)}} .c{i}{{}}\n")
+    deploy_json(project_dir, local_server)
+    (public / "app.js").write_text("console.log('edited')\n")
+    assert deploy_json(project_dir, local_server)["uploaded"] == 1
