@@ -7,6 +7,7 @@ local platform.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,17 @@ def _redacted_path(url: httpx.URL) -> str:
     return url.path
 
 
+def auto_concurrency(rtt_ms: float | None) -> int:
+    """Requests to keep in flight: enough to hide the round trip, few on a fast link.
+
+    On loopback the client's own CPU is the limit and threads only contend (8 beat 32 by a
+    third in bench/); across 50 ms, 32 in flight is 3x faster than 8.
+    """
+    if rtt_ms is None or rtt_ms < 5:
+        return 8
+    return max(8, min(64, math.ceil(rtt_ms / 1.6)))
+
+
 class MosaicClient:
     """One keep-alive HTTP client for one platform and key."""
 
@@ -142,6 +154,8 @@ class MosaicClient:
         self.on_request = on_request
         self.sleep = sleep
         self.rng = rng or random.Random()
+        # The fastest answer seen so far: the round trip to the platform, without its work.
+        self.min_rtt_ms: float | None = None
         self.http = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=10.0),
@@ -234,6 +248,9 @@ class MosaicClient:
                 self.sleep(self.retry.delay(attempt, None, self.rng))
                 continue
             self._report(request, response.status_code, started, attempt, None)
+            ms = (time.perf_counter() - started) * 1000
+            if self.min_rtt_ms is None or ms < self.min_rtt_ms:
+                self.min_rtt_ms = ms
             status = response.status_code
             # 429 means "not processed": retrying it is safe for any request.
             retryable = status == 429 or (status in RETRYABLE_STATUS and safe)

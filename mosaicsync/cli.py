@@ -317,9 +317,11 @@ def migration_safety_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def deploy_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--concurrency", default=8, show_default=True, help="Parallel uploads.")(
-        func
-    )
+    func = click.option(
+        "--concurrency",
+        type=click.IntRange(1, 256),
+        help="Parallel uploads (default: from the round trip, 8 on a fast link, up to 64).",
+    )(func)
     func = click.option(
         "--no-prune", "prune", is_flag=True, flag_value=False, default=True,
         help="Keep remote files that are gone locally.",
@@ -1125,7 +1127,7 @@ def doctor(session: Session) -> None:
 )
 @click.option(
     "--rate-limit",
-    default=200.0,
+    default=1000.0,
     show_default=True,
     help="Requests per second per API key before 429; 0 = off.",
 )

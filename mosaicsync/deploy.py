@@ -22,18 +22,20 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mosaicsync import __version__
-from mosaicsync.api import MosaicClient
+from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.config import Config
 from mosaicsync.contract import MAX_PATH_LENGTH, TEXT_EXTENSIONS
 from mosaicsync.errors import ConfigError, NotFoundError, ScanError
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest
-from mosaicsync.migrate import Migrator
 from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
 from mosaicsync.rewrite import ASSETS_FILE, needs_rewrite, rewrite
 from mosaicsync.scan import HashCache, LocalFile, ScanResult, load_ignore_rules, scan
+
+if TYPE_CHECKING:
+    from mosaicsync.migrate import Migrator
 
 CACHE_DIR = ".mosaicsync"
 # No platform path may hold a control character or a backslash (it reads as a separator).
@@ -43,7 +45,7 @@ FLUSH_EVERY = 200
 
 @dataclass(frozen=True)
 class DeployOptions:
-    concurrency: int = 8
+    concurrency: int | None = None  # None: chosen from the round trip (api.auto_concurrency)
     prune: bool = True
     dry_run: bool = False
     rewrite: bool = True
@@ -257,6 +259,9 @@ class Deployer:
             if self.manifest.ensure()[0] == mine:
                 return self._noop(result, files, targets, t0)
             checked = True
+        # Imported here: the migration runner and its SQL parser cost a no-op deploy ~50 ms.
+        from mosaicsync.migrate import Migrator
+
         migrator = Migrator(
             self.client,
             self.project_id,
@@ -393,7 +398,8 @@ class Deployer:
         """Run `work` on every upload with bounded concurrency; stop at the first failure."""
         if not uploads:
             return
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.concurrency))
+        workers = self.options.concurrency or auto_concurrency(self.client.min_rtt_ms)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
             futures: list[Future[None]] = [pool.submit(work, u) for u in uploads]
             _, pending = wait(futures, return_when=FIRST_EXCEPTION)

@@ -14,13 +14,6 @@ from typing import Any, TextIO
 from mosaicsync.api import RequestEvent
 from mosaicsync.deploy import Planned, Scanned, Transferred
 from mosaicsync.errors import MosaicError
-from mosaicsync.migrate import (
-    LockWaiting,
-    MigrationApplied,
-    MigrationWarning,
-    NotAtomic,
-    PreflightWarning,
-)
 
 SCHEMA = "mosaicsync/1"
 
@@ -108,21 +101,8 @@ class Output:
                     f"Plan: upload {len(plan.uploads)}, prune {len(plan.prune)}, "
                     f"unchanged {len(plan.unchanged)}"
                 )
-        elif isinstance(event, MigrationApplied):
-            atomic = "" if event.atomic else " (not atomic)"
-            self.info(f"Applied migration {event.version}_{event.name} in {event.ms} ms{atomic}")
-        elif isinstance(event, LockWaiting):
-            self.info(f"Migrations are locked by {event.host} (pid {event.pid}); waiting...")
-        elif isinstance(event, NotAtomic):
-            self.info(
-                f"Migration {event.version}_{event.name} runs outside a transaction "
-                f"({event.statements} statements): it is not atomic"
-            )
-        elif isinstance(event, PreflightWarning):
-            where = f"{event.filename}:{event.line}:{event.column}"
-            self.info(f"Warning: {where}: {event.message}")
-        elif isinstance(event, MigrationWarning):
-            self.info(f"Warning: migration {event.version}: {event.message}")
+        elif type(event).__module__ == "mosaicsync.migrate":
+            self._migration_event(event)
         elif isinstance(event, Transferred):
             if self.verbose and not self.json_mode:
                 self.info(
@@ -237,6 +217,32 @@ class Output:
             self.event_line("stopped", {"pending": event.pending}, "Stopped." + lost, log=True)
         else:
             self.deploy_event(event)
+
+    def _migration_event(self, event: object) -> None:
+        # Imported only when a migration runs: a no-op deploy never loads the SQL parser.
+        from mosaicsync.migrate import (
+            LockWaiting,
+            MigrationApplied,
+            MigrationWarning,
+            NotAtomic,
+            PreflightWarning,
+        )
+
+        if isinstance(event, MigrationApplied):
+            atomic = "" if event.atomic else " (not atomic)"
+            self.info(f"Applied migration {event.version}_{event.name} in {event.ms} ms{atomic}")
+        elif isinstance(event, LockWaiting):
+            self.info(f"Migrations are locked by {event.host} (pid {event.pid}); waiting...")
+        elif isinstance(event, NotAtomic):
+            self.info(
+                f"Migration {event.version}_{event.name} runs outside a transaction "
+                f"({event.statements} statements): it is not atomic"
+            )
+        elif isinstance(event, PreflightWarning):
+            where = f"{event.filename}:{event.line}:{event.column}"
+            self.info(f"Warning: {where}: {event.message}")
+        elif isinstance(event, MigrationWarning):
+            self.info(f"Warning: migration {event.version}: {event.message}")
 
     def _clear_progress(self) -> None:
         if self._progress_shown:

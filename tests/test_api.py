@@ -180,3 +180,12 @@ def test_backoff_is_bounded_and_jittered() -> None:
     assert len(set(delays)) > 5
     assert policy.delay(1, "3", rng) == 3.0
     assert policy.delay(1, "100000", rng) == policy.max_retry_after
+
+
+def test_auto_concurrency_hides_the_round_trip() -> None:
+    from mosaicsync.api import auto_concurrency
+
+    assert auto_concurrency(None) == 8
+    assert auto_concurrency(0.8) == 8  # loopback: the client's CPU is the limit
+    assert auto_concurrency(51) == 32  # a 50 ms link
+    assert auto_concurrency(1000) == 64

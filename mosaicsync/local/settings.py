@@ -29,7 +29,7 @@ class LocalSettings:
     max_body: int = 16 * MiB
     storage_quota: int = 20 * GB
     emails_per_day: int = 10
-    rate_limit: float = 200.0  # requests per second per key; 0 turns it off
+    rate_limit: float = 1000.0  # requests per second per key; 0 turns it off
     provision_delay: float = 0.0
     allow_clock_override: bool = False
     reset_db: bool = False
