@@ -357,14 +357,22 @@ class Deployer:
         # 2. The storage URL map, then site assets (CSS rewritten), then HTML.
         storage_urls = self._storage_urls(files, targets, rows, storage_uploads, writer)
         site_uploads = [u for u in plan.uploads if u.target == "site"]
+        assets_row = _assets_row(storage_urls)
+        previous = rows.get(ASSETS_FILE)
+        # The assets row is recorded only after the pages went out, so an equal map means every
+        # unchanged page already points at these URLs: no need to read them all again.
+        same_map = bool(
+            assets_row and previous and previous.generated and previous.sha256 == assets_row.sha256
+        )
         was_rewritten = any(r.uploaded_sha256 for r in rows.values())
-        if self.options.rewrite and (storage_urls or was_rewritten):
+        if self.options.rewrite and (storage_urls or was_rewritten) and not same_map:
             site_uploads = self._add_rewrite_changes(site_uploads, plan, rows, storage_urls)
             counter.total = len(storage_uploads) + len(site_uploads)
         urls_for_rewrite = storage_urls if self.options.rewrite else {}
         assets = [u for u in site_uploads if not u.file.path.lower().endswith(".html")]
         pages = [u for u in site_uploads if u.file.path.lower().endswith(".html")]
-        self._publish_assets_file(storage_urls, rows, writer, result)
+        if assets_row and not same_map:
+            self._publish_assets_file(storage_urls, result)
         self._parallel(
             assets, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
         )
@@ -372,6 +380,8 @@ class Deployer:
         self._parallel(
             pages, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
         )
+        if assets_row and not same_map:
+            writer.add(assets_row)
         writer.flush()
 
         # 3. Prune only after everything else arrived, and only what we deployed.
@@ -530,23 +540,10 @@ class Deployer:
                 extra.append(Upload(f, "site", "changed"))
         return site_uploads + extra
 
-    def _publish_assets_file(
-        self,
-        storage_urls: dict[str, str],
-        rows: dict[str, ManifestRow],
-        writer: _ManifestWriter,
-        result: DeployResult,
-    ) -> None:
-        previous = rows.get(ASSETS_FILE)
-        if not storage_urls:
-            return
-        data = (json.dumps(storage_urls, indent=2, sort_keys=True) + "\n").encode()
-        sha = hashlib.sha256(data).hexdigest()
-        if previous and previous.generated and previous.sha256 == sha:
-            return
+    def _publish_assets_file(self, storage_urls: dict[str, str], result: DeployResult) -> None:
+        """Upload mosaic-assets.json before the pages that may read it (its row comes later)."""
+        data = _assets_json(storage_urls)
         self.client.upload_file(self.project_id, ASSETS_FILE, data.decode())
-        writer.add(ManifestRow(ASSETS_FILE, sha, len(data), "site", None, None, True))
-        writer.flush()
         with self._event_lock:
             result.uploaded += 1
             result.bytes += len(data)
@@ -582,6 +579,20 @@ class Deployer:
             )
         if gone:
             self.manifest.remove(gone)
+
+
+def _assets_json(storage_urls: dict[str, str]) -> bytes:
+    return (json.dumps(storage_urls, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _assets_row(storage_urls: dict[str, str]) -> ManifestRow | None:
+    """The manifest row of mosaic-assets.json for this storage map, or None without storage."""
+    if not storage_urls:
+        return None
+    data = _assets_json(storage_urls)
+    return ManifestRow(
+        ASSETS_FILE, hashlib.sha256(data).hexdigest(), len(data), "site", None, None, True
+    )
 
 
 class _Counter:

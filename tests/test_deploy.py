@@ -270,3 +270,22 @@ def test_rewritten_files_are_not_uploaded_again_for_an_unrelated_edit(
     deploy_json(project_dir, local_server)
     (public / "app.js").write_text("console.log('edited')\n")
     assert deploy_json(project_dir, local_server)["uploaded"] == 1
+
+
+def test_unchanged_css_is_rewritten_when_a_file_it_uses_goes_to_storage(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    pid = project_id_of(project_dir)
+    public = project_dir / "public"
+    (public / "fonts.css").write_text("@font-face{src:url('fonts/late.woff2')}\n")
+    deploy_json(project_dir, local_server)
+    assert "fonts/late.woff2" in site_get(local_server, pid, "/fonts.css").text
+    (public / "fonts").mkdir()
+    (public / "fonts" / "late.woff2").write_bytes(os.urandom(3000))
+    result = deploy_json(project_dir, local_server)
+    assert result["storage"] == ["fonts/late.woff2"]
+    url = site_get(local_server, pid, "/mosaic-assets.json").json()["fonts/late.woff2"]
+    assert url in site_get(local_server, pid, "/fonts.css").text
+    # An unrelated edit afterwards uploads one file: the map did not change.
+    (public / "app.js").write_text("console.log(1)\n")
+    assert deploy_json(project_dir, local_server)["uploaded"] == 1
