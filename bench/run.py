@@ -37,7 +37,7 @@ from bench import report
 from bench.sites import generate_site, touch_one
 from mosaicsync.api import MosaicClient, RequestEvent
 from mosaicsync.config import render_config
-from mosaicsync.local.process import LocalProcess
+from mosaicsync.local.process import LocalProcess, platform_tempdir
 from mosaicsync.scan import load_ignore_rules, scan
 
 KEY = "mk_bench_harness_key"
@@ -937,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
     mode = "quick" if args.quick else "full"
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="mosaicsync-bench-"))
+    tmp = platform_tempdir("mosaicsync-bench-")
     bench = Bench(tmp, sizes, profile=args.profile, fast_db=args.fast_db)
     bench.info["environment"] = environment()
     bench.info["sizes"] = asdict(sizes)

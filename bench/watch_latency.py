@@ -125,6 +125,8 @@ def run(quick: bool = False, saves: int | None = None) -> dict[str, Any]:
     env["MOSAIC_LOCAL_FAST_DB"] = "1"
     with tempfile.TemporaryDirectory(prefix="mosaicsync-watch-bench-") as tmp:
         root = Path(tmp)
+        if os.geteuid() == 0:
+            os.chmod(root, 0o711)  # so the cluster stays inside (see platform_tempdir)
         args = ["--api-key", KEY, "--rate-limit", "0"]
         platform = LocalProcess(root / "data", args=args, env=env)
         platform.start()

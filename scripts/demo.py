@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
 
-from mosaicsync.local.process import LocalProcess
+from mosaicsync.local.process import LocalProcess, platform_tempdir
 
 KEY = "mk_demo_local_key"
 
@@ -47,8 +47,8 @@ def fetch(platform: LocalProcess, project_id: str, path: str = "/") -> httpx.Res
 
 def main() -> int:
     interactive = sys.stdin.isatty()
-    with tempfile.TemporaryDirectory(prefix="mosaic-demo-") as tmp:
-        work = Path(tmp)
+    work = platform_tempdir("mosaic-demo-")
+    try:
         step("Start the local Mosaic platform (embedded PostgreSQL)")
         with LocalProcess(work / "platform", ["--api-key", KEY]) as platform:
             print(f"API {platform.api_url}")
@@ -88,6 +88,8 @@ def main() -> int:
                 except KeyboardInterrupt:
                     pass
         step("Stopped the local platform. Demo complete.")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -27,7 +27,7 @@ from mosaicsync.config import load_config, render_config
 from mosaicsync.local.reload import ReloadHub, inject_script
 from mosaicsync.scan import load_ignore_rules
 from mosaicsync.watch import Backoff, ChangeSorter, Coalescer, _affected, is_editor_temp
-from tests.conftest import KEY_A, LocalServer
+from tests.conftest import KEY_A, LocalServer, make_traversable
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>t</title>
@@ -563,6 +563,7 @@ def test_platform_down_then_up_catches_up(tmp_path: Path) -> None:
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`mosaicsync dev` on a free port, with its own data dir, for a folder linked to production."""
     root = tmp_path_factory.mktemp("dev")
+    make_traversable(root)
     site = root / "site"
     make_site(site, None, "prod-abc")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}

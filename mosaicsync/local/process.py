@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,18 @@ from pathlib import Path
 from mosaicsync.local.postgres import die_with_parent
 
 LISTENING = re.compile(r"^Listening on (http://\S+)")
+
+
+def platform_tempdir(prefix: str) -> Path:
+    """A temp dir for a throwaway platform (demo, benchmarks); delete it when done.
+
+    As root, PostgreSQL runs as `nobody`, which must pass through to the cluster inside: the dir
+    is then 0711 (no listing), or the cluster would land under /var/lib/mosaicsync instead.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        os.chmod(path, 0o711)
+    return path
 
 
 class LocalProcessError(Exception):
