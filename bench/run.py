@@ -37,8 +37,9 @@ from bench import report
 from bench.sites import generate_site, touch_one
 from mosaicsync.api import MosaicClient, RequestEvent
 from mosaicsync.config import render_config
+from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.local.process import LocalProcess, platform_tempdir
-from mosaicsync.scan import load_ignore_rules, scan
+from mosaicsync.scan import scan
 
 KEY = "mk_bench_harness_key"
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,10 +29,11 @@ from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.config import Config
 from mosaicsync.contract import MAX_PATH_LENGTH, TEXT_EXTENSIONS
 from mosaicsync.errors import ConfigError, NotFoundError, ScanError
+from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest
 from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
 from mosaicsync.rewrite import ASSETS_FILE, needs_rewrite, rewrite
-from mosaicsync.scan import HashCache, LocalFile, ScanResult, load_ignore_rules, scan
+from mosaicsync.scan import HashCache, LocalFile, ScanResult, scan
 
 if TYPE_CHECKING:
     from mosaicsync.migrate import Migrator

@@ -12,7 +12,6 @@ import os
 import platform
 import queue
 import random
-import re
 import signal
 import threading
 import time
@@ -41,17 +40,10 @@ from mosaicsync.errors import (
     ScanError,
     UnavailableError,
 )
+from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import Manifest, ManifestRow
 from mosaicsync.plan import Plan, RemoteEntry, plan_deploy
-from mosaicsync.scan import (
-    IGNORE_FILE,
-    HashCache,
-    IgnoreRules,
-    LocalFile,
-    load_ignore_rules,
-    scan,
-    scan_paths,
-)
+from mosaicsync.scan import HashCache, LocalFile, scan, scan_paths
 
 DEFAULT_DEBOUNCE_MS = 30
 MAX_WAIT_MS = 1000  # a never-ending stream of changes still syncs this often
@@ -69,22 +61,10 @@ RETRY_CAP_S = 5.0
 # The watch owns the backoff (and says so on screen), so each request gives up early.
 WATCH_RETRY = RetryPolicy(attempts=3, base=0.1, cap=1.0)
 
-# Names editors write next to a file while saving it: vim's write probe `4913`, swap and backup
-# files, Emacs locks and autosaves, JetBrains' safe write, GNOME's and Kate's temp files.
-_EDITOR_TEMP = re.compile(
-    r"^4913$|\.sw[a-px]$|~$|^\.#|^#.*#$|___jb_(?:tmp|old|bak)___$"
-    r"|\.tmp$|^\.goutputstream-|\.crswap$|\.kate-swp$|^~\$"
-)
-
 FULL = ("full", "")
 CONFIG = ("config", "")
 MIGRATIONS = ("migrations", "")
 Item = tuple[str, str]
-
-
-def is_editor_temp(name: str) -> bool:
-    """True for the short-lived files an editor writes while saving; they are never synced."""
-    return _EDITOR_TEMP.search(name) is not None
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -285,9 +265,9 @@ class ChangeSorter:
         self.project_dir = _real(config.project_dir)
 
     def sort(self, change: int, path: str) -> list[Item]:
+        # Editor temp files are in the default ignore layer, so the rules drop them below, as a
+        # deploy's scan does.
         name = os.path.basename(path)
-        if is_editor_temp(name):
-            return []
         items: list[Item] = []
         if path == self.config_path or (
             name == IGNORE_FILE and os.path.dirname(path) in (self.static_root, self.project_dir)

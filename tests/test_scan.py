@@ -16,16 +16,18 @@ from pathspec import GitIgnoreSpec
 
 from mosaicsync import scan as scan_module
 from mosaicsync.errors import ConfigError, ScanError
-from mosaicsync.scan import (
+from mosaicsync.ignore import (
     CONFIG_SOURCE,
     DEFAULT_IGNORES,
+    SECRET_IGNORES,
+    IgnoreRules,
+    load_ignore_rules,
+)
+from mosaicsync.scan import (
     POOL_MIN_SIZE,
     RACY_WINDOW_NS,
-    SECRET_IGNORES,
     HashCache,
-    IgnoreRules,
     hash_file,
-    load_ignore_rules,
     scan,
     scan_paths,
 )

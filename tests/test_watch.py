@@ -24,9 +24,9 @@ from watchfiles import Change
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import load_config, render_config
+from mosaicsync.ignore import is_editor_temp, load_ignore_rules
 from mosaicsync.local.reload import ReloadHub, inject_script
-from mosaicsync.scan import load_ignore_rules
-from mosaicsync.watch import Backoff, ChangeSorter, Coalescer, _affected, is_editor_temp
+from mosaicsync.watch import Backoff, ChangeSorter, Coalescer, _affected
 from tests.conftest import KEY_A, LocalServer, make_traversable
 
 PAGE = """<!doctype html>

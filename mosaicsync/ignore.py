@@ -1,0 +1,286 @@
+"""What is never published: the default ignore layer, .mosaicignore files and mosaic.toml's
+`[static] ignore`, in gitignore syntax.
+
+One list decides for every command: `deploy`, `status`, `watch` and `dev` all build their rules
+here, so a name skipped by one is skipped by all (editor temp files included).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pathspec import GitIgnoreSpec
+
+from mosaicsync.errors import ConfigError
+
+# Never published, whatever a `!pattern` says, unless the caller passes allow_secrets=True:
+# version-control metadata, environment files, private keys and credential files.
+SECRET_IGNORES: tuple[str, ...] = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".env",
+    ".env.*",
+    ".env*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ed25519*",
+    "id_ecdsa*",
+    ".npmrc",
+    ".pypirc",
+    ".netrc",
+)
+
+# Files editors write next to a file while saving it: vim's write probe `4913`, swap and backup
+# files, Emacs locks and autosaves, JetBrains' safe write, GNOME's and Kate's temp files, Chrome's
+# File System Access swap and Office's lock files. Never published, and a save that touches them
+# is never synced; a `!pattern` can re-include one (`!*.tmp`) for every command at once.
+EDITOR_TEMP_IGNORES: tuple[str, ...] = (
+    "4913",
+    "*.sw[a-px]",
+    "*~",
+    ".#*",
+    r"\#*#",  # the backslash keeps it from reading as a comment
+    "*___jb_tmp___",
+    "*___jb_old___",
+    "*___jb_bak___",
+    "*.tmp",
+    ".goutputstream-*",
+    "*.crswap",
+    "*.kate-swp",
+    "~$*",
+)
+
+# The whole default layer, in gitignore syntax, relative to the static root. `.well-known/` is
+# deliberately absent: sites need it (ACME challenges, security.txt).
+DEFAULT_IGNORES: tuple[str, ...] = (
+    *SECRET_IGNORES,
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "node_modules/",
+    "__pycache__/",
+    ".venv/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".hypothesis/",
+    ".idea/",
+    ".vscode/",
+    # mosaicsync's own files, for a project whose static root is the project dir itself.
+    ".mosaicsync/",
+    "mosaic.toml",
+    ".mosaicignore",
+    *EDITOR_TEMP_IGNORES,
+)
+
+IGNORE_FILE = ".mosaicignore"
+CONFIG_SOURCE = "mosaic.toml [static] ignore"
+
+
+# --- ignore rules --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    pattern: str
+    source: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.source}: {self.pattern}"
+
+
+class _Layer:
+    """One gitignore spec plus a union regex that rules most paths out in a single C-level match."""
+
+    def __init__(self, compiled: list[tuple[object, _Rule]]) -> None:
+        patterns = [pattern for pattern, _ in compiled]
+        self.rules = [rule for _, rule in compiled]
+        self.spec = GitIgnoreSpec(patterns)
+        self.prefilter = _union_regex(patterns)
+
+    def check(self, path: str) -> tuple[bool | None, _Rule | None]:
+        """(True, rule) if ignored, (False, rule) if a `!pattern` re-includes it, else no rule."""
+        if self.prefilter is not None and self.prefilter.match(path) is None:
+            return None, None
+        result = self.spec.check_file(path)
+        if result.index is None:
+            return None, None
+        return result.include, self.rules[result.index]
+
+
+def _union_regex(patterns: Sequence[object]) -> re.Pattern[str] | None:
+    """A regex matching whenever any excluding pattern matches, or None if one cannot be built.
+
+    The spec walks its patterns one by one in Python; most paths match none, and this says so in
+    one match. Patterns sharing the "any directory" prefix are grouped so it is scanned once.
+    """
+    any_dir = "^(?:.+/)?"
+    grouped: list[str] = []
+    alone: list[str] = []
+    default_flags = re.compile("").flags
+    for pattern in patterns:
+        regex = getattr(pattern, "regex", None)
+        if getattr(pattern, "include", None) is not True:
+            continue
+        if not isinstance(regex, re.Pattern) or regex.flags != default_flags:
+            return None
+        # Group names repeat across patterns; only the union of matches matters here.
+        source = re.sub(r"\(\?P<\w+>", "(?:", regex.pattern)
+        if source.startswith(any_dir):
+            grouped.append(source[len(any_dir) :])
+        else:
+            alone.append(source)
+    branches = [f"{any_dir}(?:{'|'.join(grouped)})"] if grouped else []
+    branches += [f"(?:{source})" for source in alone]
+    if not branches:
+        return re.compile(r"(?!)")
+    try:
+        return re.compile("|".join(branches))
+    except re.error:
+        return None
+
+
+def _compile(lines: Iterable[str], source: str) -> list[tuple[object, _Rule]]:
+    compiled: list[tuple[object, _Rule]] = []
+    for number, raw in enumerate(lines, start=1):
+        line = unicodedata.normalize("NFC", raw.rstrip("\r\n"))
+        if not line.strip():
+            continue
+        try:
+            patterns = GitIgnoreSpec.from_lines([line]).patterns
+        except (ValueError, re.error) as exc:
+            where = source if source == CONFIG_SOURCE else f"{source} line {number}"
+            raise ConfigError(
+                f"{where}: invalid ignore pattern {line!r} ({getattr(exc, 'msg', exc)})",
+                hint="fix the pattern; the syntax is the one of .gitignore",
+            ) from exc
+        for pattern in patterns:
+            if pattern.include is not None:  # comments compile to no-op patterns
+                compiled.append((pattern, _Rule(line.strip(), source)))
+    return compiled
+
+
+class IgnoreRules:
+    """The ignore layers of one project, built once and reused by every walk (and a watcher).
+
+    `layers` are (gitignore lines, source label) pairs, lowest precedence first.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[tuple[Iterable[str], str]],
+        *,
+        allow_secrets: bool = False,
+    ) -> None:
+        compiled: list[tuple[object, _Rule]] = []
+        for lines, source in layers:
+            compiled += _compile(lines, source)
+        self.allow_secrets = allow_secrets
+        self._all = _Layer(compiled)
+        # Checked apart from the other layers so that no `!pattern` can re-include a secret; on
+        # the lowercased path, so `.ENV` or `Server.PEM` on a case-insensitive disk are caught too.
+        self._secrets = None if allow_secrets else _Layer(_compile(SECRET_IGNORES, "default"))
+
+    def match(self, rel_path: str, is_dir: bool) -> str | None:
+        """Why `rel_path` is ignored, or None; parents are not checked, as a walk prunes them."""
+        key = rel_path + "/" if is_dir else rel_path
+        if self._secrets is not None:
+            secret = self.secret_reason(rel_path, is_dir)
+            if secret is not None:
+                return secret
+        include, rule = self._all.check(key)
+        return rule.reason if include and rule is not None else None
+
+    def secret_reason(self, rel_path: str, is_dir: bool) -> str | None:
+        """The secret rule `rel_path` matches, or None; None always when secrets are allowed."""
+        if self._secrets is None:
+            return None
+        key = (rel_path + "/" if is_dir else rel_path).lower()
+        include, rule = self._secrets.check(key)
+        if not include or rule is None:
+            return None
+        include_all, _ = self._all.check(rel_path + "/" if is_dir else rel_path)
+        if include_all is False:
+            return f"{rule.reason} (a secret: a !pattern cannot re-include it)"
+        return rule.reason
+
+    def match_with_parents(
+        self, rel_path: str, is_dir: bool, *, secrets_only: bool = False
+    ) -> str | None:
+        """Like `match`, but a path inside an ignored directory is ignored too (for a watcher)."""
+        check = self.secret_reason if secrets_only else self.match
+        parts = rel_path.split("/")
+        for depth in range(1, len(parts)):
+            reason = check("/".join(parts[:depth]), True)
+            if reason is not None:
+                return reason
+        return check(rel_path, is_dir)
+
+
+def load_ignore_rules(
+    static_root: Path,
+    project_dir: Path,
+    extra: Sequence[str] = (),
+    *,
+    allow_secrets: bool = False,
+) -> IgnoreRules:
+    """Defaults, then .mosaicignore in the static root and in the project dir, then `extra`.
+
+    Every layer is gitignore syntax relative to the static root; later layers win.
+    """
+    layers: list[tuple[Iterable[str], str]] = [(DEFAULT_IGNORES, "default")]
+    candidates = [static_root / IGNORE_FILE]
+    if not _same_dir(static_root, project_dir):
+        candidates.append(project_dir / IGNORE_FILE)
+    for path in candidates:
+        lines = _read_ignore_file(path, project_dir)
+        if lines is not None:
+            layers.append((lines, _label(path, project_dir)))
+    layers.append((extra, CONFIG_SOURCE))
+    return IgnoreRules(layers, allow_secrets=allow_secrets)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _label(path: Path, project_dir: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, project_dir)).as_posix()
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def _read_ignore_file(path: Path, project_dir: Path) -> list[str] | None:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {_label(path, project_dir)}: {exc}",
+            hint="make it a readable UTF-8 text file, or remove it",
+        ) from exc
+    return text.splitlines()
+
+
+_EDITOR_TEMP = GitIgnoreSpec.from_lines(EDITOR_TEMP_IGNORES)
+
+
+def is_editor_temp(name: str) -> bool:
+    """True for a file name an editor writes while saving (one of `EDITOR_TEMP_IGNORES`)."""
+    return _EDITOR_TEMP.match_file(name)
