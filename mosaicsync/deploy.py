@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import socket
 import threading
 import time
@@ -27,20 +26,19 @@ from typing import TYPE_CHECKING, Any
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.config import Config
-from mosaicsync.contract import MAX_PATH_LENGTH, TEXT_EXTENSIONS
-from mosaicsync.errors import ConfigError, NotFoundError, ScanError
+from mosaicsync.contract import TEXT_EXTENSIONS
+from mosaicsync.errors import ConfigError, NotFoundError
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest
 from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
-from mosaicsync.rewrite import ASSETS_FILE, needs_rewrite, rewrite
+from mosaicsync.publishable import ASSETS_FILE
+from mosaicsync.rewrite import needs_rewrite, rewrite
 from mosaicsync.scan import HashCache, LocalFile, ScanResult, scan
 
 if TYPE_CHECKING:
     from mosaicsync.migrate import Migrator
 
 CACHE_DIR = ".mosaicsync"
-# No platform path may hold a control character or a backslash (it reads as a separator).
-_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\\]")
 FLUSH_EVERY = 200
 
 
@@ -130,26 +128,6 @@ def scan_project(config: Config, *, allow_secrets: bool = False) -> ScanResult:
     cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
     result = scan(config.static_root, rules, cache)
     cache.save()
-    for f in result.files:
-        if f.path == ASSETS_FILE:
-            raise ConfigError(
-                f"{config.static_root / ASSETS_FILE}: this name is reserved: mosaicsync publishes "
-                "it with the storage URLs of files that do not go to the site",
-                hint="rename the file, or add it to .mosaicignore",
-            )
-        # Refused here rather than by the platform halfway through the uploads.
-        if len(f.path) > MAX_PATH_LENGTH:
-            problem = f"is longer than {MAX_PATH_LENGTH} characters, the platform's limit"
-        elif (bad := _UNSTORABLE.search(f.path)) is not None:
-            problem = (
-                "contains a backslash" if bad.group() == "\\" else "contains a control character"
-            )
-        else:
-            continue
-        raise ScanError(
-            f"{f.path!a} {problem}, so it cannot be published",
-            hint="rename it, or add it to .mosaicignore",
-        )
     return result
 
 

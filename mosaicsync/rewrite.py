@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-ASSETS_FILE = "mosaic-assets.json"
 REWRITTEN_EXTENSIONS = frozenset({".html", ".css"})
 
 _ATTR = re.compile(

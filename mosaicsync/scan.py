@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from mosaicsync import publishable
 from mosaicsync.errors import ScanError
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules
 
@@ -283,7 +284,7 @@ class _Walker:
                             if reason is not None:
                                 skipped.append(Skipped(rel, reason))
                             else:
-                                _check_utf8(rel)
+                                publishable.check(rel)
                                 st = _stat(entry.path, rel, entry)
                                 if st is not None:
                                     found.append(_Found(rel, entry.path, st))
@@ -328,7 +329,7 @@ class _Walker:
             self.check_loop(real, rel, chain)
             stack.append((real, rel + "/", (*chain, real)))
         elif stat.S_ISREG(st.st_mode):
-            _check_utf8(rel)
+            publishable.check(rel)
             self.found.append(_Found(rel, real, st))
         else:
             self.skipped.append(Skipped(rel, "not a regular file"))
@@ -393,18 +394,6 @@ def _stat(path: str, rel: str, entry: os.DirEntry[str] | None = None) -> os.stat
         raise ScanError(
             f"cannot read {rel}: {exc.strerror or exc}",
             hint=f"fix its permissions, or add {rel} to {IGNORE_FILE}",
-        ) from exc
-
-
-def _check_utf8(rel: str) -> None:
-    if rel.isascii():
-        return
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ScanError(
-            f"{rel!a} is not a valid UTF-8 file name, so it cannot be published",
-            hint=f"rename it, or add it to {IGNORE_FILE}",
         ) from exc
 
 
@@ -599,7 +588,7 @@ def _visit_one(walker: _Walker, parts: list[str], rel: str) -> None:
             stack.append((path, rel + "/", (*chain, path)))
     elif stat.S_ISREG(st.st_mode):
         if walker.rules.match(rel, False) is None:
-            _check_utf8(rel)
+            publishable.check(rel)
             walker.found.append(_Found(rel, path, st))
     else:
         walker.skip_special(rel)

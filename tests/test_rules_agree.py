@@ -59,3 +59,17 @@ def test_a_pattern_that_re_includes_an_editor_temp_counts_for_watch_too(tmp_path
     (public / ".mosaicignore").write_text("!notes.tmp\n")
     assert [f.path for f in scan_project(load_config(config_path)).files] == ["notes.tmp"]
     assert _watch_decision(config_path, public, "notes.tmp") == "published"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["mosaic-assets.json", "back\\slash.html", "tab\there.css", "x" * 1030 + ".txt"],
+)
+def test_an_unpublishable_name_is_refused_by_deploy_and_watch(tmp_path: Path, name: str) -> None:
+    if len(name) > 255:  # longer than one file name may be: make it a deep path instead
+        name = "/".join(["d" * 200] * 6) + "/x.txt"
+    config_path, public = _project(tmp_path, [name])
+    with pytest.raises(ScanError) as deployed:
+        scan_project(load_config(config_path))
+    assert _watch_decision(config_path, public, name) == "refused"
+    assert "cannot be published" in deployed.value.message or "reserved" in deployed.value.message
