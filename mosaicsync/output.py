@@ -129,6 +129,7 @@ class Output:
         from datetime import UTC, datetime
 
         from mosaicsync import watch as w
+        from mosaicsync.migrate import LockWaiting
 
         def clock(at: float | None = None) -> str:
             return time.strftime("%H:%M:%S", time.localtime(at))
@@ -210,6 +211,14 @@ class Output:
                 "config",
                 {"message": event.message, "restart_required": event.restart_required},
                 f"{clock()}  {event.message}",
+                log=True,
+            )
+        elif isinstance(event, LockWaiting):
+            self.event_line(
+                "waiting",
+                {"host": event.host, "pid": event.pid, "until": event.until},
+                f"{clock()}  waiting for the deploy lease held by {event.host} (pid {event.pid}): "
+                "a deploy or watch of this project is running",
                 log=True,
             )
         elif isinstance(event, w.Stopped):

@@ -42,6 +42,7 @@ from mosaicsync.errors import (
 )
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import Manifest, ManifestRow
+from mosaicsync.migrate import LockTimeout, LockWaiting
 from mosaicsync.plan import Plan, RemoteEntry, plan_deploy
 from mosaicsync.scan import HashCache, LocalFile, scan, scan_paths
 
@@ -368,7 +369,8 @@ class _Stopping(Exception):
 
 
 # Failures that say "not now" rather than "not this": the changes are kept and retried.
-_RETRIED: tuple[type[Exception], ...] = (UnavailableError, httpx.TransportError)
+# A deploy holding the lease longer than --lock-timeout is one of them.
+_RETRIED: tuple[type[Exception], ...] = (UnavailableError, httpx.TransportError, LockTimeout)
 
 
 class _FsWatch:
@@ -468,6 +470,7 @@ class Watcher:
         self._polling = polling_wanted(self.options.force_polling)
         self._hot: dict[str, tuple[tuple[int, int, int] | None, float]] = {}
         self._hot_check_at = 0.0
+        self._mirror_digest: str | None = None  # the manifest's digest when the mirror was current
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -663,6 +666,7 @@ class Watcher:
             return
         self.url = result.url
         self.manifest.load()
+        self._mirror_digest = None  # checked against the platform's at the next sync
         self.cache = HashCache.load(self.config.project_dir / CACHE_DIR / "hashes")
         scanned = scan(self.config.static_root, self.rules, self.cache)
         self.local = {f.path: f for f in scanned.files}
@@ -701,38 +705,74 @@ class Watcher:
             del self.local[path]
         self.local.update(found)
 
-        remote = self.manifest.entries()
-        affected = {p: remote[p] for p in _affected(remote, dirty, dir_like)}
-        plan = plan_deploy(files, affected)
-        if not self.options.deploy.prune:
-            plan = Plan(plan.uploads, [], plan.unchanged)
-        if plan.is_noop:
-            return
-        storage_changed = any(
-            u.target == "storage" or u.reason == "moved-target" for u in plan.uploads
-        )
-        storage_changed = storage_changed or any(e.target == "storage" for e in plan.prune)
-        # A storage file came or went: pages and stylesheets that point at it change too.
-        unchanged = [f for p, f in self.local.items() if p not in found] if storage_changed else []
-        plan = Plan(plan.uploads, plan.prune, unchanged)
-        result = DeployResult(self.project_id, self.url)
-        try:
-            self._deployer().execute(
-                plan, list(self.local.values()), self.manifest.snapshot(), result
+        refused: MosaicError | None = None
+        # Under the deploy's lease: a `deploy` of the same project waits for this sync (and this
+        # sync for it), so the two never interleave on the site or in the manifest.
+        with self._lease():
+            self._refresh_mirror()
+            remote = self.manifest.entries()
+            affected = {p: remote[p] for p in _affected(remote, dirty, dir_like)}
+            plan = plan_deploy(files, affected)
+            if not self.options.deploy.prune:
+                plan = Plan(plan.uploads, [], plan.unchanged)
+            if plan.is_noop:
+                return
+            storage_changed = any(
+                u.target == "storage" or u.reason == "moved-target" for u in plan.uploads
             )
-        except (*_RETRIED, AuthError, _Stopping):
-            raise
-        except MosaicError as exc:
+            storage_changed = storage_changed or any(e.target == "storage" for e in plan.prune)
+            # A storage file came or went: pages and stylesheets that point at it change too.
+            unchanged = (
+                [f for p, f in self.local.items() if p not in found] if storage_changed else []
+            )
+            plan = Plan(plan.uploads, plan.prune, unchanged)
+            result = DeployResult(self.project_id, self.url)
+            try:
+                self._deployer().execute(
+                    plan, list(self.local.values()), self.manifest.snapshot(), result
+                )
+            except (*_RETRIED, AuthError, _Stopping):
+                raise
+            except MosaicError as exc:
+                refused = exc
+            finally:
+                self._mirror_digest = self.manifest.ensure()[0]
+        if refused is not None:
             if len(dirty) > 1:
                 # One file the platform refuses must not hold back the others.
                 for rel in sorted(dirty):
                     self._sync_files([rel])
                 return
-            self.emit(WatchWarning("skipped", f"{rels[0]}: {exc.message}", exc.hint))
+            self.emit(WatchWarning("skipped", f"{rels[0]}: {refused.message}", refused.hint))
             return
         paths = sorted({u.file.path for u in plan.uploads} | {e.path for e in plan.prune})
         ms = (time.perf_counter() - t0) * 1000
         self.emit(Synced(started, result.uploaded, result.pruned, result.bytes, ms, paths))
+
+    def _lease(self) -> Any:
+        """The lease `deploy` holds from its migrations to its last prune."""
+        migrator = make_migrator(
+            self.client,
+            self.project_id,
+            self.config.migrations_dir,
+            lock_timeout=self.options.deploy.lock_timeout,
+            sleep=self._sleep,
+            on_event=self._on_lease_event,
+        )
+        return migrator.lease()
+
+    def _on_lease_event(self, event: object) -> None:
+        # Taking and giving back the lease on every sync is routine; waiting for it is news.
+        if isinstance(event, LockWaiting):
+            self.emit(event)
+
+    def _refresh_mirror(self) -> None:
+        """Reload the in-memory manifest if anything else (a `deploy`) changed it since the last
+        sync: planning against a stale copy would skip a file that the deploy replaced."""
+        digest, _ = self.manifest.ensure()
+        if digest != self._mirror_digest:
+            self.manifest.load()
+            self._mirror_digest = digest
 
     def _scan_dirty(self, rels: list[str]) -> tuple[list[LocalFile], list[str], set[str]]:
         """(files, gone, unstable): a stat before and after the hash proves a file held still."""

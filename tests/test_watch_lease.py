@@ -1,0 +1,75 @@
+"""`watch` and `deploy` share one lease: a sync waits for a deploy (and a deploy for a sync), and
+a sync after a deploy plans against what the deploy left, never against a stale copy."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mosaicsync.api import MosaicClient
+from mosaicsync.migrate import Migrator
+from tests.conftest import LocalServer
+from tests.test_watch import PAGE, Run, cli_env, make_site, served, site_get, wait_until
+
+
+@pytest.fixture
+def client(local_server: LocalServer) -> Iterator[MosaicClient]:
+    from tests.conftest import KEY_A
+
+    with MosaicClient(local_server.api, KEY_A) as c:
+        yield c
+
+
+@pytest.mark.integration
+def test_a_sync_waits_for_the_deploy_lease_and_never_interleaves(
+    tmp_path: Path, local_server: LocalServer, client: MosaicClient
+) -> None:
+    site = tmp_path / "site"
+    pid = make_site(site, client)
+    run = Run(["watch"], site, cli_env(local_server))
+    try:
+        run.wait_for("watching")
+        holder = Migrator(client, pid, site / "migrations", lock_timeout=10)
+        with holder.lease():  # what a deploy holds from its migrations to its last prune
+            (site / "public" / "index.html").write_text(PAGE.format(marker="during"))
+            waiting = run.wait_for("waiting")
+            assert waiting["pid"] and waiting["host"]
+            # The save is seen, but nothing reaches the site while the lease is held.
+            assert served(local_server, pid, "index.html", PAGE.format(marker="v1"))
+            assert not run.of("sync")
+        wait_until(lambda: served(local_server, pid, "index.html", PAGE.format(marker="during")))
+        assert run.wait_for("sync")["paths"] == ["index.html"]
+    finally:
+        run.stop()
+
+
+@pytest.mark.integration
+def test_a_sync_after_a_deploy_from_elsewhere_plans_against_what_it_left(
+    tmp_path: Path, local_server: LocalServer, client: MosaicClient
+) -> None:
+    here = tmp_path / "here"
+    pid = make_site(here, client)
+    run = Run(["watch"], here, cli_env(local_server))
+    try:
+        run.wait_for("watching")
+        # A teammate (or CI) deploys another version of the page from another folder.
+        there = tmp_path / "there"
+        shutil.copytree(here, there, ignore=shutil.ignore_patterns(".mosaicsync"))
+        (there / "public" / "index.html").write_text(PAGE.format(marker="theirs"))
+        deploy = Run(["deploy"], there, cli_env(local_server))
+        deploy.proc.wait(timeout=60)
+        deploy.stop()
+        assert deploy.proc.returncode == 0, deploy.log.read_text()
+        assert served(local_server, pid, "index.html", PAGE.format(marker="theirs"))
+        # Saving this folder's page unchanged must put it back: the watch's copy of the
+        # manifest still says v1 is deployed, which is no longer true.
+        (here / "public" / "index.html").write_text(PAGE.format(marker="v1"))
+        wait_until(lambda: served(local_server, pid, "index.html", PAGE.format(marker="v1")))
+        rows = {r["path"]: r["sha256"] for r in client.sql(pid, "SELECT * FROM mosaicsync.files")}
+        assert site_get(local_server, pid, "index.html").status_code == 200
+        assert len(rows) == 4
+    finally:
+        run.stop()
