@@ -434,22 +434,6 @@ def watch(session: Session, debounce_ms: int, force_polling: bool, **opts: Any) 
         _run_watch(config, client, project_id, out, target, debounce_ms, force_polling, opts)
 
 
-def _dev_project(client: Any, config: Any) -> str:
-    """This folder's project on the local platform: the one in [targets.local], else a new one."""
-    from mosaicsync.errors import NotFoundError
-
-    known = config.targets.get("local")
-    if known is not None and known.project_id:
-        try:
-            client.get_project(known.project_id)
-            return known.project_id
-        except NotFoundError:
-            pass  # made on another data dir, or deleted: make a new one
-    project = client.create_project(config.name)
-    client.wait_until_running(project["project_id"])
-    return project["project_id"]
-
-
 @cli.command()
 @click.option(
     "--port", default=8787, show_default=True, type=int,
@@ -482,10 +466,10 @@ def dev(
       mosaicsync dev
       mosaicsync dev --port 0 --json
     """
-    from mosaicsync.api import MosaicClient
-    from mosaicsync.config import load_config, set_project_id
-    from mosaicsync.local.process import LocalProcess, LocalProcessError
+    from mosaicsync.deploy import DeployOptions
+    from mosaicsync.dev import Dev
     from mosaicsync.local.server import default_data_dir
+    from mosaicsync.watch import WatchOptions
 
     if session.api_url or session.project or session.target:
         raise click.UsageError(
@@ -493,52 +477,21 @@ def dev(
         )
     config = session.config()
     out = session.output()
+    options = WatchOptions(
+        debounce_ms=debounce_ms,
+        deploy=DeployOptions(**opts),
+        force_polling=force_polling,
+        target="local",
+    )
+
+    def add_secret(secret: str) -> None:
+        out.secrets = (*out.secrets, secret)
+
     data = (data_dir or default_data_dir()).resolve()
-    # A child process, not a thread: the platform gets its own interpreter (serving pages never
-    # waits on the watcher's hashing), and it is the very `mosaicsync local` that tests exercise.
-    platform = LocalProcess(data, args=["--dev"], listen_port=port)
-    try:
-        platform.start()
-    except LocalProcessError as exc:
-        errors = [line for line in str(exc).splitlines() if line.startswith("Error:")]
-        raise LocalPlatformError(
-            errors[-1].removeprefix("Error: ") if errors else str(exc),
-            hint=f"see {platform.log_path}; another port: --port 0",
-        ) from None
-    try:
-        try:
-            key = (data / "api-key").read_text().strip()
-        except OSError as exc:
-            raise LocalPlatformError(
-                f"cannot read the local platform's API key in {data}: {exc.strerror}",
-                hint="pass another --data directory",
-            ) from None
-        out.secrets = (*out.secrets, key)
-        with MosaicClient(platform.api_url, key, on_request=out.request) as client:
-            project_id = _dev_project(client, config)
-            target = config.targets.get("local")
-            if target is None or target.project_id != project_id:
-                set_project_id(config.path, project_id, target="local")
-                config = load_config(config.path)
-            url = client.get_project(project_id)["url"] + "/"
-            by_path = f"{platform.base_url}/sites/{project_id}/"
-            out.event_line(
-                "dev",
-                {
-                    "project_id": project_id,
-                    "url": url,
-                    "url_by_path": by_path,
-                    "api_url": platform.api_url,
-                    "data_dir": str(data),
-                },
-                f"Local platform {platform.base_url} (data in {data})\n"
-                f"Project {project_id} (recorded under [targets.local] in {config.path.name})\n"
-                f"Open {url}  (or {by_path})",
-                log=False,
-            )
-            _run_watch(config, client, project_id, out, "local", debounce_ms, force_polling, opts)
-    finally:
-        platform.stop()
+    Dev(
+        config, data, port, options,
+        on_event=out.watch_event, on_request=out.request, on_secret=add_secret,
+    ).run()  # fmt: skip
 
 
 # -- migrations ------------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ class Output:
         from datetime import UTC, datetime
 
         from mosaicsync import watch as w
+        from mosaicsync.dev import DevStarted
         from mosaicsync.migrate import LockWaiting
 
         def clock(at: float | None = None) -> str:
@@ -220,6 +221,22 @@ class Output:
                 f"{clock()}  waiting for the deploy lease held by {event.host} (pid {event.pid}): "
                 "a deploy or watch of this project is running",
                 log=True,
+            )
+        elif isinstance(event, DevStarted):
+            self.event_line(
+                "dev",
+                {
+                    "project_id": event.project_id,
+                    "url": event.url,
+                    "url_by_path": event.url_by_path,
+                    "api_url": event.api_url,
+                    "data_dir": str(event.data_dir),
+                },
+                f"Local platform {event.base_url} (data in {event.data_dir})\n"
+                f"Project {event.project_id} (recorded under [targets.local] in "
+                f"{event.config_file})\n"
+                f"Open {event.url}  (or {event.url_by_path})",
+                log=False,
             )
         elif isinstance(event, w.Stopped):
             lost = f" {event.pending} change(s) not synced." if event.pending else ""
