@@ -1,45 +1,36 @@
 """`deploy`: make the site on Mosaic equal to the folder on disk, uploading only what changed.
 
-Order matters because the platform has no atomic switch: migrations, then storage objects, then
-site assets (and `mosaic-assets.json`), then HTML, then prune. Each file enters the manifest only
-after it has arrived, so an interrupted deploy resumes where it stopped.
+Orchestration only: scan, then under the lease migrations (schema first, so new pages never
+meet an old schema), plan, publish through `upload.Publisher` (the one upload path, shared with
+`watch`), and record the deploy.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import getpass
-import hashlib
-import json
 import os
-import posixpath
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mosaicsync import __version__
-from mosaicsync.api import MosaicClient, auto_concurrency
+from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
-from mosaicsync.contract import TEXT_EXTENSIONS
-from mosaicsync.errors import ConfigError, NotFoundError
+from mosaicsync.errors import ConfigError
 from mosaicsync.ignore import load_ignore_rules
-from mosaicsync.manifest import Manifest, ManifestRow, local_digest
-from mosaicsync.plan import Plan, RemoteEntry, Upload, plan_deploy, route
-from mosaicsync.publishable import ASSETS_FILE
-from mosaicsync.rewrite import needs_rewrite, rewrite
+from mosaicsync.manifest import Manifest, local_digest
+from mosaicsync.plan import Plan, plan_deploy, route
 from mosaicsync.scan import HashCache, LocalFile, ScanResult, scan
+from mosaicsync.upload import Publisher
 
 if TYPE_CHECKING:
     from mosaicsync.migrate import Migrator
 
 CACHE_DIR = ".mosaicsync"
-FLUSH_EVERY = 200
 
 
 @dataclass(frozen=True)
@@ -72,18 +63,6 @@ class Planned:
 
     plan: Plan
     noop: bool
-
-
-@dataclass(frozen=True)
-class Transferred:
-    """Event: one file arrived (or was pruned)."""
-
-    path: str
-    target: str
-    size: int
-    done: int
-    total: int
-    action: str = "upload"
 
 
 @dataclass
@@ -150,35 +129,6 @@ def deployed_by() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class _ManifestWriter:
-    """Buffers manifest rows of files that arrived and writes them in batches."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.rows: list[ManifestRow] = []
-        self.lock = threading.Lock()
-
-    def add(self, row: ManifestRow) -> None:
-        with self.lock:
-            self.rows.append(row)
-            full = len(self.rows) >= FLUSH_EVERY
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            rows, self.rows = self.rows, []
-        if not rows:
-            return
-        try:
-            self.manifest.upsert(rows)
-        except BaseException:
-            # Not recorded yet (a network error, Ctrl-C): the next flush sends them again.
-            with self.lock:
-                self.rows[:0] = rows
-            raise
-
-
 class Deployer:
     def __init__(
         self,
@@ -196,11 +146,24 @@ class Deployer:
         self._on_event = on_event
         self._event_lock = threading.Lock()
         self.manifest = manifest or Manifest(client, project_id)
+        self.scanned: ScanResult | None = None  # what `run` scanned, for a watch to go on from
 
     def emit(self, event: object) -> None:
         if self._on_event:
             with self._event_lock:
                 self._on_event(event)
+
+    def publisher(self) -> Publisher:
+        """The upload path this deploy publishes through (a watch's syncs use the same one)."""
+        return Publisher(
+            self.client,
+            self.project_id,
+            self.manifest,
+            concurrency=self.options.concurrency,
+            rewrite=self.options.rewrite,
+            prune=self.options.prune,
+            on_event=self.emit,
+        )
 
     def run(self) -> DeployResult:
         started = time.time()
@@ -210,7 +173,7 @@ class Deployer:
             project = self.client.wait_until_running(self.project_id)
         result = DeployResult(self.project_id, project.get("url", ""), dry_run=self.options.dry_run)
 
-        scanned = scan_project(self.config, allow_secrets=self.options.allow_secrets)
+        scanned = self.scanned = scan_project(self.config, allow_secrets=self.options.allow_secrets)
         result.skipped = [s.path for s in scanned.skipped]
         self.emit(
             Scanned(
@@ -257,9 +220,7 @@ class Deployer:
                 return self._noop(result, files, targets, t0)
 
             remote, rows = self.manifest.fetch()
-            plan = plan_deploy(files, remote)
-            if not self.options.prune:
-                plan = Plan(uploads=plan.uploads, prune=[], unchanged=plan.unchanged)
+            plan = plan_deploy(files, remote, prune=self.options.prune)
             self.emit(Planned(plan, noop=False))
             result.unchanged = len(plan.unchanged)
             result.storage = sorted(p for p, t in targets.items() if t == "storage")
@@ -271,7 +232,9 @@ class Deployer:
                 result.duration_ms = int((time.perf_counter() - t0) * 1000)
                 return result
 
-            self.execute(plan, files, rows, result)
+            published = self.publisher().publish(plan, files, rows)
+            result.uploaded, result.pruned = published.uploaded, published.pruned
+            result.bytes = published.bytes
 
             result.duration_ms = int((time.perf_counter() - t0) * 1000)
             self.manifest.record_deploy(
@@ -298,74 +261,6 @@ class Deployer:
         result.duration_ms = int((time.perf_counter() - t0) * 1000)
         return result
 
-    def execute(
-        self,
-        plan: Plan,
-        files: Sequence[LocalFile],
-        rows: dict[str, ManifestRow],
-        result: DeployResult,
-    ) -> None:
-        """Publish `plan` in the safe order and record what arrived; `files` is every local file.
-
-        Shared by `run` and by `watch`, whose plans cover only the paths that changed.
-        """
-        targets = {f.path: route(f.path, f.size) for f in files}
-        writer = _ManifestWriter(self.manifest)
-        counter = _Counter(len(plan.uploads))
-        try:
-            self._publish(plan, files, targets, rows, writer, counter, result)
-        finally:
-            # Whatever arrived is recorded, even when the deploy stops half way.
-            writer.flush()
-
-    def _publish(
-        self,
-        plan: Plan,
-        files: Sequence[LocalFile],
-        targets: dict[str, str],
-        rows: dict[str, ManifestRow],
-        writer: _ManifestWriter,
-        counter: _Counter,
-        result: DeployResult,
-    ) -> None:
-        # 1. Storage objects.
-        storage_uploads = [u for u in plan.uploads if u.target == "storage"]
-        self._parallel(storage_uploads, lambda u: self._put_storage(u, writer, counter, result))
-        writer.flush()
-
-        # 2. The storage URL map, then site assets (CSS rewritten), then HTML.
-        storage_urls = self._storage_urls(files, targets, rows, storage_uploads, writer)
-        site_uploads = [u for u in plan.uploads if u.target == "site"]
-        assets_row = _assets_row(storage_urls)
-        previous = rows.get(ASSETS_FILE)
-        # The assets row is recorded only after the pages went out, so an equal map means every
-        # unchanged page already points at these URLs: no need to read them all again.
-        same_map = bool(
-            assets_row and previous and previous.generated and previous.sha256 == assets_row.sha256
-        )
-        was_rewritten = any(r.uploaded_sha256 for r in rows.values())
-        if self.options.rewrite and (storage_urls or was_rewritten) and not same_map:
-            site_uploads = self._add_rewrite_changes(site_uploads, plan, rows, storage_urls)
-            counter.total = len(storage_uploads) + len(site_uploads)
-        urls_for_rewrite = storage_urls if self.options.rewrite else {}
-        assets = [u for u in site_uploads if not u.file.path.lower().endswith(".html")]
-        pages = [u for u in site_uploads if u.file.path.lower().endswith(".html")]
-        if assets_row and not same_map:
-            self._publish_assets_file(storage_urls, result)
-        self._parallel(
-            assets, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
-        )
-        writer.flush()
-        self._parallel(
-            pages, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
-        )
-        if assets_row and not same_map:
-            writer.add(assets_row)
-        writer.flush()
-
-        # 3. Prune only after everything else arrived, and only what we deployed.
-        self._prune(plan.prune, files, rows, storage_urls, result)
-
     def _has_migrations(self) -> bool:
         directory = self.config.migrations_dir
         return self.options.migrate and directory.is_dir() and any(directory.glob("*.sql"))
@@ -380,211 +275,3 @@ class Deployer:
         )
         result.migrations_applied = len(up.applied)
         result.migrations_pending = [m.filename for m in up.planned] if up.dry_run else []
-
-    # -- execution -------------------------------------------------------------------------------
-
-    def _parallel(self, uploads: Sequence[Upload], work: Callable[[Upload], None]) -> None:
-        """Run `work` on every upload with bounded concurrency; stop at the first failure."""
-        if not uploads:
-            return
-        workers = self.options.concurrency or auto_concurrency(self.client.min_rtt_ms)
-        pool = ThreadPoolExecutor(max_workers=max(1, workers))
-        try:
-            futures: list[Future[None]] = [pool.submit(work, u) for u in uploads]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in futures:
-                if f.done() and not f.cancelled() and f.exception():
-                    raise f.exception()  # type: ignore[misc]
-        finally:
-            # On Ctrl-C too, queued uploads are dropped: only those already in flight finish.
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _put_storage(
-        self, upload: Upload, writer: _ManifestWriter, counter: _Counter, result: DeployResult
-    ) -> None:
-        f = upload.file
-        signed = self.client.upload_url(self.project_id, f.path, f.size)
-        self.client.put_presigned(signed["upload_url"], f.abs_path, f.size)
-        writer.add(ManifestRow(f.path, f.sha256, f.size, "storage"))
-        self._arrived(f, "storage", f.size, counter, result)
-
-    def _put_site(
-        self,
-        upload: Upload,
-        storage_urls: dict[str, str],
-        writer: _ManifestWriter,
-        counter: _Counter,
-        result: DeployResult,
-    ) -> None:
-        f = upload.file
-        data = f.abs_path.read_bytes()
-        # The manifest records the source that arrived (if the file changed since the scan, the
-        # new bytes): its hash and size, never those of a rewritten copy, which the planner
-        # would otherwise see as a change on every later deploy.
-        source_sha = hashlib.sha256(data).hexdigest()
-        source_size = len(data)
-        uploaded_sha = None
-        if storage_urls and needs_rewrite(f.path):
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            if text is not None:
-                out = rewrite(text, f.path, storage_urls)
-                if out.references:
-                    data = out.text.encode("utf-8")
-                    uploaded_sha = hashlib.sha256(data).hexdigest()
-        self._send_site_bytes(f.path, data)
-        writer.add(ManifestRow(f.path, source_sha, source_size, "site", None, uploaded_sha))
-        self._arrived(f, "site", len(data), counter, result)
-
-    def _send_site_bytes(self, path: str, data: bytes) -> None:
-        ext = posixpath.splitext(path)[1].lower()
-        if ext in TEXT_EXTENSIONS:
-            try:
-                self.client.upload_file(self.project_id, path, data.decode("utf-8"))
-                return
-            except UnicodeDecodeError:
-                pass
-        self.client.upload_file(
-            self.project_id, path, base64.b64encode(data).decode("ascii"), base64=True
-        )
-
-    def _arrived(
-        self, f: LocalFile, target: str, size: int, counter: _Counter, result: DeployResult
-    ) -> None:
-        done = counter.next()
-        with self._event_lock:
-            result.uploaded += 1
-            result.bytes += size
-        self.emit(Transferred(f.path, target, size, done, counter.total))
-
-    def _storage_urls(
-        self,
-        files: Sequence[LocalFile],
-        targets: dict[str, str],
-        rows: dict[str, ManifestRow],
-        storage_uploads: Sequence[Upload],
-        writer: _ManifestWriter,
-    ) -> dict[str, str]:
-        """path -> public URL for every storage-routed file of the site."""
-        wanted = {f.path for f in files if targets[f.path] == "storage"}
-        if not wanted:
-            return {}
-        urls = {p: rows[p].url for p in wanted if p in rows and rows[p].url}
-        missing = wanted - set(urls)
-        if missing:
-            listing = self.client.list_storage(self.project_id)
-            by_name = {o["filename"]: o.get("url") for o in listing.get("files", [])}
-            fresh = []
-            for u in storage_uploads:
-                url = by_name.get(u.file.path)
-                if url:
-                    fresh.append(
-                        ManifestRow(u.file.path, u.file.sha256, u.file.size, "storage", url)
-                    )
-            for p in missing:
-                if by_name.get(p):
-                    urls[p] = by_name[p]  # type: ignore[assignment]
-            if fresh:
-                writer.add_all(fresh) if hasattr(writer, "add_all") else [
-                    writer.add(r) for r in fresh
-                ]
-                writer.flush()
-        return dict(sorted((p, u) for p, u in urls.items() if u))
-
-    def _add_rewrite_changes(
-        self,
-        site_uploads: list[Upload],
-        plan: Plan,
-        rows: dict[str, ManifestRow],
-        storage_urls: dict[str, str],
-    ) -> list[Upload]:
-        """Unchanged HTML/CSS whose rewritten copy would differ from what was sent go again."""
-        queued = {u.file.path for u in site_uploads}
-        extra = []
-        for f in plan.unchanged:
-            if f.path in queued or not needs_rewrite(f.path) or route(f.path, f.size) != "site":
-                continue
-            try:
-                text = f.abs_path.read_bytes().decode("utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            out = rewrite(text, f.path, storage_urls)
-            sent = rows.get(f.path)
-            expected = hashlib.sha256(out.text.encode()).hexdigest() if out.references else None
-            if sent is None or sent.uploaded_sha256 != expected:
-                extra.append(Upload(f, "site", "changed"))
-        return site_uploads + extra
-
-    def _publish_assets_file(self, storage_urls: dict[str, str], result: DeployResult) -> None:
-        """Upload mosaic-assets.json before the pages that may read it (its row comes later)."""
-        data = _assets_json(storage_urls)
-        self.client.upload_file(self.project_id, ASSETS_FILE, data.decode())
-        with self._event_lock:
-            result.uploaded += 1
-            result.bytes += len(data)
-        self.emit(Transferred(ASSETS_FILE, "site", len(data), 0, 0))
-
-    def _prune(
-        self,
-        prune: Iterable[RemoteEntry],
-        files: Sequence[LocalFile],
-        rows: dict[str, ManifestRow],
-        storage_urls: dict[str, str],
-        result: DeployResult,
-    ) -> None:
-        local_paths = {f.path for f in files}
-        targets = list(prune)
-        assets_row = rows.get(ASSETS_FILE)
-        if assets_row and assets_row.generated and not storage_urls and self.options.prune:
-            targets.append(RemoteEntry(ASSETS_FILE, assets_row.sha256, assets_row.size, "site"))
-        gone: list[str] = []
-        for entry in targets:
-            try:
-                if entry.target == "storage":
-                    self.client.delete_object(self.project_id, entry.path)
-                else:
-                    self.client.delete_file(self.project_id, entry.path)
-            except NotFoundError:
-                pass  # already gone: the manifest catches up below
-            if entry.path not in local_paths:
-                gone.append(entry.path)
-            result.pruned += 1
-            self.emit(
-                Transferred(entry.path, entry.target, 0, result.pruned, len(targets), "prune")
-            )
-        if gone:
-            self.manifest.remove(gone)
-
-
-def _assets_json(storage_urls: dict[str, str]) -> bytes:
-    return (json.dumps(storage_urls, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _assets_row(storage_urls: dict[str, str]) -> ManifestRow | None:
-    """The manifest row of mosaic-assets.json for this storage map, or None without storage."""
-    if not storage_urls:
-        return None
-    data = _assets_json(storage_urls)
-    return ManifestRow(
-        ASSETS_FILE, hashlib.sha256(data).hexdigest(), len(data), "site", None, None, True
-    )
-
-
-class _Counter:
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.value = 0
-        self.lock = threading.Lock()
-
-    def next(self) -> int:
-        with self.lock:
-            self.value += 1
-            return self.value
-
-
-def read_assets_map(path: Path) -> dict[str, str]:
-    return json.loads(path.read_text())

@@ -7,6 +7,7 @@ statement here is idempotent, so a request whose response was lost can be sent a
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -196,3 +197,43 @@ class Manifest:
             f"WHERE started_at = {started} AND deployed_by = {sql_literal(deployed_by)})",
             idempotent=True,
         )
+
+
+class MirroredManifest(Manifest):
+    """The deployed manifest plus an in-memory copy that every successful write keeps current,
+    so a sync plans against memory instead of downloading the manifest again."""
+
+    def __init__(self, client: MosaicClient, project_id: str) -> None:
+        super().__init__(client, project_id)
+        self.rows: dict[str, ManifestRow] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        _, rows = self.fetch()
+        with self._lock:
+            self.rows = dict(rows)
+
+    def upsert(self, rows: Sequence[ManifestRow]) -> None:
+        super().upsert(rows)
+        with self._lock:
+            for row in rows:
+                self.rows[row.path] = row
+
+    def remove(self, paths: Sequence[str]) -> None:
+        super().remove(paths)
+        with self._lock:
+            for path in paths:
+                self.rows.pop(path, None)
+
+    def snapshot(self) -> dict[str, ManifestRow]:
+        with self._lock:
+            return dict(self.rows)
+
+    def entries(self) -> dict[str, RemoteEntry]:
+        """The rows the planner compares with (the generated assets map is left out)."""
+        with self._lock:
+            return {
+                p: RemoteEntry(p, r.sha256, r.size, r.target, r.url)  # type: ignore[arg-type]
+                for p, r in self.rows.items()
+                if not r.generated
+            }

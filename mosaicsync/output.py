@@ -9,17 +9,14 @@ import json
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from mosaicsync.api import RequestEvent
-from mosaicsync.deploy import Planned, Scanned, Transferred
+from mosaicsync.deploy import Planned, Scanned
 from mosaicsync.errors import MosaicError
+from mosaicsync.upload import Transferred
 
 SCHEMA = "mosaicsync/1"
-
-
-def use_color(stream: TextIO) -> bool:
-    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
 def human_size(n: float) -> str:

@@ -98,11 +98,15 @@ def plan_deploy(
     local: Sequence[LocalFile],
     remote: Mapping[str, RemoteEntry],
     *,
+    prune: bool = True,
     max_site_file: int = contract.MAX_SITE_FILE,
 ) -> Plan:
-    """Compare the scanned files with the remote manifest, by exact path and sha256."""
+    """Compare the scanned files with the remote manifest, by exact path and sha256.
+
+    With `prune=False` (`--no-prune`) nothing is deleted, not even a copy left in the old target.
+    """
     uploads: list[Upload] = []
-    prune: list[RemoteEntry] = []
+    gone: list[RemoteEntry] = []
     unchanged: list[LocalFile] = []
     seen: set[str] = set()
     for file in local:
@@ -118,12 +122,36 @@ def plan_deploy(
             # would otherwise stay behind, so it is pruned once the new one is up.
             same_bytes = entry.sha256 == file.sha256 and entry.size == file.size
             uploads.append(Upload(file, target, "moved-target" if same_bytes else "changed"))
-            prune.append(entry)
+            gone.append(entry)
         elif entry.sha256 != file.sha256 or entry.size != file.size:
             uploads.append(Upload(file, target, "changed"))
         else:
             unchanged.append(file)
-    prune += [entry for path, entry in remote.items() if path not in seen]
-    prune.sort(key=lambda entry: (entry.path, entry.target))
+    gone += [entry for path, entry in remote.items() if path not in seen]
+    gone.sort(key=lambda entry: (entry.path, entry.target))
     unchanged.sort(key=lambda file: file.path)
-    return Plan(publish_order(uploads), prune, unchanged)
+    return Plan(publish_order(uploads), gone if prune else [], unchanged)
+
+
+def plan_sync(
+    changed: Sequence[LocalFile],
+    affected: Mapping[str, RemoteEntry],
+    others: Iterable[LocalFile],
+    *,
+    prune: bool = True,
+) -> Plan:
+    """The plan for the paths a watcher saw change.
+
+    `changed` are the files now at those paths, `affected` the manifest rows at or under them,
+    `others` every other local file. When a storage-routed file comes or goes (or moves target),
+    the pages and stylesheets that point at it change too: the others are then handed back as
+    `unchanged`, so the publisher's rewrite pass looks at them; otherwise they are left out.
+    """
+    plan = plan_deploy(changed, affected, prune=prune)
+    if plan.is_noop:
+        return plan
+    storage_changed = any(u.target == "storage" or u.reason == "moved-target" for u in plan.uploads)
+    storage_changed = storage_changed or any(e.target == "storage" for e in plan.prune)
+    return Plan(
+        plan.uploads, plan.prune, sorted(others, key=lambda f: f.path) if storage_changed else []
+    )

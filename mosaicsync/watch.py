@@ -41,10 +41,10 @@ from mosaicsync.errors import (
     UnavailableError,
 )
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
-from mosaicsync.manifest import Manifest, ManifestRow
+from mosaicsync.manifest import MirroredManifest
 from mosaicsync.migrate import LockTimeout, LockWaiting
-from mosaicsync.plan import Plan, RemoteEntry, plan_deploy
-from mosaicsync.scan import HashCache, LocalFile, scan, scan_paths
+from mosaicsync.plan import plan_sync
+from mosaicsync.scan import HashCache, LocalFile, scan_paths
 
 DEFAULT_DEBOUNCE_MS = 30
 MAX_WAIT_MS = 1000  # a never-ending stream of changes still syncs this often
@@ -316,49 +316,6 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-# -- the manifest, mirrored in memory -----------------------------------------------------------
-
-
-class MirroredManifest(Manifest):
-    """The deployed manifest plus an in-memory copy that every successful write keeps current,
-    so a sync plans against memory instead of downloading the manifest again."""
-
-    def __init__(self, client: MosaicClient, project_id: str) -> None:
-        super().__init__(client, project_id)
-        self.rows: dict[str, ManifestRow] = {}
-        self._lock = threading.Lock()
-
-    def load(self) -> None:
-        _, rows = self.fetch()
-        with self._lock:
-            self.rows = dict(rows)
-
-    def upsert(self, rows: Sequence[ManifestRow]) -> None:
-        super().upsert(rows)
-        with self._lock:
-            for row in rows:
-                self.rows[row.path] = row
-
-    def remove(self, paths: Sequence[str]) -> None:
-        super().remove(paths)
-        with self._lock:
-            for path in paths:
-                self.rows.pop(path, None)
-
-    def snapshot(self) -> dict[str, ManifestRow]:
-        with self._lock:
-            return dict(self.rows)
-
-    def entries(self) -> dict[str, RemoteEntry]:
-        """The rows the planner compares with (the generated assets map is left out)."""
-        with self._lock:
-            return {
-                p: RemoteEntry(p, r.sha256, r.size, r.target, r.url)  # type: ignore[arg-type]
-                for p, r in self.rows.items()
-                if not r.generated
-            }
 
 
 # -- the filesystem side ------------------------------------------------------------------------
@@ -654,8 +611,9 @@ class Watcher:
         self._retry_at = 0.0
 
     def _full_sync(self) -> None:
+        deployer = self._deployer()
         try:
-            result = self._deployer().run()
+            result = deployer.run()
         except (*_RETRIED, AuthError, NotFoundError):
             raise
         except MosaicError as exc:
@@ -667,8 +625,10 @@ class Watcher:
         self.url = result.url
         self.manifest.load()
         self._mirror_digest = None  # checked against the platform's at the next sync
+        # The deploy's own scan is the state from here on: no second walk of the whole root.
         self.cache = HashCache.load(self.config.project_dir / CACHE_DIR / "hashes")
-        scanned = scan(self.config.static_root, self.rules, self.cache)
+        scanned = deployer.scanned
+        assert scanned is not None
         self.local = {f.path: f for f in scanned.files}
         if self._polling:
             # Files written in the last moments share their mtime's second with a save to come;
@@ -712,24 +672,15 @@ class Watcher:
             self._refresh_mirror()
             remote = self.manifest.entries()
             affected = {p: remote[p] for p in _affected(remote, dirty, dir_like)}
-            plan = plan_deploy(files, affected)
-            if not self.options.deploy.prune:
-                plan = Plan(plan.uploads, [], plan.unchanged)
+            others = [f for p, f in self.local.items() if p not in found]
+            plan = plan_sync(files, affected, others, prune=self.options.deploy.prune)
             if plan.is_noop:
                 return
-            storage_changed = any(
-                u.target == "storage" or u.reason == "moved-target" for u in plan.uploads
-            )
-            storage_changed = storage_changed or any(e.target == "storage" for e in plan.prune)
-            # A storage file came or went: pages and stylesheets that point at it change too.
-            unchanged = (
-                [f for p, f in self.local.items() if p not in found] if storage_changed else []
-            )
-            plan = Plan(plan.uploads, plan.prune, unchanged)
-            result = DeployResult(self.project_id, self.url)
             try:
-                self._deployer().execute(
-                    plan, list(self.local.values()), self.manifest.snapshot(), result
+                published = (
+                    self._deployer()
+                    .publisher()
+                    .publish(plan, list(self.local.values()), self.manifest.snapshot())
                 )
             except (*_RETRIED, AuthError, _Stopping):
                 raise
@@ -747,7 +698,7 @@ class Watcher:
             return
         paths = sorted({u.file.path for u in plan.uploads} | {e.path for e in plan.prune})
         ms = (time.perf_counter() - t0) * 1000
-        self.emit(Synced(started, result.uploaded, result.pruned, result.bytes, ms, paths))
+        self.emit(Synced(started, published.uploaded, published.pruned, published.bytes, ms, paths))
 
     def _lease(self) -> Any:
         """The lease `deploy` holds from its migrations to its last prune."""
