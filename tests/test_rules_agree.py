@@ -3,18 +3,24 @@ refuses too, because both go through the one ignore list and the one publishabil
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from watchfiles import Change
 
+from mosaicsync.api import MosaicClient
 from mosaicsync.config import load_config, render_config
 from mosaicsync.deploy import scan_project
 from mosaicsync.errors import ScanError
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.scan import scan_paths
 from mosaicsync.watch import ChangeSorter
+from tests.conftest import KEY_A, LocalServer
+from tests.test_watch import PAGE, Run, cli_env, make_site, site_get
 
 SKIPPED = ["notes.tmp", "4913", "report.swa", "x.crswap", "doc.kate-swp", "~$budget.xlsx",
            ".page.html.swp", "page.html~", ".#page.html", "#page.html#", "page.html___jb_tmp___",
@@ -73,3 +79,48 @@ def test_an_unpublishable_name_is_refused_by_deploy_and_watch(tmp_path: Path, na
         scan_project(load_config(config_path))
     assert _watch_decision(config_path, public, name) == "refused"
     assert "cannot be published" in deployed.value.message or "reserved" in deployed.value.message
+
+
+@pytest.mark.integration
+def test_watch_and_deploy_on_a_linked_site_agree_and_keep_the_storage_map(
+    tmp_path: Path, local_server: LocalServer
+) -> None:
+    with MosaicClient(local_server.api, KEY_A) as client:
+        site = tmp_path / "site"
+        pid = make_site(site, client)
+        public = site / "public"
+        (public / "font.woff2").write_bytes(b"wOF2" + bytes(100))  # goes to storage
+        run = Run(["watch"], site, cli_env(local_server))
+        try:
+            run.wait_for("watching")
+            generated = site_get(local_server, pid, "mosaic-assets.json").text
+            assert "font.woff2" in json.loads(generated)
+            (public / "notes.tmp").write_text("scratch")
+            (public / "x.crswap").write_text("swap")
+            (public / "mosaic-assets.json").write_text('{"mine": true}')
+            warning = run.wait_for("warning")
+            assert "reserved" in warning["message"] and "mosaic-assets.json" in warning["message"]
+            (public / "index.html").write_text(PAGE.format(marker="after"))
+            assert run.wait_for("sync")["paths"] == ["index.html"]
+        finally:
+            run.stop()
+        assert [e["paths"] for e in run.of("sync")] == [["index.html"]]
+        rows = {r["path"] for r in client.sql(pid, "SELECT path FROM mosaicsync.files")}
+        assert not rows & {"notes.tmp", "x.crswap"}
+        assert site_get(local_server, pid, "mosaic-assets.json").text == generated
+
+        deploy = subprocess.run(
+            [sys.executable, "-m", "mosaicsync", "deploy", "--json"],
+            cwd=site, env=cli_env(local_server), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert deploy.returncode == 2, deploy.stdout + deploy.stderr
+        assert "reserved" in json.loads(deploy.stdout)["error"]["error"]
+        (public / "mosaic-assets.json").unlink()
+        deploy = subprocess.run(
+            [sys.executable, "-m", "mosaicsync", "deploy", "--json"],
+            cwd=site, env=cli_env(local_server), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert json.loads(deploy.stdout)["uploaded"] == 0  # the temp files are skipped here too
+        assert {"notes.tmp", "x.crswap"} <= set(json.loads(deploy.stdout)["skipped"])
+        assert site_get(local_server, pid, "mosaic-assets.json").text == generated
