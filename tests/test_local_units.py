@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import posixpath
+import stat
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mosaicsync.local.accounts import RateLimiter, generate_key
+from mosaicsync.local.accounts import RateLimiter, generate_key, write_secret_file
+from mosaicsync.local.atomic import atomic_file, write_atomic
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.paths import clean_path, site_extension
@@ -113,3 +116,32 @@ def test_presign_checks_quota(store: ObjectStore) -> None:
     with pytest.raises(ApiError) as info:
         store.presign("pod-16f", "big.bin", 1001, "http://h")
     assert info.value.status == 403 and "quota" in info.value.message
+
+
+def test_atomic_write_replaces_with_the_given_mode(tmp_path: Path) -> None:
+    target = tmp_path / "conf"
+    target.write_text("old")
+    write_atomic(target, "new", mode=0o640)
+    assert target.read_text() == "new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
+
+
+def test_atomic_file_failing_mid_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "object.bin"
+    target.write_bytes(b"old content")
+    with pytest.raises(RuntimeError), atomic_file(target, durable=False) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("the client went away")
+    assert target.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["object.bin"]
+
+
+def test_secret_file_failing_to_write_leaves_no_temp_behind(tmp_path: Path) -> None:
+    target = tmp_path / "api-key"
+    write_secret_file(target, "mk_first")
+    with pytest.raises(UnicodeEncodeError):
+        write_secret_file(target, "mk_\udc80")  # a lone surrogate cannot be encoded
+    assert target.read_text() == "mk_first\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api-key"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mosaicsync.local.atomic import write_atomic
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.state import State, hash_secret
@@ -33,12 +33,7 @@ def generate_key() -> str:
 
 def write_secret_file(path: Path, value: str) -> None:
     """Write `value` so that the file is never readable by others, not even for an instant."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, value + "\n", mode=0o600)
 
 
 class Accounts:

@@ -22,7 +22,3 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, object]:
         return {"success": False, "error": self.message, **self.extra}
-
-
-def not_found(what: str) -> ApiError:
-    return ApiError(404, f"{what} not found")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import posixpath
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mosaicsync.local.atomic import write_atomic
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.paths import clean_path, site_extension
@@ -39,20 +38,6 @@ class SiteResponse:
     status: int
     body: bytes
     headers: dict[str, str]
-
-
-def atomic_write(target: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def decode_content(content: object, encoding: object) -> bytes:
@@ -94,7 +79,9 @@ class SiteStore:
             )
         target = self.project_dir(project_id) / path
         try:
-            atomic_write(target, data)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Not fsynced: the next deploy rewrites site files anyway, and uploads stay fast.
+            write_atomic(target, data, durable=False)
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             raise ApiError(
                 400, f"{path!r} conflicts with an existing file or folder of the same name"
