@@ -19,18 +19,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mosaicsync.local import db
-from mosaicsync.local.db import (
-    Databases,
-    PoolExhaustedError,
-    SqlError,
-    SqlLimitError,
-    SqlLimits,
+from mosaicsync.local.pg import pool
+from mosaicsync.local.pg.cluster import Cluster
+from mosaicsync.local.pg.databases import Databases
+from mosaicsync.local.pg.pool import PoolExhaustedError
+from mosaicsync.local.pg.sqlexec import SqlError, SqlLimitError, SqlLimits
+from mosaicsync.local.pg.tenants import (
     TenantCredentials,
+    TenantExistsError,
     TenantUnavailableError,
     tenant_name,
 )
-from mosaicsync.local.postgres import Cluster
 
 DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
 _ids = itertools.count(1)
@@ -149,7 +148,7 @@ def test_provision_gives_working_credentials(
     assert role == [(False, False, False, 5)]
     secret = admin(cluster, f"SELECT rolpassword FROM pg_authid WHERE rolname = '{project.user}'")
     assert secret[0][0].startswith("SCRAM-SHA-256$4096:")  # no cleartext ever sent
-    with pytest.raises(db.TenantExistsError):
+    with pytest.raises(TenantExistsError):
         databases.provision(project.database.removeprefix("tenant_").replace("_", "-"))
 
 
@@ -534,7 +533,7 @@ def test_byte_cap_counts_the_json_sent(
 def test_busy_project_is_a_server_side_error(
     monkeypatch: pytest.MonkeyPatch, strict: Databases, strict_project: TenantCredentials
 ) -> None:
-    monkeypatch.setattr(db, "POOL_WAIT", 0.2)
+    monkeypatch.setattr(pool, "POOL_WAIT", 0.2)
     # Two psql connections use up the role's CONNECTION LIMIT of 2.
     held = [
         psycopg.connect(

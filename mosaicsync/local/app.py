@@ -18,9 +18,10 @@ from starlette.routing import Host, Route, Router
 from mosaicsync.local import pages
 from mosaicsync.local.accounts import Accounts, RateLimiter
 from mosaicsync.local.clock import Clock
-from mosaicsync.local.db import Databases, SqlError
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.outbox import LinkError, Outbox
+from mosaicsync.local.pg.databases import Databases
+from mosaicsync.local.pg.sqlexec import SqlError
 from mosaicsync.local.projects import Project, Projects
 from mosaicsync.local.reload import PATH as RELOAD_PATH
 from mosaicsync.local.reload import ReloadHub, inject_script

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mosaicsync.local.postgres import die_with_parent
+from mosaicsync.local.pg.cluster import die_with_parent
 
 LISTENING = re.compile(r"^Listening on (http://\S+)")
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mosaicsync.local.clock import Clock
-from mosaicsync.local.db import Databases, TenantCredentials, tenant_name
 from mosaicsync.local.errors import ApiError
+from mosaicsync.local.pg.databases import Databases
+from mosaicsync.local.pg.tenants import TenantCredentials, tenant_name
 from mosaicsync.local.state import State
 
 WORDS = [

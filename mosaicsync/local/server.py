@@ -19,9 +19,10 @@ from mosaicsync.local import fidelity
 from mosaicsync.local.accounts import Accounts, NewKey, RateLimiter
 from mosaicsync.local.app import API, Platform, build_app
 from mosaicsync.local.clock import Clock
-from mosaicsync.local.db import Databases, SqlLimits
 from mosaicsync.local.outbox import Outbox
-from mosaicsync.local.postgres import Cluster
+from mosaicsync.local.pg.cluster import Cluster
+from mosaicsync.local.pg.databases import Databases
+from mosaicsync.local.pg.sqlexec import SqlLimits
 from mosaicsync.local.projects import Projects
 from mosaicsync.local.reload import ReloadHub
 from mosaicsync.local.settings import LocalSettings

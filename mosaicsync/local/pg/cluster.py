@@ -32,6 +32,8 @@ from typing import BinaryIO
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from mosaicsync.local.atomic import write_atomic
+
 ADMIN_USER = "mosaic_admin"
 LOOPBACK = "127.0.0.1"
 # PostgreSQL refuses to run as root; nobody/nogroup exist on every Linux system.
@@ -40,7 +42,7 @@ SERVER_GID = 65534
 # Root-owned, world-traversable homes for clusters and binaries that uid 65534 must reach.
 SYSTEM_CLUSTERS = Path("/var/lib/mosaicsync/clusters")
 BINARY_CACHE = Path("/var/cache/mosaicsync")
-SHIM_SOURCE = Path(__file__).with_name("shims")
+SHIM_SOURCE = Path(__file__).parent.parent / "shims"
 MAX_CONNECTIONS = 200
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -206,23 +208,6 @@ def _mkdir_public(path: Path) -> None:
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
         os.chmod(directory, 0o755)
-
-
-def _write_file(path: Path, text: str, mode: int, owner: tuple[int, int] | None) -> None:
-    """Write atomically (temp file + rename) with the given mode and owner."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        if owner is not None:
-            os.chown(tmp, owner[0], owner[1])
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _sharedir(bin_dir: Path) -> Path | None:
@@ -570,8 +555,8 @@ class Cluster:
         pgdata = root / "pg"
         # Both ways: the data dir finds its cluster, and orphaned_clusters() finds clusters whose
         # data dir (and with it the admin password) was deleted.
-        _write_file(root / "data-dir", f"{self.data_dir.resolve()}\n", 0o644, None)
-        _write_file(recorded, f"{pgdata}\n", 0o644, None)
+        write_atomic(root / "data-dir", f"{self.data_dir.resolve()}\n", mode=0o644)
+        write_atomic(recorded, f"{pgdata}\n", mode=0o644)
         self._emit(
             f"{self.data_dir} is not reachable by uid {owner[0]} (nobody), which PostgreSQL runs "
             f"as under root, so the cluster lives in {pgdata} (recorded in {recorded})"
@@ -633,7 +618,7 @@ class Cluster:
                 pwfile = Path(tmp) / "pw"
                 if owner is not None:
                     os.chown(tmp, *owner)
-                _write_file(pwfile, password + "\n", 0o600, owner)
+                write_atomic(pwfile, password + "\n", mode=0o600, owner=owner, durable=False)
                 cmd = [
                     str(self._server_bin_checked() / "initdb"),
                     "-D",
@@ -663,7 +648,7 @@ class Cluster:
                     f"initdb failed (exit {done.returncode}) for {pgdata}:\n"
                     f"{(done.stdout + done.stderr).strip()[-2000:]}"
                 )
-            _write_file(self.password_path, password + "\n", 0o600, None)
+            write_atomic(self.password_path, password + "\n", mode=0o600)
             os.rename(staging, pgdata)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -745,8 +730,8 @@ class Cluster:
             rf"\n?{re.escape(_CONF_BEGIN)}.*?{re.escape(_CONF_END)}\n?", "\n", text, flags=re.S
         )
         text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
-        _write_file(conf, text, 0o600, owner)
-        _write_file(pgdata / "pg_hba.conf", _HBA, 0o600, owner)
+        write_atomic(conf, text, mode=0o600, owner=owner)
+        write_atomic(pgdata / "pg_hba.conf", _HBA, mode=0o600, owner=owner)
 
     # -- process ------------------------------------------------------------------------------
 
@@ -800,7 +785,7 @@ class Cluster:
             # Reusing the previous port keeps DATABASE_URLs that users copied valid.
             port = _free_port(preferred if attempt == 0 else None)
             if self._try_launch(pgdata, owner, port):
-                _write_file(port_file, f"{port}\n", 0o644, None)
+                write_atomic(port_file, f"{port}\n", mode=0o644)
                 self._emit(
                     f"PostgreSQL {self.version} listening on {self.host}:{port} "
                     f"(pid {self.pid}, data {pgdata})"
