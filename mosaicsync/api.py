@@ -1,6 +1,7 @@
 """The Mosaic platform client: ONE routes table, retries with backoff, errors mapped to exit codes.
 
-Every path the client uses is in `ROUTES`, so adapting to the live platform is a one-file change.
+Every path the client uses is in `ROUTES`, built from `contract.API_ROUTES`: adapting to the live
+platform is a one-table change.
 The transport is injectable: unit tests pass `httpx.MockTransport`, integration tests use the real
 local platform.
 """
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from mosaicsync import __version__
+from mosaicsync.contract import API_ROUTES
 from mosaicsync.errors import (
     AuthError,
     MosaicError,
@@ -36,22 +38,28 @@ class Route:
     idempotent: bool
 
 
-ROUTES: dict[str, Route] = {
-    "list_projects": Route("GET", "/projects", True),
-    "create_project": Route("POST", "/projects", False),
-    "get_project": Route("GET", "/{project_id}", True),
-    "delete_project": Route("DELETE", "/{project_id}", True),
-    "database": Route("GET", "/{project_id}/database", True),
+# `Route.idempotent` per route; methods and paths come from the contract (the local platform
+# routes by the same table). A name missing from the contract fails at import.
+_IDEMPOTENT: dict[str, bool] = {
+    "list_projects": True,
+    "create_project": False,
+    "get_project": True,
+    "delete_project": True,
+    "database": True,
     # SQL is retried only when the caller says the query is idempotent (guarded by design).
-    "sql": Route("POST", "/{project_id}/sql", False),
-    "upload_file": Route("POST", "/{project_id}/files", True),
-    "list_files": Route("GET", "/{project_id}/files", True),
-    "delete_file": Route("DELETE", "/{project_id}/files/{filename}", True),
-    "upload_url": Route("POST", "/{project_id}/storage/upload-url", True),
-    "list_storage": Route("GET", "/{project_id}/storage", True),
-    "delete_object": Route("DELETE", "/{project_id}/storage/{filename}", True),
-    "magic_link": Route("POST", "/{project_id}/auth/magic-link", False),
-    "create_ticket": Route("POST", "/tickets", False),
+    "sql": False,
+    "upload_file": True,
+    "list_files": True,
+    "delete_file": True,
+    "upload_url": True,
+    "list_storage": True,
+    "delete_object": True,
+    "magic_link": False,
+    "create_ticket": False,
+}
+ROUTES: dict[str, Route] = {
+    name: Route(API_ROUTES[name].method, API_ROUTES[name].path, idempotent)
+    for name, idempotent in _IDEMPOTENT.items()
 }
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})

@@ -6,8 +6,40 @@ documentation or from the contract we fixed where the documentation is silent.
 
 from __future__ import annotations
 
-DEFAULT_API_URL = "https://api.mosaic.site/v1/project"
-LOCAL_API_URL = "http://127.0.0.1:8787/v1/project"
+from dataclasses import dataclass
+
+API_PREFIX = "/v1/project"
+DEFAULT_API_URL = "https://api.mosaic.site" + API_PREFIX
+LOCAL_API_URL = "http://127.0.0.1:8787" + API_PREFIX
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One operation of the Mosaic API: its method and its path template under `API_PREFIX`."""
+
+    method: str
+    path: str
+
+
+# The client's `api.ROUTES` and the local platform's routing are both built from this table.
+API_ROUTES: dict[str, ApiRoute] = {
+    "list_projects": ApiRoute("GET", "/projects"),
+    "create_project": ApiRoute("POST", "/projects"),
+    "get_project": ApiRoute("GET", "/{project_id}"),
+    "delete_project": ApiRoute("DELETE", "/{project_id}"),
+    "database": ApiRoute("GET", "/{project_id}/database"),
+    "sql": ApiRoute("POST", "/{project_id}/sql"),
+    "upload_file": ApiRoute("POST", "/{project_id}/files"),
+    "list_files": ApiRoute("GET", "/{project_id}/files"),
+    "delete_file": ApiRoute("DELETE", "/{project_id}/files/{filename}"),
+    "upload_url": ApiRoute("POST", "/{project_id}/storage/upload-url"),
+    "list_storage": ApiRoute("GET", "/{project_id}/storage"),
+    "delete_object": ApiRoute("DELETE", "/{project_id}/storage/{filename}"),
+    "magic_link": ApiRoute("POST", "/{project_id}/auth/magic-link"),
+    "create_ticket": ApiRoute("POST", "/tickets"),
+}
+# Parameters that are a path of their own: their "/" separates folders, not API segments.
+PATH_PARAMETERS = frozenset({"filename"})
 
 # Static hosting accepts only these types; the value is the Content-Type the site serves.
 SITE_CONTENT_TYPES: dict[str, str] = {

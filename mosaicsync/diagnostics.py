@@ -65,6 +65,7 @@ def run_doctor(session: Any) -> dict[str, Any]:
     """Each check is {name, ok, detail}; the first failure does not hide the others."""
     import httpx
 
+    from mosaicsync.api import ROUTES
     from mosaicsync.credentials import credentials_path, resolve_api_key
 
     checks: list[dict[str, Any]] = []
@@ -94,10 +95,16 @@ def run_doctor(session: Any) -> dict[str, Any]:
     except MosaicError as exc:
         check("api key", False, f"{exc.message} ({exc.hint or credentials_path()})")
         key = None
+    # One raw request rather than `MosaicClient.call`: doctor reports the status and the Date
+    # header as they are, after one attempt, and also asks without a key.
+    probe = ROUTES["list_projects"]
     started = time.time()
     try:
-        response = httpx.get(
-            url + "/projects", headers={"X-API-Key": key.value} if key else {}, timeout=10
+        response = httpx.request(
+            probe.method,
+            url + probe.path,
+            headers={"X-API-Key": key.value} if key else {},
+            timeout=10,
         )
         ms = (time.time() - started) * 1000
         check("reachable", True, f"{url} answered {response.status_code} in {ms:.0f} ms")

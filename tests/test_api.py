@@ -6,9 +6,13 @@ import random
 
 import httpx
 import pytest
+from starlette.routing import Match
 
 from mosaicsync.api import ROUTES, MosaicClient, RetryPolicy, SqlError
+from mosaicsync.contract import API_PREFIX, API_ROUTES
 from mosaicsync.errors import AuthError, NotFoundError, PlatformError, UnavailableError
+from mosaicsync.local.app import API_ENDPOINTS
+from mosaicsync.local.app import routes as local_routes
 
 KEY = "mk_unit_test_secret_key"
 
@@ -32,6 +36,32 @@ def test_every_route_is_under_the_base_and_unique() -> None:
     pairs = [(r.method, r.path) for r in ROUTES.values()]
     assert len(set(pairs)) == len(pairs)
     assert all(path.startswith("/") for _, path in pairs)
+
+
+def test_client_routes_are_the_contracts() -> None:
+    assert ROUTES.keys() == API_ROUTES.keys()
+    for name, route in ROUTES.items():
+        assert (route.method, route.path) == (API_ROUTES[name].method, API_ROUTES[name].path), name
+
+
+def _served_by(method: str, path: str) -> object:
+    """The endpoint the local platform runs for a request, found the way starlette finds it."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    for route in local_routes(reload=None):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "endpoint", route)
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(API_ROUTES))
+def test_local_platform_serves_every_contract_route(name: str) -> None:
+    route = API_ROUTES[name]
+    params = {"project_id": "pod-16f", "filename": "img/a b.png"}
+    path = API_PREFIX + route.path.format(**params)
+    endpoint = _served_by(route.method, path)
+    assert endpoint is API_ENDPOINTS[name], (route.method, path, endpoint)
+    assert endpoint.__name__ == name  # type: ignore[attr-defined]
 
 
 def test_sends_key_and_formats_paths() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import posixpath
 import stat
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import mosaicsync.local
 from mosaicsync.local.accounts import RateLimiter, generate_key, write_secret_file
 from mosaicsync.local.atomic import atomic_file, write_atomic
 from mosaicsync.local.clock import Clock
@@ -145,3 +147,22 @@ def test_secret_file_failing_to_write_leaves_no_temp_behind(tmp_path: Path) -> N
     assert target.read_text() == "mk_first\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api-key"]
+
+
+def test_the_local_platform_shares_only_the_contract_with_the_client() -> None:
+    local = Path(mosaicsync.local.__file__).parent
+    outside = set()
+    for source in local.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                shared = name in ("mosaicsync", "mosaicsync.contract")  # __version__, the contract
+                own = name == "mosaicsync.local" or name.startswith("mosaicsync.local.")
+                if name.split(".")[0] == "mosaicsync" and not (shared or own):
+                    outside.add(f"{source.relative_to(local)}: {name}")
+    assert not outside

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mosaicsync.contract import API_PREFIX
 from mosaicsync.local.pg.cluster import die_with_parent
 
 LISTENING = re.compile(r"^Listening on (http://\S+)")
@@ -56,7 +57,7 @@ class LocalProcess:
 
     @property
     def api_url(self) -> str:
-        return self.base_url + "/v1/project"
+        return self.base_url + API_PREFIX
 
     @property
     def port(self) -> int:

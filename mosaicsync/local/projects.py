@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mosaicsync.contract import API_PREFIX, API_ROUTES
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.pg.databases import Databases
 from mosaicsync.local.pg.tenants import TenantCredentials, tenant_name
 from mosaicsync.local.state import State
 
+_LIST = f"{API_ROUTES['list_projects'].method} {API_PREFIX}{API_ROUTES['list_projects'].path}"
 WORDS = [
     "pod",
     "wave",
@@ -121,8 +123,7 @@ class Projects:
         if row is None:
             raise ApiError(
                 404,
-                f"project {project_id!r} not found for this API key; "
-                "list yours with GET /v1/project/projects",
+                f"project {project_id!r} not found for this API key; list yours with {_LIST}",
             )
         return self._from_row(row)
 

@@ -15,14 +15,16 @@ import psycopg
 import uvicorn
 
 from mosaicsync import __version__
+from mosaicsync.contract import API_PREFIX
 from mosaicsync.local import fidelity
 from mosaicsync.local.accounts import Accounts, NewKey, RateLimiter
-from mosaicsync.local.app import API, Platform, build_app
+from mosaicsync.local.app import build_app
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.outbox import Outbox
 from mosaicsync.local.pg.cluster import Cluster
 from mosaicsync.local.pg.databases import Databases
 from mosaicsync.local.pg.sqlexec import SqlLimits
+from mosaicsync.local.platform import Platform
 from mosaicsync.local.projects import Projects
 from mosaicsync.local.reload import ReloadHub
 from mosaicsync.local.settings import LocalSettings
@@ -175,7 +177,7 @@ class LocalPlatform:
         database = f"PostgreSQL {server_info.version} ({mode})"
         platform.info = {
             "mosaicsync": __version__,
-            "api_url": base_url + API,
+            "api_url": base_url + API_PREFIX,
             "sites": f"http://{{project_id}}.localhost:{port}/",
             "sites_by_path": f"{base_url}/sites/{{project_id}}/",
             "outbox": f"{base_url}/_local/",
@@ -192,7 +194,7 @@ class LocalPlatform:
         }
         self.app = build_app(platform)
         self.projects.resume_provisioning()
-        return Started(base_url, base_url + API, port, data, database, new_key)
+        return Started(base_url, base_url + API_PREFIX, port, data, database, new_key)
 
     def _external(self, url: str, limits: SqlLimits) -> tuple[Databases, str, int, str]:
         try:
