@@ -1130,10 +1130,6 @@ def local(**opts: object) -> None:
             started = platform.start()
         except StartupError as exc:
             raise LocalPlatformError(str(exc)) from None
-        except Exception as exc:
-            if type(exc).__name__ == "PostgresError":
-                raise LocalPlatformError(str(exc)) from None
-            raise
         click.echo(f"Mosaic local platform (mosaicsync {__version__})")
         click.echo(f"  API       {started.api_url}")
         click.echo(

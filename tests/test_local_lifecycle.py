@@ -204,3 +204,16 @@ def test_external_server_with_database_url(tmp_path) -> None:
             server.stop()
     finally:
         external.stop()
+
+
+def test_a_postgresql_that_cannot_start_is_a_clear_error(tmp_path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "mosaicsync", "local", "--port", "0",
+         "--data", str(tmp_path / "data"), "--pg-bin", str(empty)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
+    )  # fmt: skip
+    assert out.returncode == 8, out.stderr
+    assert "holds no postgres/initdb binaries" in out.stderr and "Traceback" not in out.stderr

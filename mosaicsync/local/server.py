@@ -21,7 +21,7 @@ from mosaicsync.local.accounts import Accounts, NewKey, RateLimiter
 from mosaicsync.local.app import build_app
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.outbox import Outbox
-from mosaicsync.local.pg.cluster import Cluster
+from mosaicsync.local.pg.cluster import Cluster, PostgresError
 from mosaicsync.local.pg.databases import Databases
 from mosaicsync.local.pg.sqlexec import SqlLimits
 from mosaicsync.local.platform import Platform
@@ -132,26 +132,29 @@ class LocalPlatform:
             max_rows=s.max_rows,
             max_result_bytes=s.max_result_bytes,
         )
-        if s.database_url:
-            self.databases, db_host, db_port, mode = self._external(s.database_url, limits)
-        else:
-            self.cluster = Cluster(
-                data_dir=data, bin_dir=s.pg_bin, on_event=self.on_event, fast=s.fast_db
-            )
-            if s.reset_db:
-                self.cluster.reset()
-            self.cluster.start()
-            db_host, db_port = self.cluster.host, self.cluster.port
-            self.databases = Databases(
-                self.cluster.admin_dsn,
-                db_host,
-                db_port,
-                limits,
-                shim_dir=self.cluster.shim_dir,
-                on_event=self.on_event,
-            )
-            mode = f"--pg-bin {s.pg_bin}" if s.pg_bin else "embedded"
-        server_info = self.databases.prepare()
+        try:
+            if s.database_url:
+                self.databases, db_host, db_port, mode = self._external(s.database_url, limits)
+            else:
+                self.cluster = Cluster(
+                    data_dir=data, bin_dir=s.pg_bin, on_event=self.on_event, fast=s.fast_db
+                )
+                if s.reset_db:
+                    self.cluster.reset()
+                self.cluster.start()
+                db_host, db_port = self.cluster.host, self.cluster.port
+                self.databases = Databases(
+                    self.cluster.admin_dsn,
+                    db_host,
+                    db_port,
+                    limits,
+                    shim_dir=self.cluster.shim_dir,
+                    on_event=self.on_event,
+                )
+                mode = f"--pg-bin {s.pg_bin}" if s.pg_bin else "embedded"
+            server_info = self.databases.prepare()
+        except PostgresError as exc:
+            raise StartupError(str(exc)) from None
 
         signing_key = bytes.fromhex(
             self.state.setting("presign_key", lambda: secrets.token_hex(32))
