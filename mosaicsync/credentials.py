@@ -8,11 +8,9 @@ selected target's `api_url`, then `MOSAIC_API_URL`, then `contract.DEFAULT_API_U
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
-import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from urllib.parse import urlsplit
 
 import tomli_w
 
+from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
 from mosaicsync.errors import AuthError, ConfigError
 
@@ -199,20 +198,9 @@ def _write_keys(path: Path, keys: dict[str, str]) -> None:
     """Replace the file atomically with a new one that is 0600 from its first byte."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = _FILE_HEADER + tomli_w.dumps({"keys": dict(sorted(keys.items()))})
-    # mkstemp opens with O_EXCL and mode 0600: the key is never readable by others, not even
-    # for the moment between writing and a chmod.
-    fd, name = tempfile.mkstemp(prefix=".credentials.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    # The mode is set when the temp file is created: the key is never readable by others, not
+    # even for the moment between writing and a chmod.
+    write_atomic(path, text, mode=0o600)
 
 
 # Each pattern keeps its first group and masks the rest of the match.

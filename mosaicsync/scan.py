@@ -6,7 +6,6 @@ deploy that changes nothing costs one `stat` per file; cache misses are hashed o
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import itertools
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mosaicsync import publishable
+from mosaicsync.atomic import write_atomic
 from mosaicsync.errors import ScanError
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules
 
@@ -182,16 +182,11 @@ class HashCache:
             return
         payload = "\0".join(itertools.chain.from_iterable(self._entries.items())).encode("utf-8")
         header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, zlib.crc32(payload))
-        temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "wb") as handle:
-                handle.write(header)
-                handle.write(payload)
-            os.replace(temp, self.path)
+            # No fsync: a cache cut short by a power loss fails its checksum and is rebuilt.
+            write_atomic(self.path, header + payload, durable=False)
         except OSError:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             return
         self._dirty = False
 
