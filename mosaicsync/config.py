@@ -13,14 +13,11 @@ one ConfigError, one line each, as `mosaic.toml: [static] root: <problem>; <fix>
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import difflib
 import os
 import re
-import stat
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +27,11 @@ from typing import Any
 
 import pathspec
 import tomli_w
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import InlineTable, Item, String, StringType, Table, Whitespace
 
+from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import LOCAL_API_URL, PROJECT_ID_PATTERN
 from mosaicsync.credentials import api_url_problem, redact
 from mosaicsync.errors import ConfigError
@@ -219,14 +220,13 @@ def render_config(
 
 
 def set_project_id(path: Path, project_id: str, *, target: str | None = None) -> None:
-    """Set `[app] project_id` (or the target's) by editing one line, so comments and layout stay."""
+    """Set `[app] project_id` (or the target's), keeping the file's comments, order and layout."""
     _check_project_id(project_id)
     table = ("app",) if target is None else ("targets", target)
     where = "[app]" if target is None else f"[targets.{_toml_key(target)}]"
     real = Path(path).resolve()  # a symlinked mosaic.toml is edited where it lives
     text = _read_text(real)
     doc = _parse(text, Path(path).name)
-    edited = _with_project_id(text, table, project_id)
 
     # The edit must change that one value and nothing else, or the file is left alone.
     expected = copy.deepcopy(doc)
@@ -235,16 +235,18 @@ def set_project_id(path: Path, project_id: str, *, target: str | None = None) ->
         for key in table:
             node = node.setdefault(key, {})
         node["project_id"] = project_id
+        edited = _with_project_id(text, table, project_id)
         ok = tomllib.loads(edited) == expected
-    except (AttributeError, tomllib.TOMLDecodeError):
+    except (AttributeError, TypeError, ValueError, _CannotEdit, TOMLKitError):
+        # tomllib's TOMLDecodeError is a ValueError; so are some of tomlkit's refusals.
         ok = False
     if not ok:
         raise ConfigError(
-            f"{Path(path).name}: {where} is written in a way mosaicsync cannot edit safely "
-            "(an inline table?); the file was not changed",
+            f"{Path(path).name}: {where} is written in a way mosaicsync cannot edit safely; "
+            "the file was not changed",
             hint=f"add {_assign('project_id', project_id)} to {where} in {path} by hand",
         )
-    _write_atomic(real, edited)
+    write_atomic(real, edited)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -521,186 +523,81 @@ def _assign(key: str, value: object) -> str:
     return tomli_w.dumps({key: value}).rstrip("\n")
 
 
-# -- editing without rewriting ---------------------------------------------------------------
+# -- editing in place -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Statement:
-    """One TOML statement: a table header or a key/value pair, possibly spanning lines."""
-
-    start: int  # offset of its first character
-    end: int  # offset of the newline that ends it, or len(text)
-    kind: str  # "table", "array" (an [[array]] header) or "value"
-    path: tuple[str, ...]  # the header's key, or the key relative to its table
-    eq: int  # offset of the "=" of a key/value pair, else -1
-    comment: int  # offset of a trailing comment, else -1
-
-
-def _statements(text: str) -> list[_Statement]:
-    """Split TOML text into statements; strings, arrays and comments may hold any character."""
-    out: list[_Statement] = []
-    i, n = 0, len(text)
-    while i < n:
-        if text[i] in " \t\r\n":
-            i += 1
-            continue
-        if text[i] == "#":
-            i = _line_end(text, i)
-            continue
-        start, depth, eq, comment = i, 0, -1, -1
-        while i < n and not (text[i] == "\n" and depth <= 0):
-            c = text[i]
-            if c in "\"'":
-                i = _string_end(text, i)
-                continue
-            if c == "#":
-                if depth <= 0 and comment < 0:
-                    comment = i
-                i = _line_end(text, i)
-                continue
-            if c in "[{":
-                depth += 1
-            elif c in "]}":
-                depth -= 1
-            elif c == "=" and depth == 0 and eq < 0:
-                eq = i
-            i += 1
-        source = text[start:i].rstrip("\r")
-        if source.startswith("[["):
-            out.append(_Statement(start, i, "array", _header_path(source), -1, comment))
-        elif source.startswith("["):
-            out.append(_Statement(start, i, "table", _header_path(source), -1, comment))
-        else:
-            key_path = _header_path(text[start:eq] + "= 0")
-            out.append(_Statement(start, i, "value", key_path, eq, comment))
-    return out
-
-
-def _line_end(text: str, i: int) -> int:
-    j = text.find("\n", i)
-    return len(text) if j < 0 else j
-
-
-def _string_end(text: str, i: int) -> int:
-    """The offset just past the string that starts at `i`."""
-    n = len(text)
-    quote = text[i]
-    if text.startswith(quote * 3, i):
-        j = i + 3
-        while True:
-            k = text.find(quote * 3, j)
-            if k < 0:
-                return n
-            backslashes = len(text[j:k]) - len(text[j:k].rstrip("\\"))
-            if quote == '"' and backslashes % 2:
-                j = k + 1
-                continue
-            end = k + 3
-            while end < n and end < k + 5 and text[end] == quote:  # up to 2 quotes of content
-                end += 1
-            return end
-    j = i + 1
-    while j < n and text[j] != "\n":
-        if quote == '"' and text[j] == "\\":
-            j += 2
-            continue
-        if text[j] == quote:
-            return j + 1
-        j += 1
-    return j
-
-
-def _header_path(source: str) -> tuple[str, ...]:
-    """The key path that one statement defines, read by tomllib itself rather than by hand."""
-    node: Any = tomllib.loads(source)
-    path: list[str] = []
-    while isinstance(node, dict) and len(node) == 1:
-        key = next(iter(node))
-        path.append(key)
-        node = node[key]
-    return tuple(path)
+class _CannotEdit(Exception):
+    """The table to edit is something else (a string, an array of tables) or tomlkit gave up."""
 
 
 def _with_project_id(text: str, table: tuple[str, ...], project_id: str) -> str:
-    newline = "\r\n" if "\r\n" in text else "\n"
-    key = (*table, "project_id")
-    current: tuple[str, ...] | None = ()
-    header: _Statement | None = None
-    first_value: _Statement | None = None
-    dotted: tuple[_Statement, tuple[str, ...]] | None = None
-    for st in _statements(text):
-        if st.kind == "table":
-            current = st.path
-            if st.path == table:
-                header = st
-            continue
-        if st.kind == "array" or current is None:
-            current = None
-            continue
-        full = current + st.path
-        if full == key:
-            return _replace_value(text, st, project_id)
-        if current == table and first_value is None:
-            first_value = st
-        if len(current) < len(table) and full[: len(table)] == table and len(full) > len(table):
-            dotted = (st, current)
-
-    if header is not None:
-        indent = _indent(text, first_value or header)
-        line = indent + _assign("project_id", project_id)
-        return _insert_after(text, header, line, newline)
-    if dotted is not None:
-        # The table is written with dotted keys (`app.name = ...`): add one more beside them.
-        st, current = dotted
-        dotted_key = ".".join(_toml_key(k) for k in key[len(current) :])
-        line = _indent(text, st) + f"{dotted_key} = {_assign('v', project_id)[4:]}"
-        return _insert_after(text, st, line, newline)
-    header_line = "[" + ".".join(_toml_key(k) for k in table) + "]"
-    body = text if not text or text.endswith("\n") else text + newline
-    if body.strip() and not body.endswith(newline * 2):
-        body += newline
-    return body + header_line + newline + _assign("project_id", project_id) + newline
+    """`text` with `project_id` set in `table`; tomlkit keeps everything else as it was written."""
+    # A CRLF file is edited as LF and converted back, so that the lines added match the others.
+    crlf = "\r\n" in text and "\n" not in text.replace("\r\n", "")
+    source = text.replace("\r\n", "\n") if crlf else text
+    edited = _edited(source, table, project_id)
+    return edited.replace("\n", "\r\n") if crlf else edited
 
 
-def _replace_value(text: str, st: _Statement, project_id: str) -> str:
-    end = st.comment if st.comment >= 0 else st.end
-    value_start = st.eq + 1
-    while text[value_start] in " \t":
-        value_start += 1
-    value_end = value_start + len(text[value_start:end].rstrip(" \t\r"))
-    old = text[value_start:value_end]
-    literal = old.startswith("'") and not old.startswith("'''")
-    new = f"'{project_id}'" if literal else _assign("v", project_id)[4:]
-    gap = text[value_end:end]
-    if st.comment >= 0 and gap and set(gap) == {" "}:
-        # Keep a trailing comment in its column when the new value leaves room for it.
-        gap = " " * max(1, len(gap) + len(old) - len(new))
-    return text[:value_start] + new + gap + text[end:]
+def _edited(source: str, table: tuple[str, ...], project_id: str) -> str:
+    doc = tomlkit.parse(source)
+    node: Any = doc
+    for key in table:
+        child = node.get(key)
+        if child is None and not isinstance(node, InlineTable):
+            return _with_new_table(source, table, project_id)
+        if child is None:
+            _add_inline(node, key, tomlkit.inline_table())
+            child = node[key]
+        if not isinstance(child, Table | InlineTable):
+            raise _CannotEdit(key)
+        node = child
+
+    old = node.get("project_id")
+    literal = isinstance(old, String) and old.type == StringType.SLL
+    new = tomlkit.string(project_id, literal=literal)
+    if old is not None:
+        node["project_id"] = new
+        placed = node["project_id"]
+        if old.trivia.comment and set(old.trivia.comment_ws) == {" "}:
+            # Keep a trailing comment in its column when the new value leaves room for it.
+            width = len(old.trivia.comment_ws) + len(old.as_string()) - len(placed.as_string())
+            placed.trivia.comment_ws = " " * max(1, width)
+    elif isinstance(node, InlineTable):
+        _add_inline(node, "project_id", new)
+    else:
+        _add_first(node, new)
+    return doc.as_string()
 
 
-def _indent(text: str, st: _Statement) -> str:
-    line_start = text.rfind("\n", 0, st.start) + 1
-    return text[line_start : st.start]
+def _with_new_table(source: str, table: tuple[str, ...], project_id: str) -> str:
+    """A table that does not exist yet goes at the end, after a blank line."""
+    if source and not source.endswith("\n"):
+        source += "\n"
+    if source.strip() and not source.endswith("\n\n"):
+        source += "\n"
+    header = "[" + ".".join(_toml_key(key) for key in table) + "]"
+    return f"{source}{header}\n{_assign('project_id', project_id)}\n"
 
 
-def _insert_after(text: str, st: _Statement, line: str, newline: str) -> str:
-    if st.end >= len(text):
-        return text + newline + line
-    return text[: st.end + 1] + line + newline + text[st.end + 1 :]
+def _add_first(table: Table, value: Item) -> None:
+    """Add `project_id` right after the table's header, indented like the key below it."""
+    first = next((item for key, item in table.value.body if key is not None), None)
+    if table.is_super_table() or first is None:
+        # Dotted keys (`app.name = ...`) get one more beside them; an empty table, its first.
+        table["project_id"] = value
+        return
+    value.trivia.indent = first.trivia.indent
+    # tomlkit appends to a table, after any comments that introduce the next one; only this
+    # (private) method inserts at a position.
+    table.value._insert_at(0, "project_id", value)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by a complete new file with the same mode; a crash leaves the old one."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
+def _add_inline(table: InlineTable, key: str, value: Item) -> None:
+    """Add `key` to an inline table, keeping its padding: `{ a = 1, key = ... }`."""
+    body = table.value.body
+    padded = bool(body) and body[-1][0] is None and isinstance(body[-1][1], Whitespace)
+    value.trivia.indent = "" if padded or not table else " "
+    table[key] = value
+    if padded:
+        table.append(None, tomlkit.ws(" "))

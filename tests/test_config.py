@@ -391,11 +391,20 @@ def test_set_project_id_with_dotted_keys(tmp_path: Path) -> None:
     )
 
 
-def test_set_project_id_refuses_an_inline_table_and_leaves_the_file(tmp_path: Path) -> None:
-    before = '[targets]\nlocal = { api_url = "http://127.0.0.1:8787/v1/project" }\n'
+@pytest.mark.parametrize(
+    ("before", "target"),
+    [
+        ('[[targets.local]]\napi_url = "http://127.0.0.1:8787/v1/project"\n', "local"),
+        ('app = "My App"\n', None),
+        ("targets = []\n", "local"),
+    ],
+)
+def test_set_project_id_refuses_a_table_that_is_not_one_and_leaves_the_file(
+    tmp_path: Path, before: str, target: str | None
+) -> None:
     path = write(tmp_path, before)
     with pytest.raises(ConfigError, match="cannot edit safely") as info:
-        set_project_id(path, "bolt-9zz", target="local")
+        set_project_id(path, "bolt-9zz", target=target)
     assert 'project_id = "bolt-9zz"' in (info.value.hint or "")
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -432,6 +441,121 @@ def test_set_project_id_reports_invalid_toml(tmp_path: Path) -> None:
     path = write(tmp_path, "[app\n")
     with pytest.raises(ConfigError, match="line 1, column"):
         set_project_id(path, "pod-16f")
+
+
+# Each edit: the text before, the target, the exact text after. The test also checks that tomllib
+# reads the result as the old document with that one value set.
+EDITS = [
+    pytest.param(
+        '# who we are\n\n[app]   # the app\n\n# its name\nname = "x"   # shown in the dashboard\n'
+        '\n\n# where it goes\n[static]\nroot = "."\n',
+        None,
+        '# who we are\n\n[app]   # the app\nproject_id = "spark-m2p"\n\n# its name\n'
+        'name = "x"   # shown in the dashboard\n\n\n# where it goes\n[static]\nroot = "."\n',
+        id="comments-and-blank-lines",
+    ),
+    pytest.param(
+        '[app]\nproject_id = "pod-16f"  # a comment\n',
+        None,
+        '[app]\nproject_id = "spark-m2p" # a comment\n',
+        id="comment-pushed-when-no-room",
+    ),
+    pytest.param(
+        '  [app]\n  name = "y"\n',
+        None,
+        '  [app]\n  project_id = "spark-m2p"\n  name = "y"\n',
+        id="indented",
+    ),
+    pytest.param(
+        'targets = { local = { project_id = "wave-x7k" } }\n',
+        "local",
+        'targets = { local = { project_id = "spark-m2p" } }\n',
+        id="nested-inline-replace",
+    ),
+    pytest.param(
+        'targets = { local = { api_url = "http://127.0.0.1:8787/v1/project" } }\n',
+        "local",
+        'targets = { local = { api_url = "http://127.0.0.1:8787/v1/project", '
+        'project_id = "spark-m2p" } }\n',
+        id="nested-inline-add",
+    ),
+    pytest.param(
+        'targets = { local = { project_id = "wave-x7k" } }\n',
+        "prod",
+        'targets = { local = { project_id = "wave-x7k" }, prod = {project_id = "spark-m2p"} }\n',
+        id="nested-inline-new-target",
+    ),
+    pytest.param(
+        '[targets]\nlocal = {api_url = "http://127.0.0.1:8787/v1/project"}  # c\n'
+        'stage = { project_id = "ab-1" }\n',
+        "local",
+        '[targets]\nlocal = {api_url = "http://127.0.0.1:8787/v1/project", '
+        'project_id = "spark-m2p"}  # c\nstage = { project_id = "ab-1" }\n',
+        id="inline-in-a-table",
+    ),
+    pytest.param(
+        'app = { name = "x" }\n',
+        None,
+        'app = { name = "x", project_id = "spark-m2p" }\n',
+        id="inline-app",
+    ),
+    pytest.param(
+        '[app]\nname = "x"\n\n[targets.local]\napi_url = "http://127.0.0.1:8787/v1/project"\n'
+        '\n# where it goes\n[static]\nroot = "."\n',
+        "prod",
+        '[app]\nname = "x"\n\n[targets.local]\napi_url = "http://127.0.0.1:8787/v1/project"\n'
+        '\n# where it goes\n[static]\nroot = "."\n\n[targets.prod]\nproject_id = "spark-m2p"\n',
+        id="new-target-at-the-end",
+    ),
+    pytest.param(
+        '# c\r\n[app]\r\nname = "x"  # n\r\n\r\n[targets.local]  # t\r\n'
+        'api_url = "http://127.0.0.1:8787/v1/project"\r\n',
+        "local",
+        '# c\r\n[app]\r\nname = "x"  # n\r\n\r\n[targets.local]  # t\r\n'
+        'project_id = "spark-m2p"\r\napi_url = "http://127.0.0.1:8787/v1/project"\r\n',
+        id="crlf-add-to-a-table",
+    ),
+    pytest.param(
+        '# c\r\n[app]\r\nname = "x"  # n\r\n\r\n[static]\r\nroot = "."\r\n',
+        "prod",
+        '# c\r\n[app]\r\nname = "x"  # n\r\n\r\n[static]\r\nroot = "."\r\n'
+        '\r\n[targets.prod]\r\nproject_id = "spark-m2p"\r\n',
+        id="crlf-new-table",
+    ),
+    pytest.param(
+        '[app]\r\nproject_id = "pod-16f"',
+        None,
+        '[app]\r\nproject_id = "spark-m2p"',
+        id="crlf-no-eol",
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "target", "after"), EDITS)
+def test_set_project_id_edits(tmp_path: Path, before: str, target: str | None, after: str) -> None:
+    path = tmp_path / CONFIG_NAME
+    path.write_bytes(before.encode())
+    set_project_id(path, "spark-m2p", target=target)
+    assert path.read_bytes().decode() == after
+    expected = tomllib.loads(before)
+    node = expected
+    for key in ("app",) if target is None else ("targets", target):
+        node = node.setdefault(key, {})
+    node["project_id"] = "spark-m2p"
+    assert tomllib.loads(after) == expected
+    assert os.listdir(tmp_path) == [CONFIG_NAME]
+
+
+def test_set_project_id_edits_a_rendered_config_twice(tmp_path: Path) -> None:
+    text = render_config("My App")
+    path = write(tmp_path, text)
+    set_project_id(path, "pod-16f")
+    set_project_id(path, "wave-x7k", target="local")
+    after = path.read_text()
+    assert after == text.replace("[app]\n", '[app]\nproject_id = "pod-16f"\n') + (
+        '\n[targets.local]\nproject_id = "wave-x7k"\n'
+    )
+    assert load_config(path).target("local").project_id == "wave-x7k"
 
 
 # Any document tomli-w can write, with keys and strings full of TOML syntax, is edited exactly.
