@@ -60,39 +60,33 @@ class Session:
                 raise
             return None
 
-    def target_of(self, config: Any) -> Any:
-        name = self.target or os.environ.get("MOSAIC_TARGET") or None
-        return config.target(name) if config is not None else None
+    def selection(self, config: Any, *, with_key: bool = False) -> Any:
+        """The target, API URL and project (and API key) this command uses: see `selection`."""
+        from mosaicsync.credentials import stored_api_key
+        from mosaicsync.selection import select_target
+
+        return select_target(
+            config,
+            os.environ,
+            target=self.target,
+            api_url=self.api_url,
+            project=self.project,
+            key_lookup=stored_api_key if with_key else None,
+        )
 
     def api_url_for(self, config: Any) -> str:
-        from mosaicsync.credentials import resolve_api_url
-
-        return resolve_api_url(self.api_url, self.target_of(config))
+        return self.selection(config).api_url
 
     def client(self, config: Any, out: Any, key: str | None = None) -> Any:
         from mosaicsync.api import MosaicClient
-        from mosaicsync.credentials import resolve_api_key
 
-        url = self.api_url_for(config)
-        api_key = key or resolve_api_key(url).value
+        chosen = self.selection(config, with_key=key is None)
+        api_key = key or chosen.api_key.value
         out.secrets = (*out.secrets, api_key)
-        return MosaicClient(url, api_key, on_request=out.request)
+        return MosaicClient(chosen.api_url, api_key, on_request=out.request)
 
     def project_id(self, config: Any) -> str:
-        if self.project:
-            return self.project
-        if os.environ.get("MOSAIC_PROJECT"):
-            return os.environ["MOSAIC_PROJECT"]
-        target = self.target_of(config)
-        if target is not None and target.project_id:
-            return target.project_id
-        if config is not None and config.project_id:
-            return config.project_id
-        raise ConfigError(
-            "no project selected",
-            hint="run `mosaicsync link PROJECT_ID` (or `link --create NAME`), "
-            "or pass --project / set MOSAIC_PROJECT",
-        )
+        return self.selection(config).require_project()
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -428,8 +422,9 @@ def watch(session: Session, debounce_ms: int, force_polling: bool, **opts: Any) 
     """
     config = session.config()
     out = session.output()
-    project_id = session.project_id(config)
-    target = session.target or os.environ.get("MOSAIC_TARGET") or None
+    chosen = session.selection(config)
+    project_id = chosen.require_project()
+    target = chosen.target
     with session.client(config, out) as client:
         _run_watch(config, client, project_id, out, target, debounce_ms, force_polling, opts)
 

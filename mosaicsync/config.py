@@ -96,11 +96,12 @@ class Config:
         )
 
 
-def resolve_target_name(flag: str | None) -> str | None:
-    """The selected target: `--target`, else MOSAIC_TARGET, else None (the default platform)."""
+def resolve_target_name(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The selected target: `--target`, else MOSAIC_TARGET in `env` (default: os.environ), else
+    None (the default platform). selection.select_target asks this, with the env it was given."""
     if flag:
         return flag
-    return os.environ.get(TARGET_ENV, "").strip() or None
+    return (os.environ if env is None else env).get(TARGET_ENV, "").strip() or None
 
 
 def find_config(start: Path) -> Path:

@@ -2,8 +2,8 @@
 
 The key is looked up in `MOSAIC_API_KEY`, then in the credentials file that `mosaicsync login`
 writes (`$XDG_CONFIG_HOME/mosaicsync/credentials.toml`, mode 0600), which holds one key per API URL
-because a local platform's key and Mosaic's differ. The URL is the `--api-url` flag, then the
-selected target's `api_url`, then `MOSAIC_API_URL`, then `contract.DEFAULT_API_URL`.
+because a local platform's key and Mosaic's differ. Which API URL a command uses is decided in
+`selection`.
 """
 
 from __future__ import annotations
@@ -12,20 +12,16 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import tomli_w
 
 from mosaicsync.atomic import write_atomic
-from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
+from mosaicsync.contract import DEFAULT_API_URL
 from mosaicsync.errors import AuthError, ConfigError
-
-if TYPE_CHECKING:
-    from mosaicsync.config import Target
 
 KEY_ENV = "MOSAIC_API_KEY"
 API_URL_ENV = "MOSAIC_API_URL"
@@ -84,31 +80,21 @@ def normalize_api_url(url: str, *, source: str) -> str:
     return url.strip().rstrip("/")
 
 
-def resolve_api_url(flag: str | None, target: Target | None) -> str:
-    """The API base URL: `--api-url`, the target's `api_url`, MOSAIC_API_URL, then Mosaic's."""
-    if flag:
-        return normalize_api_url(flag, source="--api-url")
-    if target is not None and target.api_url:
-        return normalize_api_url(target.api_url, source=f"[targets.{target.name}] api_url")
-    if target is not None and target.name == "local":
-        # What `mosaicsync dev` records: the local platform on its default port.
-        return LOCAL_API_URL
-    return _default_api_url()
+def resolve_api_key(
+    api_url: str,
+    env: Mapping[str, str] | None = None,
+    stored: Callable[[str], ApiKey] | None = None,
+) -> ApiKey:
+    """The key for `api_url`: MOSAIC_API_KEY in `env` (default: os.environ), else the stored key
+    (`stored`, default: the credentials file); AuthError if neither."""
+    value = (os.environ if env is None else env).get(KEY_ENV, "").strip()
+    if value:
+        return ApiKey(value, KEY_ENV)
+    return (stored or stored_api_key)(api_url)
 
 
-def _default_api_url() -> str:
-    """MOSAIC_API_URL when set and not empty, else the production platform."""
-    env = os.environ.get(API_URL_ENV, "").strip()
-    if env:
-        return normalize_api_url(env, source=API_URL_ENV)
-    return DEFAULT_API_URL
-
-
-def resolve_api_key(api_url: str) -> ApiKey:
-    """The key for `api_url`: MOSAIC_API_KEY, else the credentials file; AuthError if neither."""
-    env = os.environ.get(KEY_ENV, "").strip()
-    if env:
-        return ApiKey(env, KEY_ENV)
+def stored_api_key(api_url: str) -> ApiKey:
+    """The key that `mosaicsync login` stored for `api_url`; AuthError if there is none."""
     path = credentials_path()
     url = api_url.strip().rstrip("/")
     keys = _read_keys(path, check_private=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mosaicsync import credentials
-from mosaicsync.config import Target
 from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
 from mosaicsync.credentials import (
     ApiKey,
@@ -17,7 +16,6 @@ from mosaicsync.credentials import (
     delete_api_key,
     redact,
     resolve_api_key,
-    resolve_api_url,
     save_api_key,
 )
 from mosaicsync.errors import AuthError, ConfigError
@@ -189,45 +187,17 @@ def test_repr_never_shows_the_key() -> None:
     assert "mk_a" not in repr(ApiKey("mk_abc", "x"))  # too short to show any of it
 
 
-# -- the API URL ---------------------------------------------------------------------------------
+# -- the key, with the environment and the store passed in ---------------------------------------
 
 
-def test_api_url_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    local = Target("local", LOCAL_API_URL + "/", "pod-16f")
-    plain = Target("default", None, "pod-16f")
-    assert resolve_api_url(None, None) == DEFAULT_API_URL
-    assert resolve_api_url(None, plain) == DEFAULT_API_URL
-    monkeypatch.setenv("MOSAIC_API_URL", "http://127.0.0.1:9999/v1/project/")
-    assert resolve_api_url(None, plain) == "http://127.0.0.1:9999/v1/project"
-    assert resolve_api_url(None, local) == LOCAL_API_URL
-    assert resolve_api_url("https://staging.example/v1/project//", local) == (
-        "https://staging.example/v1/project"
+def test_key_lookup_takes_its_environment_and_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOSAIC_API_KEY", "mk_from_os_environ_000")
+    stored = {LOCAL_API_URL: ApiKey(LOCAL_KEY, "store")}
+    assert resolve_api_key(LOCAL_API_URL, {}, stored.__getitem__) == ApiKey(LOCAL_KEY, "store")
+    env = {"MOSAIC_API_KEY": PROD_KEY}
+    assert resolve_api_key(LOCAL_API_URL, env, stored.__getitem__) == ApiKey(
+        PROD_KEY, "MOSAIC_API_KEY"
     )
-
-
-@pytest.mark.parametrize(
-    "url", ["ftp://x/v1", "api.mosaic.site/v1/project", "http:///v1", "https://h/v1?k=1"]
-)
-def test_a_bad_api_url_flag_is_a_config_error(url: str) -> None:
-    with pytest.raises(ConfigError, match=r"^--api-url: "):
-        resolve_api_url(url, None)
-
-
-def test_a_bad_api_url_env_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MOSAIC_API_URL", "file:///etc/passwd")
-    with pytest.raises(ConfigError, match=r"^MOSAIC_API_URL: 'file:///etc/passwd' is not an http"):
-        resolve_api_url(None, None)
-
-
-def test_a_bad_target_url_names_the_target() -> None:
-    with pytest.raises(ConfigError, match=r"^\[targets.x\] api_url: "):
-        resolve_api_url(None, Target("x", "gopher://h", None))
-
-
-def test_an_api_url_with_a_password_is_refused_and_masked() -> None:
-    with pytest.raises(ConfigError) as info:
-        resolve_api_url("https://me:hunter22@h/v1", None)
-    assert "hunter22" not in str(info.value)
 
 
 # -- redaction -----------------------------------------------------------------------------------
@@ -286,12 +256,3 @@ def test_redact_a_database_response() -> None:
 
 def test_the_mask_is_one_constant() -> None:
     assert credentials.MASK in redact("mk_abc")
-
-
-def test_a_target_named_local_defaults_to_the_local_platform(monkeypatch) -> None:
-    from mosaicsync.config import Target
-    from mosaicsync.contract import LOCAL_API_URL
-
-    monkeypatch.setenv("MOSAIC_API_URL", "https://elsewhere.example/v1/project")
-    assert resolve_api_url(None, Target("local", None, "pod-16f")) == LOCAL_API_URL
-    assert resolve_api_url(None, Target("staging", None, "pod-16f")).startswith("https://elsewhere")

@@ -1,0 +1,285 @@
+"""select_target: flags, then environment, then mosaic.toml, then defaults; data in, data out."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from mosaicsync.config import Config, Target
+from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
+from mosaicsync.credentials import ApiKey
+from mosaicsync.errors import AuthError, ConfigError
+from mosaicsync.selection import Selection, select_target, user_at_host
+
+STAGING = "https://staging.example/v1/project"
+ELSEWHERE = "http://127.0.0.1:9999/v1/project"
+
+
+def config(app_project: str | None = "pod-16f", **targets: Target) -> Config:
+    root = Path("/srv/site")
+    return Config(
+        path=root / "mosaic.toml",
+        project_dir=root,
+        name="site",
+        project_id=app_project,
+        static_root=root / "public",
+        static_ignore=(),
+        migrations_dir=root / "migrations",
+        targets=MappingProxyType(targets),
+    )
+
+
+EXAMPLE = config(
+    local=Target("local", None, "wave-x7k"),
+    staging=Target("staging", STAGING, "bolt-9zz"),
+    bare=Target("bare", None, "tide-3q"),
+)
+
+
+def no_lookup(url: str) -> ApiKey:
+    raise AssertionError(f"the stored key was looked up for {url}")
+
+
+# -- the precedence table, one row per case ------------------------------------------------------
+# (flags, env) -> (target, target_source, api_url, api_url_source, project_id, project_source)
+ROWS = [
+    pytest.param(
+        {},
+        {},
+        (None, "default", DEFAULT_API_URL, "default", "pod-16f", "[app] project_id"),
+        id="nothing-set",
+    ),
+    pytest.param(
+        {},
+        {"MOSAIC_API_URL": ELSEWHERE + "/", "MOSAIC_PROJECT": "env-1a"},
+        (None, "default", ELSEWHERE, "MOSAIC_API_URL", "env-1a", "MOSAIC_PROJECT"),
+        id="env-over-mosaic-toml",
+    ),
+    pytest.param(
+        {"api_url": STAGING + "//", "project": "flag-2b"},
+        {"MOSAIC_API_URL": ELSEWHERE, "MOSAIC_PROJECT": "env-1a"},
+        (None, "default", STAGING, "--api-url", "flag-2b", "--project"),
+        id="flags-over-env",
+    ),
+    pytest.param(
+        {},
+        {"MOSAIC_TARGET": "staging", "MOSAIC_API_URL": ELSEWHERE},
+        (
+            "staging",
+            "MOSAIC_TARGET",
+            STAGING,
+            "[targets.staging] api_url",
+            "bolt-9zz",
+            "[targets.staging] project_id",
+        ),
+        id="env-target-its-url-over-MOSAIC_API_URL",
+    ),
+    pytest.param(
+        {"target": "local"},
+        {"MOSAIC_TARGET": "staging", "MOSAIC_API_URL": ELSEWHERE},
+        (
+            "local",
+            "--target",
+            LOCAL_API_URL,
+            "[targets.local] (the local platform)",
+            "wave-x7k",
+            "[targets.local] project_id",
+        ),
+        id="flag-target-over-env-target-local-means-the-local-platform",
+    ),
+    pytest.param(
+        {"target": "bare"},
+        {"MOSAIC_API_URL": ELSEWHERE},
+        ("bare", "--target", ELSEWHERE, "MOSAIC_API_URL", "tide-3q", "[targets.bare] project_id"),
+        id="target-without-url-uses-MOSAIC_API_URL",
+    ),
+    pytest.param(
+        {"target": "bare"},
+        {},
+        ("bare", "--target", DEFAULT_API_URL, "default", "tide-3q", "[targets.bare] project_id"),
+        id="target-without-url-or-env",
+    ),
+    pytest.param(
+        {"target": "local", "api_url": STAGING, "project": "flag-2b"},
+        {"MOSAIC_PROJECT": "env-1a"},
+        ("local", "--target", STAGING, "--api-url", "flag-2b", "--project"),
+        id="flags-over-the-target",
+    ),
+    pytest.param(
+        {"target": "staging"},
+        {"MOSAIC_PROJECT": "env-1a"},
+        (
+            "staging",
+            "--target",
+            STAGING,
+            "[targets.staging] api_url",
+            "env-1a",
+            "MOSAIC_PROJECT",
+        ),
+        id="MOSAIC_PROJECT-over-the-target",
+    ),
+    pytest.param(
+        {"target": ""},
+        {"MOSAIC_TARGET": "  ", "MOSAIC_API_URL": " ", "MOSAIC_PROJECT": ""},
+        (None, "default", DEFAULT_API_URL, "default", "pod-16f", "[app] project_id"),
+        id="empty-values-are-unset",
+    ),
+]
+
+
+@pytest.mark.parametrize(("flags", "env", "expected"), ROWS)
+def test_precedence(flags: dict, env: dict, expected: tuple) -> None:
+    chosen = select_target(EXAMPLE, env, **flags)
+    assert (
+        chosen.target,
+        chosen.target_source,
+        chosen.api_url,
+        chosen.api_url_source,
+        chosen.project_id,
+        chosen.project_source,
+    ) == expected
+    assert chosen.api_key is None
+
+
+def test_the_environment_is_only_what_is_passed_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "MOSAIC_TARGET": "local",
+        "MOSAIC_API_URL": ELSEWHERE,
+        "MOSAIC_PROJECT": "env-1a",
+        "MOSAIC_API_KEY": "mk_from_os_environ_0000",
+    }.items():
+        monkeypatch.setenv(name, value)
+    chosen = select_target(EXAMPLE, {}, key_lookup=lambda url: ApiKey("mk_stored_1111", "file"))
+    assert (chosen.target, chosen.api_url, chosen.project_id) == (None, DEFAULT_API_URL, "pod-16f")
+    assert chosen.api_key == ApiKey("mk_stored_1111", "file")
+
+
+def test_a_target_name_without_a_mosaic_toml_selects_the_default_platform() -> None:
+    chosen = select_target(None, {"MOSAIC_TARGET": "local"})
+    assert chosen.target is None and chosen.target_source.startswith("default")
+    assert (chosen.api_url, chosen.project_id, chosen.project_source) == (
+        DEFAULT_API_URL,
+        None,
+        None,
+    )
+
+
+def test_an_unknown_target_names_the_defined_ones() -> None:
+    with pytest.raises(ConfigError, match="the targets defined are: bare, local, staging"):
+        select_target(EXAMPLE, {"MOSAIC_TARGET": "prod"})
+
+
+# -- the API key ---------------------------------------------------------------------------------
+
+
+def test_the_key_is_looked_up_for_the_selected_url() -> None:
+    asked: list[str] = []
+
+    def lookup(url: str) -> ApiKey:
+        asked.append(url)
+        return ApiKey("mk_local_0123456789", "credentials.toml")
+
+    chosen = select_target(
+        EXAMPLE, {"MOSAIC_API_URL": ELSEWHERE}, target="local", key_lookup=lookup
+    )
+    assert asked == [LOCAL_API_URL]
+    assert chosen.api_key == ApiKey("mk_local_0123456789", "credentials.toml")
+
+
+def test_MOSAIC_API_KEY_wins_over_the_stored_key() -> None:
+    env = {"MOSAIC_API_KEY": " mk_env_0123456789 "}
+    chosen = select_target(EXAMPLE, env, key_lookup=no_lookup)
+    assert chosen.api_key == ApiKey("mk_env_0123456789", "MOSAIC_API_KEY")
+
+
+def test_no_key_is_an_auth_error_from_the_lookup() -> None:
+    def lookup(url: str) -> ApiKey:
+        raise AuthError(f"no API key for {url}")
+
+    with pytest.raises(AuthError, match=f"no API key for {DEFAULT_API_URL}"):
+        select_target(EXAMPLE, {}, key_lookup=lookup)
+
+
+def test_the_key_is_never_in_the_repr() -> None:
+    chosen = select_target(EXAMPLE, {"MOSAIC_API_KEY": "mk_env_0123456789"}, key_lookup=no_lookup)
+    assert "0123456789" not in repr(chosen)
+
+
+# -- bad values name where they came from --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "config_", "message"),
+    [
+        ({"api_url": "ftp://x/v1"}, {}, EXAMPLE, r"^--api-url: 'ftp://x/v1' is not an http"),
+        ({}, {"MOSAIC_API_URL": "file:///etc/passwd"}, EXAMPLE, r"^MOSAIC_API_URL: 'file:///etc/"),
+        (
+            {"target": "x"},
+            {},
+            config(x=Target("x", "gopher://h", None)),
+            r"^\[targets.x\] api_url: ",
+        ),
+    ],
+)
+def test_a_bad_api_url_names_its_source(
+    flags: dict, env: dict, config_: Config, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        select_target(config_, env, **flags)
+
+
+def test_an_api_url_with_a_password_is_refused_and_masked() -> None:
+    with pytest.raises(ConfigError) as info:
+        select_target(None, {}, api_url="https://me:hunter22@h/v1")
+    assert "hunter22" not in str(info.value)
+
+
+# -- no project ----------------------------------------------------------------------------------
+
+
+def test_no_project_says_how_to_choose_one() -> None:
+    chosen = select_target(config(app_project=None), {})
+    assert (chosen.project_id, chosen.project_source) == (None, None)
+    with pytest.raises(ConfigError) as info:
+        chosen.require_project()
+    assert info.value.message == "no project selected"
+    assert info.value.hint == (
+        "run `mosaicsync link PROJECT_ID` (or `link --create NAME`), "
+        "or pass --project / set MOSAIC_PROJECT"
+    )
+
+
+def test_no_project_for_a_target_names_the_target() -> None:
+    chosen = select_target(config(None, local=Target("local", None, None)), {}, target="local")
+    with pytest.raises(ConfigError) as info:
+        chosen.require_project()
+    assert info.value.message == "no project selected for target 'local'"
+    assert "`mosaicsync link --target local PROJECT_ID`" in (info.value.hint or "")
+
+
+def test_a_selection_is_frozen() -> None:
+    chosen = select_target(EXAMPLE, {})
+    assert isinstance(chosen, Selection)
+    with pytest.raises(AttributeError):
+        chosen.project_id = "other-1a"  # type: ignore[misc]
+
+
+# -- user@host -----------------------------------------------------------------------------------
+
+
+def test_user_at_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGNAME", "ada")
+    assert user_at_host() == f"ada@{socket.gethostname()}"
+
+
+def test_user_at_host_without_a_user_name_is_the_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    def nameless() -> str:
+        raise OSError("No username set in the environment")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    assert user_at_host() == f"{os.getuid()}@{socket.gethostname()}"
