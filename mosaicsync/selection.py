@@ -76,7 +76,7 @@ def select_target(
     chosen = config.target(name) if config is not None else None
 
     url, url_source = _api_url(api_url, chosen, env)
-    project_id, project_source = _project(project, chosen, name is not None, config, env)
+    project_id, project_source = _project(project, chosen, name is not None, env)
     key = resolve_api_key(url, env, key_lookup) if key_lookup is not None else None
     return Selection(
         target=name,
@@ -105,22 +105,18 @@ def _api_url(flag: str | None, target: Target | None, env: Mapping[str, str]) ->
 
 
 def _project(
-    flag: str | None,
-    target: Target | None,
-    named: bool,
-    config: Config | None,
-    env: Mapping[str, str],
+    flag: str | None, target: Target | None, named: bool, env: Mapping[str, str]
 ) -> tuple[str | None, str | None]:
     if flag:
         return flag, "--project"
     value = env.get(PROJECT_ENV, "").strip()
     if value:
         return value, PROJECT_ENV
+    # A named target never borrows [app] project_id: a project on one platform does not exist
+    # on another, so deploying there would act on whatever happens to share the id.
     if target is not None and target.project_id:
         where = f"[targets.{target.name}]" if named else "[app]"
         return target.project_id, f"{where} project_id"
-    if config is not None and config.project_id:
-        return config.project_id, "[app] project_id"
     return None, None
 
 

@@ -262,6 +262,14 @@ def test_no_project_for_a_target_names_the_target() -> None:
     assert "`mosaicsync link --target local PROJECT_ID`" in (info.value.hint or "")
 
 
+def test_a_target_never_borrows_the_app_project_id() -> None:
+    # [app] project_id is production's; the same id on another platform is another project.
+    chosen = select_target(config("pod-16f", local=Target("local", None, None)), {}, target="local")
+    assert (chosen.project_id, chosen.project_source) == (None, None)
+    with pytest.raises(ConfigError, match="no project selected for target 'local'"):
+        chosen.require_project()
+
+
 def test_a_selection_is_frozen() -> None:
     chosen = select_target(EXAMPLE, {})
     assert isinstance(chosen, Selection)
