@@ -152,7 +152,7 @@ def init(session: Session, directory: Path, template: str, name: str | None, cre
             project = client.create_project(config.name)
             project_id = project["project_id"]
             client.wait_until_running(project_id)
-        set_project_id(config.path, project_id, target=session.target)
+        set_project_id(config.path, project_id, target=session.selection(config).target)
     out.result(
         {
             "directory": str(directory.resolve()),
@@ -246,7 +246,7 @@ def link(session: Session, project_id: str | None, create_name: str | None) -> N
         else:
             assert project_id is not None
             project = client.get_project(project_id)
-    set_project_id(config.path, project_id, target=session.target)
+    set_project_id(config.path, project_id, target=session.selection(config).target)
     out.result(
         {"project_id": project_id, "url": project.get("url"), "config": str(config.path)},
         f"Linked {config.path} to {project_id} ({project.get('url')})",

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 from pathlib import Path
 from types import MappingProxyType
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
-from mosaicsync.config import Config, Target
+from mosaicsync.cli import cli
+from mosaicsync.config import Config, Target, load_config
 from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
 from mosaicsync.credentials import ApiKey
 from mosaicsync.errors import AuthError, ConfigError
 from mosaicsync.selection import Selection, select_target, user_at_host
+from tests.conftest import KEY_A, LocalServer
 
 STAGING = "https://staging.example/v1/project"
 ELSEWHERE = "http://127.0.0.1:9999/v1/project"
@@ -275,6 +280,34 @@ def test_a_selection_is_frozen() -> None:
     assert isinstance(chosen, Selection)
     with pytest.raises(AttributeError):
         chosen.project_id = "other-1a"  # type: ignore[misc]
+
+
+# -- the commands go through it ------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_link_records_the_project_under_the_target_that_MOSAIC_TARGET_selects(
+    tmp_path: Path, local_server: LocalServer
+) -> None:
+    # The project is created on the target's platform, so its id belongs in that target's
+    # table, never in [app] (production's).
+    (tmp_path / "public").mkdir()
+    path = tmp_path / "mosaic.toml"
+    path.write_text(
+        f'[app]\nproject_id = "pod-16f"\n\n[targets.stage]\napi_url = "{local_server.api}"\n'
+    )
+    env = {"MOSAIC_TARGET": "stage", "MOSAIC_API_KEY": KEY_A}
+    args = ["link", "--create", "Staged", "--config", str(path), "--json"]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.stdout)["project_id"]
+    try:
+        linked = load_config(path)
+        assert linked.project_id == "pod-16f"
+        assert linked.target("stage").project_id == created
+    finally:
+        with httpx.Client(base_url=local_server.api, headers={"X-API-Key": KEY_A}) as api:
+            api.delete(f"/{created}").raise_for_status()
 
 
 # -- user@host -----------------------------------------------------------------------------------
