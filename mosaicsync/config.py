@@ -23,18 +23,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pathspec
 import tomli_w
-import tomlkit
-from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import InlineTable, Item, String, StringType, Table, Whitespace
 
 from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import LOCAL_API_URL, PROJECT_ID_PATTERN
 from mosaicsync.credentials import api_url_problem, redact
 from mosaicsync.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tomlkit.items import InlineTable, Item, Table
 
 CONFIG_NAME = "mosaic.toml"
 TARGET_ENV = "MOSAIC_TARGET"
@@ -228,6 +228,9 @@ def set_project_id(path: Path, project_id: str, *, target: str | None = None) ->
     real = Path(path).resolve()  # a symlinked mosaic.toml is edited where it lives
     text = _read_text(real)
     doc = _parse(text, Path(path).name)
+
+    # Imported here: only the commands that edit the file pay for it.
+    from tomlkit.exceptions import TOMLKitError
 
     # The edit must change that one value and nothing else, or the file is left alone.
     expected = copy.deepcopy(doc)
@@ -541,6 +544,9 @@ def _with_project_id(text: str, table: tuple[str, ...], project_id: str) -> str:
 
 
 def _edited(source: str, table: tuple[str, ...], project_id: str) -> str:
+    import tomlkit
+    from tomlkit.items import InlineTable, String, StringType, Table
+
     doc = tomlkit.parse(source)
     node: Any = doc
     for key in table:
@@ -596,6 +602,9 @@ def _add_first(table: Table, value: Item) -> None:
 
 def _add_inline(table: InlineTable, key: str, value: Item) -> None:
     """Add `key` to an inline table, keeping its padding: `{ a = 1, key = ... }`."""
+    import tomlkit
+    from tomlkit.items import Whitespace
+
     body = table.value.body
     padded = bool(body) and body[-1][0] is None and isinstance(body[-1][1], Whitespace)
     value.trivia.indent = "" if padded or not table else " "
