@@ -1,4 +1,5 @@
--- The Todo example's table. `mosaicsync migrate` applies the files in this folder in version order.
+-- The Todo example's table. `mosaicsync deploy` (or `mosaicsync migrate up`) applies the files in
+-- this folder in version order.
 CREATE TABLE todos (
     id SERIAL PRIMARY KEY,
     task TEXT NOT NULL,
