@@ -317,7 +317,7 @@ class MosaicClient:
             return AuthError(
                 f"{where}: {message}",
                 hint="this is a plan limit or a permission: see your plan, or submit a ticket "
-                "with `mosaicsync ticket`",
+                "with `mosaicsync ticket --subject S --message M`",
             )
         if status == 404:
             return NotFoundError(
@@ -333,7 +333,8 @@ class MosaicClient:
             return UnavailableError(
                 f"{where}: the platform failed with {status} after {attempts} attempt"
                 f"{'s' if attempts > 1 else ''}: {message}",
-                hint="retry later; if it persists, run `mosaicsync ticket --diagnostics`",
+                hint="retry later; if it persists, run "
+                "`mosaicsync ticket --diagnostics --subject S --message M`",
             )
         if isinstance(body, dict) and "code" in body and request.url.path.endswith("/sql"):
             return SqlError(

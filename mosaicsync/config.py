@@ -208,7 +208,7 @@ def render_config(
         _assign("ignore", []),
         "",
         "[migrations]",
-        "# SQL files named NNNN_name.sql, applied in version order by `mosaicsync migrate`.",
+        "# SQL files named NNNN_name.sql, applied in version order by `mosaicsync migrate up`.",
         _assign("dir", migrations_dir),
         "",
         "# Other platforms, chosen with --target NAME or MOSAIC_TARGET. A project there has its",
