@@ -44,11 +44,11 @@ class Selection:
         """The project id; a ConfigError saying how to choose one if there is none."""
         if self.project_id:
             return self.project_id
-        link = "link" + (f" --target {self.target}" if self.target else "")
+        flag = f" --target {self.target}" if self.target else ""
         raise ConfigError(
             "no project selected" + (f" for target '{self.target}'" if self.target else ""),
-            hint=f"run `mosaicsync {link} PROJECT_ID` (or `{link} --create NAME`), "
-            f"or pass --project / set {PROJECT_ENV}",
+            hint=f"run `mosaicsync link PROJECT_ID{flag}` "
+            f"(or `mosaicsync link --create NAME{flag}`), or pass --project / set {PROJECT_ENV}",
         )
 
 

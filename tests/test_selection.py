@@ -254,7 +254,7 @@ def test_no_project_says_how_to_choose_one() -> None:
         chosen.require_project()
     assert info.value.message == "no project selected"
     assert info.value.hint == (
-        "run `mosaicsync link PROJECT_ID` (or `link --create NAME`), "
+        "run `mosaicsync link PROJECT_ID` (or `mosaicsync link --create NAME`), "
         "or pass --project / set MOSAIC_PROJECT"
     )
 
@@ -264,7 +264,7 @@ def test_no_project_for_a_target_names_the_target() -> None:
     with pytest.raises(ConfigError) as info:
         chosen.require_project()
     assert info.value.message == "no project selected for target 'local'"
-    assert "`mosaicsync link --target local PROJECT_ID`" in (info.value.hint or "")
+    assert "`mosaicsync link PROJECT_ID --target local`" in (info.value.hint or "")
 
 
 def test_a_target_never_borrows_the_app_project_id() -> None:
