@@ -8,9 +8,6 @@ meet an old schema), plan, publish through `upload.Publisher` (the one upload pa
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +22,7 @@ from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.manifest import Manifest, local_digest
 from mosaicsync.plan import Plan, plan_deploy, route
 from mosaicsync.scan import HashCache, LocalFile, ScanResult, scan
+from mosaicsync.selection import user_at_host
 from mosaicsync.upload import Publisher
 
 if TYPE_CHECKING:
@@ -119,14 +117,6 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         "prune": [{"path": p.path, "target": p.target} for p in plan.prune],
         "unchanged": len(plan.unchanged),
     }
-
-
-def deployed_by() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 class Deployer:
@@ -244,7 +234,7 @@ class Deployer:
                 bytes_uploaded=result.bytes,
                 files=len(files),
                 duration_ms=result.duration_ms,
-                deployed_by=deployed_by(),
+                deployed_by=user_at_host(),
                 tool_version=__version__,
             )
         return result
