@@ -29,6 +29,9 @@ from mosaicsync.errors import (
     UnavailableError,
 )
 
+# RetryPolicy lives in retry.py with every other backoff; callers may import it from here too.
+from mosaicsync.retry import Backoff, RetryPolicy, poll
+
 
 @dataclass(frozen=True)
 class Route:
@@ -63,25 +66,6 @@ ROUTES: dict[str, Route] = {
 }
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, capped; `Retry-After` wins when the server sends it."""
-
-    attempts: int = 6
-    base: float = 0.25
-    cap: float = 15.0
-    max_retry_after: float = 120.0
-
-    def delay(self, attempt: int, retry_after: str | None, rng: random.Random) -> float:
-        """Seconds to wait before attempt `attempt + 1` (attempts count from 1)."""
-        if retry_after:
-            try:
-                return min(max(float(retry_after), 0.0), self.max_retry_after)
-            except ValueError:
-                pass  # an HTTP date: fall back to our own backoff
-        return rng.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True)
@@ -359,20 +343,20 @@ class MosaicClient:
 
     def wait_until_running(self, project_id: str, timeout: float = 120.0) -> dict[str, Any]:
         """Projects start `provisioning`; poll until `running` (or time out clearly)."""
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
+
+        def running() -> tuple[bool, dict[str, Any]]:
             project = self.get_project(project_id)
-            if project.get("status") == "running":
-                return project
-            if time.monotonic() > deadline:
-                raise UnavailableError(
-                    f"project {project_id} is still {project.get('status')!r} "
-                    f"after {timeout:.0f} s",
-                    hint="retry later; if it persists, submit a ticket",
-                )
-            self.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            return project.get("status") == "running", project
+
+        done, project = poll(
+            running, timeout=timeout, backoff=Backoff(0.02, 1.0, rng=self.rng), sleep=self.sleep
+        )
+        if not done:
+            raise UnavailableError(
+                f"project {project_id} is still {project.get('status')!r} after {timeout:.0f} s",
+                hint="retry later; if it persists, submit a ticket",
+            )
+        return project
 
     def delete_project(self, project_id: str) -> None:
         self.call("delete_project", project_id=project_id)

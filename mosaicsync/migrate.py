@@ -42,6 +42,7 @@ from mosaicsync.errors import (
     UnavailableError,
 )
 from mosaicsync.manifest import sql_literal
+from mosaicsync.retry import Backoff, poll, retry_call
 from mosaicsync.sqltext import (
     NO_TRANSACTION,
     Analysis,
@@ -1095,14 +1096,13 @@ class Migrator:
 
     def _ensure_schema(self) -> None:
         """Create the schema and tables; idempotent, serialized by the transaction lock."""
-        for attempt in range(3):
-            try:
-                self._sql(SCHEMA_SQL, idempotent=True)
-                return
-            except SqlError as exc:
-                if exc.code not in CATALOG_RACE or attempt == 2:
-                    raise
-                self.sleep(0.05 * (attempt + 1))
+        retry_call(
+            lambda: self._sql(SCHEMA_SQL, idempotent=True),
+            attempts=3,
+            retry_if=lambda exc: isinstance(exc, SqlError) and exc.code in CATALOG_RACE,
+            backoff=Backoff(0.05, 0.1, rng=self.rng),
+            sleep=self.sleep,
+        )
 
     def _read(self, *, create: bool) -> _Snapshot:
         try:
@@ -1145,11 +1145,11 @@ class Migrator:
 
     def _acquire(self, run: _Run) -> _Snapshot:
         """Take the lease, polling with jitter while another live run holds it."""
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.2
+        last_lock: LockInfo | None = None  # the holder last seen, for the messages
         announced = False
-        last_lock: LockInfo | None = None
-        while True:
+
+        def attempt() -> tuple[bool, _Snapshot | None]:
+            nonlocal last_lock
             try:
                 snap: _Snapshot | None = self._take(run)
             except SqlError as exc:
@@ -1163,23 +1163,12 @@ class Migrator:
                 # lease back: take it over now rather than wait out its TTL. The fence bump
                 # stops the old run should it be alive after all.
                 snap = self._take(run, stale=stale)
-            if snap is not None and snap.taken:
-                run.fence = int(snap.taken["fence"])
-                run.holds_lease = True
-                run.server_version_num = snap.server_version_num
-                self._emit(LockAcquired(run.fence, snap.taken.get("expires_at")))
-                return snap
-            if snap is not None:
+            if snap is not None and not snap.taken:
                 last_lock = snap.lock
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                who = last_lock.describe() if last_lock else "another run"
-                raise LockTimeout(
-                    f"migrations are locked by {who}; waited {self.lock_timeout:g} s",
-                    hint="wait for that run to finish; if it crashed, its lease expires by "
-                    "itself, or an operator can run `mosaicsync migrate unlock`",
-                    lock=last_lock,
-                )
+            return snap is not None and bool(snap.taken), snap
+
+        def announce(_: object) -> None:
+            nonlocal announced
             if not announced:
                 announced = True
                 self._emit(
@@ -1189,8 +1178,27 @@ class Migrator:
                         last_lock.expires_at if last_lock else None,
                     )
                 )
-            self.sleep(min(remaining, delay * self.rng.uniform(0.5, 1.5)))
-            delay = min(delay * 1.5, 2.0)
+
+        taken, snap = poll(
+            attempt,
+            timeout=self.lock_timeout,
+            backoff=Backoff(0.2, 2.0, factor=1.5, jitter=0.5, rng=self.rng),
+            sleep=self.sleep,
+            on_wait=announce,
+        )
+        if not taken or snap is None or not snap.taken:
+            who = last_lock.describe() if last_lock else "another run"
+            raise LockTimeout(
+                f"migrations are locked by {who}; waited {self.lock_timeout:g} s",
+                hint="wait for that run to finish; if it crashed, its lease expires by "
+                "itself, or an operator can run `mosaicsync migrate unlock`",
+                lock=last_lock,
+            )
+        run.fence = int(snap.taken["fence"])
+        run.holds_lease = True
+        run.server_version_num = snap.server_version_num
+        self._emit(LockAcquired(run.fence, snap.taken.get("expires_at")))
+        return snap
 
     @contextmanager
     def lease(self) -> Iterator[None]:
@@ -1502,6 +1510,7 @@ class Migrator:
 
         Returns the rows, or None when the probe or the guard shows the batch already committed.
         """
+        resend = Backoff(0.2, 2.0, jitter=0.5, rng=self.rng)
         attempt = 0
         while True:
             attempt += 1
@@ -1546,20 +1555,21 @@ class Migrator:
                         hint="check the platform's status; a new `up` reads the history first",
                     ) from None
                 self._emit(Resending(migration.version, step, attempt + 1))
-                self.sleep(min(2.0, 0.1 * 2**attempt) * self.rng.uniform(0.5, 1.5))
+                self.sleep(resend.delay(attempt))
 
     def _wait_until_idle(
         self, run: _Run, migration: MigrationFile, step: int | None
     ) -> tuple[int, AppliedMigration | None]:
         """Probe until no request of this run for this migration is still running."""
-        deadline = time.monotonic() + self.lease_ttl
-        delay = 0.1
-        while True:
+
+        def idle() -> tuple[bool, tuple[int, AppliedMigration | None]]:
             running, row = self._probe(run, migration.version, step)
-            if running == 0 or time.monotonic() > deadline:
-                return running, row
-            self.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            return running == 0, (running, row)
+
+        _, (running, row) = poll(
+            idle, timeout=self.lease_ttl, backoff=Backoff(0.1, 2.0, rng=self.rng), sleep=self.sleep
+        )
+        return running, row
 
     def _applied_elsewhere(
         self, migration: MigrationFile, row: AppliedMigration | None
