@@ -8,13 +8,19 @@ MosaicError                 exit 1   anything we anticipated that has no better 
  +-- PlatformError          exit 5   the platform refused a request (another 4xx)
  +-- UnavailableError       exit 6   network down, 5xx or 429 after retries
  +-- MigrationError         exit 7   a migration failed or history does not match the files
+ |    +-- MigrationFailed             PostgreSQL rejected a migration; file, line and SQLSTATE
+ |    +-- LockTimeout                 another run held the lease for longer than `lock_timeout`
+ |    +-- LeaseLost                   the lease was taken away mid-run; nothing more was applied
  +-- LocalPlatformError     exit 8   `mosaicsync local` cannot start
 Usage errors from click exit 2 as well; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from mosaicsync.migrate.history import LockInfo
 
 
 class MosaicError(Exception):
@@ -90,3 +96,49 @@ class ScanError(ConfigError):
     """When: the static root holds a symlink that leaves it or dangles, or an unreadable file."""
 
     reference = "scan"
+
+
+class MigrationFailed(MigrationError):
+    """When: PostgreSQL rejected a migration; the migration left nothing behind if atomic."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        filename: str,
+        line: int | None = None,
+        column: int | None = None,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        snippet: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.filename = filename
+        self.line = line
+        self.column = column
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.snippet = snippet
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **super().to_json(),
+            "file": self.filename,
+            "line": self.line,
+            "column": self.column,
+            "sqlstate": self.sqlstate,
+            "detail": self.detail,
+        }
+
+
+class LockTimeout(MigrationError):
+    """When: another run held the migration lease for longer than `lock_timeout`."""
+
+    def __init__(self, message: str, hint: str | None = None, *, lock: LockInfo | None) -> None:
+        super().__init__(message, hint)
+        self.lock = lock
+
+
+class LeaseLost(MigrationError):
+    """When: the lease expired or was taken over mid-run; the database refused further batches."""

@@ -14,6 +14,14 @@ from typing import Any
 from mosaicsync.api import RequestEvent
 from mosaicsync.deploy import Planned, Scanned
 from mosaicsync.errors import MosaicError
+from mosaicsync.events import (
+    LockWaiting,
+    MigrationApplied,
+    MigrationEvent,
+    MigrationWarning,
+    NotAtomic,
+    PreflightWarning,
+)
 from mosaicsync.upload import Transferred
 
 SCHEMA = "mosaicsync/1"
@@ -98,7 +106,7 @@ class Output:
                     f"Plan: upload {len(plan.uploads)}, prune {len(plan.prune)}, "
                     f"unchanged {len(plan.unchanged)}"
                 )
-        elif type(event).__module__ == "mosaicsync.migrate":
+        elif isinstance(event, MigrationEvent):
             self._migration_event(event)
         elif isinstance(event, Transferred):
             if self.verbose and not self.json_mode:
@@ -241,16 +249,7 @@ class Output:
         else:
             self.deploy_event(event)
 
-    def _migration_event(self, event: object) -> None:
-        # Imported only when a migration runs: a no-op deploy never loads the SQL parser.
-        from mosaicsync.migrate import (
-            LockWaiting,
-            MigrationApplied,
-            MigrationWarning,
-            NotAtomic,
-            PreflightWarning,
-        )
-
+    def _migration_event(self, event: MigrationEvent) -> None:
         if isinstance(event, MigrationApplied):
             atomic = "" if event.atomic else " (not atomic)"
             self.info(f"Applied migration {event.version}_{event.name} in {event.ms} ms{atomic}")

@@ -699,7 +699,7 @@ def test_grammar_mismatch_only_warns_and_the_server_error_is_mapped(
     client: MosaicClient, project_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pretend pglast knows an older grammar than the server: its verdict is then advisory.
-    monkeypatch.setattr("mosaicsync.migrate._pglast_pg_version", lambda: (1, 0))
+    monkeypatch.setattr("mosaicsync.migrate.runner._pglast_pg_version", lambda: (1, 0))
     write(tmp_path, "0001_a.sql", "CREATE TABLE a (x int);\n")
     write(tmp_path, "0002_b.sql", "CREATE TABLE b (x int);\n\nCREATE TABEL c (x int);\n")
     events: list = []
@@ -714,7 +714,7 @@ def test_grammar_mismatch_only_warns_and_the_server_error_is_mapped(
 def test_no_transaction_file_must_parse(
     client: MosaicClient, project_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mosaicsync.migrate._pglast_pg_version", lambda: (1, 0))
+    monkeypatch.setattr("mosaicsync.migrate.runner._pglast_pg_version", lambda: (1, 0))
     write(
         tmp_path,
         "0001_i.sql",
