@@ -1,24 +1,20 @@
 """SQL text of migrations: normalization, checksum, statement analysis and error positions.
 
-Pure functions only. PostgreSQL's own grammar (pglast) judges statements; a small lexer that
-follows psql's splitting rules stands in when pglast is missing or disagrees with the text, so
-that a top-level `COMMIT` is still found.
+Pure functions only. PostgreSQL's own grammar (pglast) judges statements. When the grammar
+rejects a text, PostgreSQL's own scanner (also from pglast) still splits it by psql's rules, so
+that a top-level `COMMIT` is found even in a file with a syntax error.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-try:
-    from pglast.parser import ParseError as PgParseError
-    from pglast.parser import parse_sql as pg_parse_sql
-except ImportError:  # pragma: no cover - pglast is a dependency; the lexer keeps us working
-    PgParseError = None
-    pg_parse_sql = None
+from pglast.parser import ParseError, parse_sql, scan
 
 BOM = "\ufeff"
 NO_TRANSACTION = "-- mosaicsync:no-transaction"
@@ -89,13 +85,71 @@ def end_of_text(text: str) -> int:
     return max(0, stripped - 1)
 
 
-# -- the fallback lexer (psql's rules) --------------------------------------------------------
+# -- splitting with PostgreSQL's scanner (psql's rules) ------------------------------------------
 
-_IDENT_START = re.compile(r"[A-Za-z_\u0080-\U0010ffff]")
-_IDENT_REST = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]*")
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
-_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?")
-_CREATE_WORDS = {"create": "c", "function": "f", "procedure": "p", "or": "o", "replace": "r"}
+
+@dataclass(frozen=True)
+class _Token:
+    """One token of PostgreSQL's scanner: [start, end) in characters, and its grammar name."""
+
+    start: int
+    end: int
+    name: str
+    # The lowercased word for keywords and unquoted identifiers; None for everything else.
+    word: str | None = None
+
+
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+# Scanner errors after which nothing else can be read: the rest of the text is inside the token.
+_UNTERMINATED = "unterminated"
+# Where a token the scanner refused (`123abc`, `""`, `0x`) ends, to read on after it.
+_BAD_TOKEN = re.compile(r"[^\s;()]+")
+
+
+def _scan(text: str, base: int) -> list[_Token]:
+    tokens = []
+    for tok in scan(text):
+        value = text[tok.start : tok.end + 1]
+        word = None
+        if tok.kind != "NO_KEYWORD" or (tok.name == "IDENT" and not value.startswith('"')):
+            word = value.lower()
+        tokens.append(_Token(base + tok.start, base + tok.end + 1, tok.name, word))
+    return tokens
+
+
+def _tokens(text: str) -> tuple[list[_Token], SqlTextError | None]:
+    """The text's tokens, comments left out, and the first unterminated literal or comment.
+
+    PostgreSQL's scanner stops at its first error. An unterminated string, identifier or
+    comment runs to the end of the text, as psql reads it; any other refused token is skipped
+    and the scan goes on after it.
+    """
+    # The scanner reads a C string: a NUL would end the text early. Same length, same offsets.
+    text = text.replace("\0", " ")
+    tokens: list[_Token] = []
+    problem = None
+    pos = 0
+    while pos < len(text):
+        try:
+            tokens += _scan(text[pos:], pos)
+            break
+        except ParseError as exc:
+            message = str(exc.args[0]).split(" at or near ", 1)[0]
+            index = exc.args[1] if len(exc.args) > 1 and exc.args[1] is not None else 0
+            bad = pos + max(0, int(index))
+        terminal = message.startswith(_UNTERMINATED)
+        try:
+            tokens += _scan(text[pos:bad], pos)
+        except ParseError:
+            bad, terminal = pos, True  # not at a token boundary after all: stop reading here
+        if terminal:
+            tokens.append(_Token(bad, len(text), "UNTERMINATED"))
+            problem = SqlTextError(message, bad)
+            break
+        match = _BAD_TOKEN.match(text, bad)
+        pos = match.end() if match else bad + 1
+        tokens.append(_Token(bad, pos, "INVALID"))
+    return [t for t in tokens if t.name not in _COMMENTS], problem
 
 
 @dataclass
@@ -116,161 +170,42 @@ class LexResult:
     problem: SqlTextError | None = None
 
 
-class _Lexer:
-    """Walks text as psql's scanner does: quotes, E'' escapes, dollar tags, nested comments,
-    parentheses, and BEGIN ... END inside CREATE FUNCTION/PROCEDURE bodies."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.statements: list[LexedStatement] = []
-        self.problem: SqlTextError | None = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self.current: LexedStatement | None = None
-        self.paren_depth = 0
-        self.begin_depth = 0
-        self.identifiers: list[str] = []
-
-    def _token(self, start: int, end: int) -> None:
-        if self.current is None:
-            self.current = LexedStatement(start, end)
-        self.current.end = end
-
-    def _fail(self, message: str, offset: int) -> int:
-        if self.problem is None:
-            self.problem = SqlTextError(message, offset)
-        self._token(offset, len(self.text))
-        return len(self.text)
-
-    def _word(self, word: str) -> None:
-        assert self.current is not None
-        self.current.words.append((word, self.paren_depth))
-        count = len(self.identifiers)
-        self.identifiers.append(_CREATE_WORDS.get(word, "") if count < 4 else "")
-        ids = [*self.identifiers, "", "", "", ""]
-        in_routine = ids[0] == "c" and (
-            ids[1] in ("f", "p") or (ids[1] == "o" and ids[2] == "r" and ids[3] in ("f", "p"))
-        )
-        if not in_routine or self.paren_depth:
-            return
-        if word == "begin" or (word == "case" and self.begin_depth >= 1):
-            # CASE also ends with END, but only matters inside a BEGIN ATOMIC body.
-            self.begin_depth += 1
-        elif word == "end" and self.begin_depth > 0:
-            self.begin_depth -= 1
-
-    def _string(self, start: int, i: int, backslash: bool) -> int:
-        """Skip a quoted literal whose opening quote is at i; returns the index after it."""
-        text, n = self.text, len(self.text)
-        j = i + 1
-        while j < n:
-            ch = text[j]
-            if backslash and ch == "\\":
-                j += 2
-                continue
-            if ch == "'":
-                if j + 1 < n and text[j + 1] == "'":
-                    j += 2
-                    continue
-                return j + 1
-            j += 1
-        return self._fail("unterminated quoted string", start)
-
-    def run(self) -> LexResult:
-        text, n, i = self.text, len(self.text), 0
-        while i < n:
-            ch = text[i]
-            nxt = text[i + 1] if i + 1 < n else ""
-            if ch in " \t\n\r\f\v":
-                i += 1
-            elif ch == "-" and nxt == "-":
-                end = text.find("\n", i)
-                i = n if end < 0 else end
-            elif ch == "/" and nxt == "*":
-                depth, j = 1, i + 2
-                while j < n and depth:
-                    if text.startswith("/*", j):
-                        depth, j = depth + 1, j + 2
-                    elif text.startswith("*/", j):
-                        depth, j = depth - 1, j + 2
-                    else:
-                        j += 1
-                i = j if depth == 0 else self._fail("unterminated /* comment", i)
-            elif ch == "'":
-                end = self._string(i, i, backslash=False)
-                self._token(i, end)
-                i = end
-            elif ch == '"':
-                j = i + 1
-                while True:
-                    j = text.find('"', j)
-                    if j < 0 or not text.startswith('""', j):
-                        break
-                    j += 2
-                end = j + 1 if j >= 0 else self._fail("unterminated quoted identifier", i)
-                self._token(i, end)
-                i = end
-            elif ch == "$":
-                match = _DOLLAR_TAG.match(text, i)
-                if match:
-                    tag = match.group(0)
-                    close = text.find(tag, match.end())
-                    if close < 0:
-                        end = self._fail("unterminated dollar-quoted string", i)
-                    else:
-                        end = close + len(tag)
-                else:
-                    end = i + 1
-                    while end < n and "0" <= text[end] <= "9":
-                        end += 1
-                self._token(i, end)
-                i = end
-            elif _IDENT_START.match(ch):
-                end = _IDENT_REST.match(text, i + 1).end()  # type: ignore[union-attr]
-                word = text[i:end]
-                lower = word.lower()
-                if end < n and text[end] == "'" and lower in ("e", "b", "x", "n"):
-                    end = self._string(i, end, backslash=lower == "e")
-                    self._token(i, end)
-                elif lower == "u" and text.startswith(("&'", '&"'), end):
-                    # U&'...' and U&"..." quote as usual; their escapes use another character.
-                    self._token(i, end + 1)
-                    end += 1
-                else:
-                    self._token(i, end)
-                    self._word(lower)
-                i = end
-            elif "0" <= ch <= "9" or (ch == "." and "0" <= nxt <= "9"):
-                end = _NUMBER.match(text, i).end()  # type: ignore[union-attr]
-                self._token(i, end)
-                i = end
-            elif ch == ";":
-                if self.paren_depth == 0 and self.begin_depth == 0:
-                    if self.current is not None:
-                        self.statements.append(self.current)
-                    self._reset()
-                elif self.current is not None:
-                    self.current.end = i + 1
-                i += 1
-            else:
-                if ch == "(":
-                    self._token(i, i + 1)
-                    self.paren_depth += 1
-                elif ch == ")":
-                    self._token(i, i + 1)
-                    self.paren_depth = max(0, self.paren_depth - 1)
-                else:
-                    self._token(i, i + 1)
-                i += 1
-        if self.current is not None:
-            self.statements.append(self.current)
-        return LexResult(self.statements, self.problem)
+def _split(tokens: Sequence[_Token]) -> list[LexedStatement]:
+    """Group tokens into statements at each `;` outside parentheses and `BEGIN ATOMIC` bodies."""
+    statements: list[LexedStatement] = []
+    current: LexedStatement | None = None
+    parens = 0
+    atomic = 0  # depth of BEGIN ATOMIC ... END, counting the CASE ... END inside it
+    previous = ""
+    for tok in tokens:
+        if tok.name == "ASCII_59" and parens == 0 and atomic == 0:
+            if current is not None:
+                statements.append(current)
+            current, previous = None, ""
+            continue
+        if current is None:
+            current = LexedStatement(tok.start, tok.end)
+        current.end = tok.end
+        if tok.word is not None:
+            current.words.append((tok.word, parens))
+        if tok.name == "ASCII_40":
+            parens += 1
+        elif tok.name == "ASCII_41":
+            parens = max(0, parens - 1)
+        elif (tok.name == "ATOMIC" and previous == "BEGIN_P") or (atomic and tok.name == "CASE"):
+            atomic += 1
+        elif atomic and tok.name == "END_P":
+            atomic -= 1
+        previous = tok.name
+    if current is not None:
+        statements.append(current)
+    return statements
 
 
 def lex(text: str) -> LexResult:
-    """Split text into statements by psql's rules, without a grammar."""
-    return _Lexer(text).run()
+    """Split text into statements by psql's rules over PostgreSQL's scanner, without a grammar."""
+    tokens, problem = _tokens(text)
+    return LexResult(_split(tokens), problem)
 
 
 # -- statement analysis -----------------------------------------------------------------------
@@ -295,7 +230,8 @@ class Statement:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Statements of a text; `syntax_error` is set when pglast rejected it (the lexer split it)."""
+    """Statements of a text; `syntax_error` is set when the grammar rejected it (then `parser` is
+    "lexer": the statements were split by psql's rules over PostgreSQL's scanner)."""
 
     statements: tuple[Statement, ...]
     parser: str
@@ -307,10 +243,11 @@ def _first_word(text: str) -> str:
     return match.group(0).upper() if match else text[:10].upper()
 
 
-def _trim_end(text: str, start: int, end: int) -> int:
-    """End of the last token in text[start:end]: drops trailing blanks and comments."""
-    found = lex(text[start:end]).statements
-    return start + found[-1].end if found else start
+def _trim_end(ends: Sequence[int], start: int, end: int) -> int:
+    """End of the last token in [start, end), from the sorted token `ends`: drops trailing
+    blanks and comments."""
+    i = bisect.bisect_right(ends, end) - 1
+    return ends[i] if i >= 0 and ends[i] > start else start
 
 
 def _default_elems(node: Any) -> set[str]:
@@ -415,22 +352,22 @@ def _lexer_statements(text: str, lexed: list[LexedStatement]) -> Iterator[Statem
 
 
 def analyze(text: str) -> Analysis:
-    """Split text into top-level statements and classify each; pglast first, the lexer as backup."""
-    lexed = lex(text)
-    if pg_parse_sql is None:
-        return Analysis(tuple(_lexer_statements(text, lexed.statements)), "lexer", lexed.problem)
+    """Split text into top-level statements and classify each: by PostgreSQL's grammar, or, when
+    it rejects the text, by psql's rules over PostgreSQL's scanner (`parser == "lexer"`)."""
     try:
-        raw = pg_parse_sql(text)
-    except PgParseError as exc:  # type: ignore[misc]
+        raw = parse_sql(text)
+    except ParseError as exc:
         message, index = exc.args[0], exc.args[1] if len(exc.args) > 1 else None
         offset = end_of_text(text) if index is None else int(index)
         problem = SqlTextError(str(message), offset)
-        return Analysis(tuple(_lexer_statements(text, lexed.statements)), "lexer", problem)
+        lexed = lex(text).statements
+        return Analysis(tuple(_lexer_statements(text, lexed)), "lexer", problem)
+    ends = [tok.end for tok in _tokens(text)[0]]
     statements = []
     for item in raw:
         start = item.stmt_location
         end = start + item.stmt_len if item.stmt_len else len(text)
-        end = _trim_end(text, start, end)
+        end = _trim_end(ends, start, end)
         node = item.stmt
         tx = _first_word(text[start:end]) if type(node).__name__ == "TransactionStmt" else None
         reason, idempotent, index = _describe_node(node)

@@ -305,17 +305,46 @@ def test_lexer_and_pglast_agree_on_generated_scripts(parts: list[str], sep: str)
     assert [text[s.start : s.end] for s in lexed] == parts
 
 
-def test_without_pglast_the_lexer_does_the_whole_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    # pglast is a compiled wheel; a platform without one still gets splitting and COMMIT checks.
-    monkeypatch.setattr(sqltext, "pg_parse_sql", None)
-    text = "-- c\nCREATE TABLE a (x text DEFAULT ';');\nCOMMIT;\nVACUUM a"
+def test_a_column_named_begin_does_not_hide_the_commit_after_a_routine_body() -> None:
+    # BEGIN is an unreserved keyword, so a column may be called that. A hand-written lexer that
+    # counted every BEGIN inside CREATE FUNCTION never closed the body and swallowed the rest of
+    # the file, COMMIT included; the scanner's tokens tell BEGIN ATOMIC from a column name.
+    text = (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql\n"
+        "BEGIN ATOMIC\n  SELECT begin FROM t;\nEND;\n"
+        "COMMIT;\n"
+        "SELEC 1;\n"
+    )
     result = analyze(text)
-    assert result.parser == "lexer" and result.syntax_error is None
-    assert [s.text for s in result.statements] == [
-        "CREATE TABLE a (x text DEFAULT ';')",
-        "COMMIT",
-        "VACUUM a",
-    ]
+    assert result.parser == "lexer" and result.syntax_error is not None
     assert [s.transaction_control for s in result.statements] == [None, "COMMIT", None]
-    assert result.statements[2].no_transaction == "VACUUM"
-    assert analyze("SELECT 'open").syntax_error is not None
+    assert result.statements[0].text.endswith("END")
+
+
+def test_tokens_the_scanner_refuses_are_stepped_over() -> None:
+    # `123abc` and `""` stop PostgreSQL's scanner; the split reads on after them.
+    text = 'SELECT 123abc;\nSELECT "";\nCOMMIT;\n'
+    assert [text[s.start : s.end] for s in lex(text).statements] == [
+        "SELECT 123abc",
+        'SELECT ""',
+        "COMMIT",
+    ]
+    assert lex(text).problem is None
+    assert _tx(text) == [None, None, "COMMIT"]
+
+
+def test_unterminated_problem_points_at_the_opening_quote() -> None:
+    text = "SELECT 'café';\nSELECT 'open"
+    result = lex(text)
+    assert result.problem is not None and result.problem.offset == text.rindex("'")
+    assert result.problem.message == "unterminated quoted string"
+    assert [text[s.start : s.end] for s in result.statements] == ["SELECT 'café'", "SELECT 'open"]
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=300))
+def test_any_text_splits_into_ordered_spans_without_raising(text: str) -> None:
+    statements = lex(text).statements
+    ends = [0] + [p for s in statements for p in (s.start, s.end)]
+    assert ends == sorted(ends) and ends[-1] <= len(text)
+    assert all(s.start < s.end for s in statements)
+    analyze(text)
