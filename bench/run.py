@@ -35,8 +35,9 @@ import httpx
 
 from bench import report
 from bench.sites import generate_site, touch_one
-from mosaicsync.api import MosaicClient, RequestEvent
+from mosaicsync.api import MosaicClient
 from mosaicsync.config import render_config
+from mosaicsync.events import RequestEvent
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.local.process import LocalProcess, platform_tempdir
 from mosaicsync.scan import scan

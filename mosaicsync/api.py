@@ -30,6 +30,7 @@ from mosaicsync.errors import (
 )
 
 # RetryPolicy lives in retry.py with every other backoff; callers may import it from here too.
+from mosaicsync.events import RequestEvent
 from mosaicsync.retry import Backoff, RetryPolicy, poll
 
 
@@ -66,18 +67,6 @@ ROUTES: dict[str, Route] = {
 }
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class RequestEvent:
-    """One HTTP exchange, for `--verbose`; never carries the key or a signed query string."""
-
-    method: str
-    path: str
-    status: int | None
-    ms: float
-    attempt: int
-    error: str | None = None
 
 
 class SqlError(PlatformError):

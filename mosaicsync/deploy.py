@@ -18,6 +18,7 @@ from mosaicsync import __version__
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
 from mosaicsync.errors import ConfigError
+from mosaicsync.events import Planned, Scanned
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.manifest import Manifest, local_digest
 from mosaicsync.plan import Plan, plan_deploy, route
@@ -42,25 +43,6 @@ class DeployOptions:
     allow_changed: bool = False
     allow_out_of_order: bool = False
     lock_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class Scanned:
-    """Event: the static root was scanned."""
-
-    files: int
-    hashed: int
-    bytes_hashed: int
-    skipped: list[str]
-    ms: float
-
-
-@dataclass(frozen=True)
-class Planned:
-    """Event: the plan is known."""
-
-    plan: Plan
-    noop: bool
 
 
 @dataclass

@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config, load_config, set_project_id
 from mosaicsync.errors import LocalPlatformError, MosaicError, NotFoundError
+from mosaicsync.events import DevStarted
 from mosaicsync.watch import Watcher, WatchOptions
-
-
-@dataclass(frozen=True)
-class DevStarted:
-    """Event: the platform runs and this folder's project is on it; the watch starts next."""
-
-    base_url: str
-    api_url: str
-    data_dir: Path
-    project_id: str
-    url: str
-    url_by_path: str
-    config_file: str
 
 
 def local_project(client: MosaicClient, config: Config) -> str:

@@ -1,12 +1,173 @@
 """Every event the library reports while it works; output.py renders them, the library never prints.
 
 One module for all of them, so a renderer dispatches on classes, not on where they were defined.
-Today it holds the migration events; deploy and watch events will join them here.
+`Event` is the union of all of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mosaicsync.deploy import DeployResult
+    from mosaicsync.plan import Plan
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """One HTTP exchange, for `--verbose`; never carries the key or a signed query string."""
+
+    method: str
+    path: str
+    status: int | None
+    ms: float
+    attempt: int
+    error: str | None = None
+
+
+# -- deploy ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """Event: the static root was scanned."""
+
+    files: int
+    hashed: int
+    bytes_hashed: int
+    skipped: list[str]
+    ms: float
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Event: the plan is known."""
+
+    plan: Plan
+    noop: bool
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """Event: one file arrived (or was pruned)."""
+
+    path: str
+    target: str
+    size: int
+    done: int
+    total: int
+    action: str = "upload"
+
+
+DeployEvent = Scanned | Planned | Transferred
+
+
+# -- watch and dev --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """Event: the full deploy at start (or after mosaic.toml changed) is done."""
+
+    result: DeployResult
+
+
+@dataclass(frozen=True)
+class Watching:
+    """Event: changes are being watched from now on."""
+
+    project_id: str
+    url: str
+    paths: list[str]
+    polling: bool
+
+
+@dataclass(frozen=True)
+class Synced:
+    """Event: one sync reached the platform."""
+
+    at: float  # epoch seconds when the sync started
+    uploaded: int
+    pruned: int
+    bytes: int
+    ms: float
+    paths: list[str]
+
+    @property
+    def files(self) -> int:
+        return self.uploaded + self.pruned
+
+
+@dataclass(frozen=True)
+class SyncFailed:
+    """Event: the platform could not be reached; the changes are kept and retried."""
+
+    message: str
+    pending: int
+    retry_in: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class MigrationsApplied:
+    """Event: new migration files were applied."""
+
+    applied: list[tuple[int, str, int]]  # version, name, ms
+
+
+@dataclass(frozen=True)
+class WatchWarning:
+    """Event: something the user must act on; watching goes on."""
+
+    kind: str  # migration-edited, migration-failed, config, skipped, watcher
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigReloaded:
+    """Event: mosaic.toml (or .mosaicignore) changed and was reloaded."""
+
+    message: str
+    restart_required: bool = False
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Event: the watch ended; `pending` changes had not reached the platform."""
+
+    pending: int
+
+
+@dataclass(frozen=True)
+class DevStarted:
+    """Event: the platform runs and this folder's project is on it; the watch starts next."""
+
+    base_url: str
+    api_url: str
+    data_dir: Path
+    project_id: str
+    url: str
+    url_by_path: str
+    config_file: str
+
+
+WatchEvent = (
+    Deployed
+    | Watching
+    | Synced
+    | SyncFailed
+    | MigrationsApplied
+    | WatchWarning
+    | ConfigReloaded
+    | Stopped
+    | DevStarted
+)
+
 
 # -- migrations ------------------------------------------------------------------------------------
 
@@ -133,3 +294,5 @@ MigrationEvent = (
     | PreflightWarning
     | MigrationWarning
 )
+
+Event = RequestEvent | DeployEvent | WatchEvent | MigrationEvent

@@ -11,18 +11,9 @@ import sys
 import time
 from typing import Any
 
-from mosaicsync.api import RequestEvent
-from mosaicsync.deploy import Planned, Scanned
+from mosaicsync import events as ev
 from mosaicsync.errors import MosaicError
-from mosaicsync.events import (
-    LockWaiting,
-    MigrationApplied,
-    MigrationEvent,
-    MigrationWarning,
-    NotAtomic,
-    PreflightWarning,
-)
-from mosaicsync.upload import Transferred
+from mosaicsync.events import RequestEvent
 
 SCHEMA = "mosaicsync/1"
 
@@ -86,8 +77,8 @@ class Output:
                 file=sys.stderr,
             )
 
-    def deploy_event(self, event: object) -> None:
-        if isinstance(event, Scanned):
+    def deploy_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Scanned):
             cached = event.files - event.hashed
             self.info(
                 f"Scanned {event.files} files in {event.ms:.0f} ms "
@@ -97,7 +88,7 @@ class Output:
                 shown = ", ".join(event.skipped[:8])
                 more = f" and {len(event.skipped) - 8} more" if len(event.skipped) > 8 else ""
                 self.info(f"Skipped (never uploaded): {shown}{more}")
-        elif isinstance(event, Planned):
+        elif isinstance(event, ev.Planned):
             if event.noop:
                 self.info("Nothing changed since the last deploy.")
             else:
@@ -106,9 +97,9 @@ class Output:
                     f"Plan: upload {len(plan.uploads)}, prune {len(plan.prune)}, "
                     f"unchanged {len(plan.unchanged)}"
                 )
-        elif isinstance(event, MigrationEvent):
+        elif isinstance(event, ev.MigrationEvent):
             self._migration_event(event)
-        elif isinstance(event, Transferred):
+        elif isinstance(event, ev.Transferred):
             if self.verbose and not self.json_mode:
                 self.info(
                     f"  {event.action} {event.path} ({event.target}, {human_size(event.size)})"
@@ -129,18 +120,14 @@ class Output:
         elif human is not None:
             print(self.redact(human), file=sys.stderr if log else sys.stdout, flush=True)
 
-    def watch_event(self, event: object) -> None:
+    def watch_event(self, event: ev.Event) -> None:
         """The watch's events: one line per sync; retries, warnings and reloads as logs."""
         from datetime import UTC, datetime
-
-        from mosaicsync import watch as w
-        from mosaicsync.dev import DevStarted
-        from mosaicsync.migrate import LockWaiting
 
         def clock(at: float | None = None) -> str:
             return time.strftime("%H:%M:%S", time.localtime(at))
 
-        if isinstance(event, w.Synced):
+        if isinstance(event, ev.Synced):
             shown = ", ".join(event.paths[:3]) + (
                 f" and {len(event.paths) - 3} more" if len(event.paths) > 3 else ""
             )
@@ -160,7 +147,7 @@ class Output:
                 f"({human_size(event.bytes)}) in {event.ms:.0f} ms: {shown}",
                 log=False,
             )
-        elif isinstance(event, w.Deployed):
+        elif isinstance(event, ev.Deployed):
             r = event.result
             self.event_line(
                 "deployed",
@@ -170,7 +157,7 @@ class Output:
                 f"in {r.duration_ms} ms",
                 log=False,
             )
-        elif isinstance(event, w.Watching):
+        elif isinstance(event, ev.Watching):
             self.event_line(
                 "watching",
                 {
@@ -183,7 +170,7 @@ class Output:
                 f"{' by polling' if event.polling else ''}; Ctrl-C to stop.",
                 log=True,
             )
-        elif isinstance(event, w.SyncFailed):
+        elif isinstance(event, ev.SyncFailed):
             self.event_line(
                 "retry",
                 {
@@ -196,7 +183,7 @@ class Output:
                 f"{'s' if event.pending != 1 else ''} pending; retry in {event.retry_in:.1f} s",
                 log=True,
             )
-        elif isinstance(event, w.MigrationsApplied):
+        elif isinstance(event, ev.MigrationsApplied):
             names = ", ".join(f"{v} ({n}) in {ms} ms" for v, n, ms in event.applied)
             self.event_line(
                 "migrations",
@@ -204,7 +191,7 @@ class Output:
                 f"{clock()}  applied migration{'s' if len(event.applied) > 1 else ''} {names}",
                 log=False,
             )
-        elif isinstance(event, w.WatchWarning):
+        elif isinstance(event, ev.WatchWarning):
             hint = f"\nHint: {event.hint}" if event.hint else ""
             self.event_line(
                 "warning",
@@ -212,14 +199,14 @@ class Output:
                 f"{clock()}  Warning: {event.message}{hint}",
                 log=True,
             )
-        elif isinstance(event, w.ConfigReloaded):
+        elif isinstance(event, ev.ConfigReloaded):
             self.event_line(
                 "config",
                 {"message": event.message, "restart_required": event.restart_required},
                 f"{clock()}  {event.message}",
                 log=True,
             )
-        elif isinstance(event, LockWaiting):
+        elif isinstance(event, ev.LockWaiting):
             self.event_line(
                 "waiting",
                 {"host": event.host, "pid": event.pid, "until": event.until},
@@ -227,7 +214,7 @@ class Output:
                 "a deploy or watch of this project is running",
                 log=True,
             )
-        elif isinstance(event, DevStarted):
+        elif isinstance(event, ev.DevStarted):
             self.event_line(
                 "dev",
                 {
@@ -243,27 +230,27 @@ class Output:
                 f"Open {event.url}  (or {event.url_by_path})",
                 log=False,
             )
-        elif isinstance(event, w.Stopped):
+        elif isinstance(event, ev.Stopped):
             lost = f" {event.pending} change(s) not synced." if event.pending else ""
             self.event_line("stopped", {"pending": event.pending}, "Stopped." + lost, log=True)
         else:
             self.deploy_event(event)
 
-    def _migration_event(self, event: MigrationEvent) -> None:
-        if isinstance(event, MigrationApplied):
+    def _migration_event(self, event: ev.MigrationEvent) -> None:
+        if isinstance(event, ev.MigrationApplied):
             atomic = "" if event.atomic else " (not atomic)"
             self.info(f"Applied migration {event.version}_{event.name} in {event.ms} ms{atomic}")
-        elif isinstance(event, LockWaiting):
+        elif isinstance(event, ev.LockWaiting):
             self.info(f"Migrations are locked by {event.host} (pid {event.pid}); waiting...")
-        elif isinstance(event, NotAtomic):
+        elif isinstance(event, ev.NotAtomic):
             self.info(
                 f"Migration {event.version}_{event.name} runs outside a transaction "
                 f"({event.statements} statements): it is not atomic"
             )
-        elif isinstance(event, PreflightWarning):
+        elif isinstance(event, ev.PreflightWarning):
             where = f"{event.filename}:{event.line}:{event.column}"
             self.info(f"Warning: {where}: {event.message}")
-        elif isinstance(event, MigrationWarning):
+        elif isinstance(event, ev.MigrationWarning):
             self.info(f"Warning: migration {event.version}: {event.message}")
 
     def _clear_progress(self) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.contract import TEXT_EXTENSIONS
 from mosaicsync.errors import NotFoundError
+from mosaicsync.events import Transferred
 from mosaicsync.manifest import Manifest, ManifestRow
 from mosaicsync.plan import Plan, RemoteEntry, Upload, route
 from mosaicsync.publishable import ASSETS_FILE
@@ -27,18 +28,6 @@ from mosaicsync.rewrite import needs_rewrite, rewrite
 from mosaicsync.scan import LocalFile
 
 FLUSH_EVERY = 200
-
-
-@dataclass(frozen=True)
-class Transferred:
-    """Event: one file arrived (or was pruned)."""
-
-    path: str
-    target: str
-    size: int
-    done: int
-    total: int
-    action: str = "upload"
 
 
 @dataclass

@@ -31,18 +31,29 @@ from watchfiles._rust_notify import RustNotify
 
 from mosaicsync.api import MosaicClient, RetryPolicy
 from mosaicsync.config import Config, load_config
-from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions, DeployResult
+from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions
 from mosaicsync.errors import (
     AuthError,
     ConfigError,
+    LockTimeout,
     MosaicError,
     NotFoundError,
     ScanError,
     UnavailableError,
 )
+from mosaicsync.events import (
+    ConfigReloaded,
+    Deployed,
+    LockWaiting,
+    MigrationsApplied,
+    Stopped,
+    Synced,
+    SyncFailed,
+    Watching,
+    WatchWarning,
+)
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import MirroredManifest
-from mosaicsync.migrate import LockTimeout, LockWaiting
 from mosaicsync.plan import plan_sync
 from mosaicsync.scan import HashCache, LocalFile, scan_paths
 
@@ -69,80 +80,6 @@ Item = tuple[str, str]
 
 
 # -- events -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """Event: the full deploy at start (or after mosaic.toml changed) is done."""
-
-    result: DeployResult
-
-
-@dataclass(frozen=True)
-class Watching:
-    """Event: changes are being watched from now on."""
-
-    project_id: str
-    url: str
-    paths: list[str]
-    polling: bool
-
-
-@dataclass(frozen=True)
-class Synced:
-    """Event: one sync reached the platform."""
-
-    at: float  # epoch seconds when the sync started
-    uploaded: int
-    pruned: int
-    bytes: int
-    ms: float
-    paths: list[str]
-
-    @property
-    def files(self) -> int:
-        return self.uploaded + self.pruned
-
-
-@dataclass(frozen=True)
-class SyncFailed:
-    """Event: the platform could not be reached; the changes are kept and retried."""
-
-    message: str
-    pending: int
-    retry_in: float
-    attempt: int
-
-
-@dataclass(frozen=True)
-class MigrationsApplied:
-    """Event: new migration files were applied."""
-
-    applied: list[tuple[int, str, int]]  # version, name, ms
-
-
-@dataclass(frozen=True)
-class WatchWarning:
-    """Event: something the user must act on; watching goes on."""
-
-    kind: str  # migration-edited, migration-failed, config, skipped, watcher
-    message: str
-    hint: str | None = None
-
-
-@dataclass(frozen=True)
-class ConfigReloaded:
-    """Event: mosaic.toml (or .mosaicignore) changed and was reloaded."""
-
-    message: str
-    restart_required: bool = False
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """Event: the watch ended; `pending` changes had not reached the platform."""
-
-    pending: int
 
 
 # -- pure parts ---------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mosaicsync.api import MosaicClient, RequestEvent
+from mosaicsync.api import MosaicClient
 from mosaicsync.errors import ConfigError, MigrationError
+from mosaicsync.events import RequestEvent
 from mosaicsync.migrate import (
     AppliedMigration,
     LeaseLost,

@@ -571,7 +571,7 @@ def test_a_cache_that_cannot_be_written_is_no_error(tmp_path: Path) -> None:
 
 def test_names_that_need_escaping_round_trip_through_the_cache(tmp_path: Path) -> None:
     root = tmp_path / "public"
-    names = ["space here.txt", "ünï.txt", "a b c d.txt", "quote\"d.txt"]
+    names = ["space here.txt", "ünï.txt", "a b c d.txt", 'quote"d.txt']
     for name in names:
         write(root, name, name)
     settle()
