@@ -8,6 +8,7 @@ local platform.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -146,6 +147,14 @@ class MosaicClient:
             ),
             follow_redirects=False,
         )
+
+    def with_retry(self, retry: RetryPolicy, sleep: Callable[[float], None]) -> MosaicClient:
+        """This client (same connections, key and request log) with its own retry policy and
+        sleep, for a caller that owns its backoff; the client it came from is unchanged."""
+        derived = copy.copy(self)
+        derived.retry = retry
+        derived.sleep = sleep
+        return derived
 
     def close(self) -> None:
         self.http.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import queue
-import random
 import signal
 import threading
 import time
@@ -55,6 +54,7 @@ from mosaicsync.events import (
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import MirroredManifest
 from mosaicsync.plan import plan_sync
+from mosaicsync.retry import Backoff
 from mosaicsync.scan import HashCache, LocalFile, scan_paths
 
 DEFAULT_DEBOUNCE_MS = 30
@@ -145,26 +145,6 @@ class Coalescer:
     def flushed(self, at: float) -> None:
         """A sync ended at `at`: changes that start soon after it are a burst."""
         self._flushed_at = at
-
-
-class Backoff:
-    """Exponential backoff with ±20 % jitter, capped: 250 ms, 500 ms, 1 s ... 5 s."""
-
-    def __init__(
-        self, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S, rng: random.Random | None = None
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self.rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        delay = min(self.cap, self.base * 2 ** (self.attempt - 1))
-        return delay * self.rng.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def polling_wanted(flag: bool) -> bool:
@@ -339,21 +319,21 @@ class Watcher:
         on_event: Callable[[object], None] | None = None,
     ) -> None:
         self.config = config
-        self.client = client
+        # Short request retries: the watch owns the backoff (and says so on screen), and its
+        # waits end when it stops. The caller's client is left as it was.
+        self.client = client.with_retry(WATCH_RETRY, self._sleep)
         self.project_id = project_id
         self.options = options or WatchOptions()
         self._on_event = on_event
         self._stop = threading.Event()
-        client.retry = WATCH_RETRY
-        client.sleep = self._sleep
-        self.manifest = MirroredManifest(client, project_id)
+        self.manifest = MirroredManifest(self.client, project_id)
         self.rules = self._rules(config)
         self.sorter = ChangeSorter(config, self.rules)
         self.cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
         self.local: dict[str, LocalFile] = {}
         self.url = ""
         self.coalescer = Coalescer(self.options.debounce_ms / 1000, self.options.max_wait_ms / 1000)
-        self.backoff = Backoff()
+        self.backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S, jitter=0.2)
         self._queue: queue.Queue = queue.Queue()
         self._watches: list[_FsWatch] = []
         self._watching_migrations = False

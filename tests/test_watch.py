@@ -26,7 +26,8 @@ from mosaicsync.api import MosaicClient
 from mosaicsync.config import load_config, render_config
 from mosaicsync.ignore import is_editor_temp, load_ignore_rules
 from mosaicsync.local.reload import ReloadHub, inject_script
-from mosaicsync.watch import Backoff, ChangeSorter, Coalescer, _affected
+from mosaicsync.retry import Backoff
+from mosaicsync.watch import ChangeSorter, Coalescer, _affected
 from tests.conftest import KEY_A, LocalServer, make_traversable
 
 PAGE = """<!doctype html>
@@ -67,7 +68,7 @@ def test_coalescer_waits_for_quiet_and_caps_the_wait() -> None:
 
 
 def test_backoff_doubles_to_a_cap_with_jitter() -> None:
-    b = Backoff(0.25, 5.0)
+    b = Backoff(0.25, 5.0, jitter=0.2)
     delays = [b.next_delay() for _ in range(8)]
     for got, nominal in zip(delays, [0.25, 0.5, 1, 2, 4, 5, 5, 5], strict=True):
         assert nominal * 0.8 <= got <= nominal * 1.2

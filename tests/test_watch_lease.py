@@ -73,3 +73,16 @@ def test_a_sync_after_a_deploy_from_elsewhere_plans_against_what_it_left(
         assert len(rows) == 4
     finally:
         run.stop()
+
+
+def test_a_watch_leaves_the_client_it_was_given_as_it_was(tmp_path: Path) -> None:
+    from mosaicsync.config import load_config, render_config
+    from mosaicsync.watch import WATCH_RETRY, Watcher
+
+    (tmp_path / "public").mkdir()
+    (tmp_path / "mosaic.toml").write_text(render_config("Mine", project_id="pod-abc"))
+    with MosaicClient("http://127.0.0.1:9/v1/project", "mk_test_unused") as given:
+        policy, sleep = given.retry, given.sleep
+        watcher = Watcher(load_config(tmp_path / "mosaic.toml"), given, "pod-abc")
+        assert (given.retry, given.sleep) == (policy, sleep)
+        assert watcher.client.retry == WATCH_RETRY and watcher.client.http is given.http

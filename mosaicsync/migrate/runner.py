@@ -6,10 +6,8 @@ lost, the runner reads the history before it resends anything, so nothing is app
 
 from __future__ import annotations
 
-import getpass
 import json
 import random
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -74,6 +72,7 @@ from mosaicsync.migrate.requests import (
     step_batch,
 )
 from mosaicsync.retry import Backoff, poll
+from mosaicsync.selection import user_at_host
 from mosaicsync.sqltext import NO_TRANSACTION, Statement, end_of_text, line_col, locate
 
 MAX_ATTEMPTS = 5
@@ -122,11 +121,7 @@ class RepairResult:
 
 def default_applied_by() -> str:
     """`user@host mosaicsync/<version>`: who wrote a history row, for the humans reading it."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()} mosaicsync/{__version__}"
+    return f"{user_at_host()} mosaicsync/{__version__}"
 
 
 class _Unknown(Exception):
