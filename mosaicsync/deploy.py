@@ -19,10 +19,11 @@ from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
 from mosaicsync.errors import ConfigError
 from mosaicsync.events import Planned, Scanned
+from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.manifest import Manifest, local_digest
 from mosaicsync.plan import Plan, plan_deploy, route
-from mosaicsync.scan import HashCache, LocalFile, ScanResult, scan
+from mosaicsync.scan import LocalFile, ScanResult, scan
 from mosaicsync.selection import user_at_host
 from mosaicsync.upload import Publisher
 

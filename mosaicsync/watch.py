@@ -51,11 +51,12 @@ from mosaicsync.events import (
     Watching,
     WatchWarning,
 )
+from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import MirroredManifest
 from mosaicsync.plan import plan_sync
 from mosaicsync.retry import Backoff
-from mosaicsync.scan import HashCache, LocalFile, scan_paths
+from mosaicsync.scan import LocalFile, scan_paths
 
 DEFAULT_DEBOUNCE_MS = 30
 MAX_WAIT_MS = 1000  # a never-ending stream of changes still syncs this often

@@ -16,6 +16,7 @@ from pathspec import GitIgnoreSpec
 
 from mosaicsync import scan as scan_module
 from mosaicsync.errors import ConfigError, ScanError
+from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import (
     CONFIG_SOURCE,
     DEFAULT_IGNORES,
@@ -26,7 +27,6 @@ from mosaicsync.ignore import (
 from mosaicsync.scan import (
     POOL_MIN_SIZE,
     RACY_WINDOW_NS,
-    HashCache,
     hash_file,
     scan,
     scan_paths,

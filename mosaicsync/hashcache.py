@@ -1,0 +1,132 @@
+"""The hash cache: a file's sha256 is trusted while its (size, mtime_ns, inode, ctime_ns) match,
+so a deploy that changes nothing reads no file content. It speeds up hashing; it is never the
+truth about what is deployed (that lives on the platform).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+from pathlib import Path
+
+from mosaicsync.atomic import write_atomic
+
+_CACHE_MAGIC = b"mosaicsync-hashcache"
+_CACHE_VERSION = 1
+
+
+StatKey = tuple[int, int, int, int]
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+class HashCache:
+    """sha256 by relative path, trusted only while (size, mtime_ns, inode, ctime_ns) all match.
+
+    On disk: a header line `mosaicsync-hashcache 1 <crc32>` and then NUL-separated pairs of path
+    and "size mtime_ns inode ctime_ns sha256"; NUL cannot occur in a file name, so nothing needs
+    escaping and loading is two C-level splits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, str] = {}
+        self._dirty = False
+
+    @classmethod
+    def load(cls, path: Path) -> HashCache:
+        """The cache at `path`; a missing, corrupt or foreign-version file gives an empty cache."""
+        cache = cls(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return cache
+        except OSError:
+            data = b""
+        entries = _parse_cache(data)
+        if entries is None:
+            cache._dirty = True  # replace the unusable file on the next save
+        else:
+            cache._entries = entries
+        return cache
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, rel_path: object) -> bool:
+        return rel_path in self._entries
+
+    def lookup(self, rel_path: str, key: StatKey) -> str | None:
+        """The cached sha256 if the file's stat still matches the one it was hashed with."""
+        value = self._entries.get(rel_path)
+        if value is None or len(value) < 65 or value[-65] != " ":
+            return None
+        if value[:-65] != "{} {} {} {}".format(*key):
+            return None
+        return value[-64:]
+
+    def store(self, rel_path: str, key: StatKey, sha256: str) -> None:
+        """Remember the sha256 read from a file while it had this stat."""
+        value = "{} {} {} {} {}".format(*key, sha256)
+        if self._entries.get(rel_path) != value:
+            self._entries[rel_path] = value
+            self._dirty = True
+
+    def discard(self, rel_path: str) -> None:
+        """Forget one path, whose cached hash can no longer be trusted."""
+        if self._entries.pop(rel_path, None) is not None:
+            self._dirty = True
+
+    def discard_tree(self, rel_path: str) -> None:
+        """Forget `rel_path` and, should it have been a directory, everything under it."""
+        self.discard(rel_path)
+        prefix = rel_path + "/"
+        under = [path for path in self._entries if path.startswith(prefix)]
+        for path in under:
+            del self._entries[path]
+        self._dirty = self._dirty or bool(under)
+
+    def retain(self, live: set[str]) -> None:
+        """Drop every entry whose path is not in `live` (the files a full walk found)."""
+        stale = self._entries.keys() - live
+        for path in stale:
+            del self._entries[path]
+        self._dirty = self._dirty or bool(stale)
+
+    def save(self) -> None:
+        """Write the cache atomically (temp file, then rename); a no-op when nothing changed.
+
+        A cache only saves time, so a directory we cannot write (a read-only checkout) is no error.
+        """
+        if not self._dirty and self.path.exists():
+            return
+        payload = "\0".join(itertools.chain.from_iterable(self._entries.items())).encode("utf-8")
+        header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, zlib.crc32(payload))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # No fsync: a cache cut short by a power loss fails its checksum and is rebuilt.
+            write_atomic(self.path, header + payload, durable=False)
+        except OSError:
+            return
+        self._dirty = False
+
+
+def _parse_cache(data: bytes) -> dict[str, str] | None:
+    try:
+        header, _, payload = data.partition(b"\n")
+        magic, version, checksum = header.split(b" ")
+        if magic != _CACHE_MAGIC or int(version) != _CACHE_VERSION:
+            return None
+        if int(checksum, 16) != zlib.crc32(payload):
+            return None
+        if not payload:
+            return {}
+        parts = payload.decode("utf-8").split("\0")
+    except ValueError:  # a bad header, a bad number or bad UTF-8
+        return None
+    if len(parts) % 2:
+        return None
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
