@@ -24,10 +24,6 @@ from typing import Any
 import httpx
 from watchfiles import Change
 
-# The raw notifier, not `watchfiles.watch`: its watches are registered when it is built, so no
-# write made after start-up can slip past, and a watch-limit error surfaces where we can handle it.
-from watchfiles._rust_notify import RustNotify
-
 from mosaicsync.api import MosaicClient, RetryPolicy
 from mosaicsync.config import Config, load_config
 from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions
@@ -54,6 +50,7 @@ from mosaicsync.events import (
 from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import MirroredManifest
+from mosaicsync.notify import Notifier
 from mosaicsync.plan import plan_sync
 from mosaicsync.retry import Backoff
 from mosaicsync.scan import LocalFile, scan_paths
@@ -248,36 +245,6 @@ class _Stopping(Exception):
 _RETRIED: tuple[type[Exception], ...] = (UnavailableError, httpx.TransportError, LockTimeout)
 
 
-class _FsWatch:
-    """One notifier, registered when built and read on its own thread into the shared queue."""
-
-    def __init__(
-        self, paths: list[str], recursive: bool, out: queue.Queue, force_polling: bool
-    ) -> None:
-        self.paths = paths
-        self.polling = force_polling
-        self.notify = RustNotify(paths, False, force_polling, POLL_DELAY_MS, recursive, True)
-        self.out = out
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="mosaicsync-watch", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                raw = self.notify.watch(BATCH_CAP_MS, STEP_MS, 1000, self.stop)
-                if isinstance(raw, set) and raw:
-                    self.out.put((time.monotonic(), raw))
-        except Exception as exc:
-            self.out.put((time.monotonic(), exc))
-
-    def close(self) -> None:
-        # The notifier checks the event every step, so this returns within STEP_MS.
-        self.stop.set()
-        self.thread.join()
-        self.notify.close()
-
-
 # -- the watch ----------------------------------------------------------------------------------
 
 
@@ -336,7 +303,7 @@ class Watcher:
         self.coalescer = Coalescer(self.options.debounce_ms / 1000, self.options.max_wait_ms / 1000)
         self.backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S, jitter=0.2)
         self._queue: queue.Queue = queue.Queue()
-        self._watches: list[_FsWatch] = []
+        self._watches: list[Notifier] = []
         self._watching_migrations = False
         self._retry_at = 0.0
         self._migrations_at: float | None = None
@@ -471,9 +438,9 @@ class Watcher:
             # the file itself: editors replace files on save, and a watch on a file dies with it.
             self._watches.append(self._open_watch([project], recursive=False))
 
-    def _open_watch(self, paths: list[str], *, recursive: bool) -> _FsWatch:
+    def _open_watch(self, paths: list[str], *, recursive: bool) -> Notifier:
         try:
-            return _FsWatch(paths, recursive, self._queue, self._polling)
+            return self._notifier(paths, recursive, self._polling)
         except OSError as exc:
             if self._polling or "limit" not in str(exc).lower():
                 raise
@@ -485,7 +452,20 @@ class Watcher:
                     hint="raise it: sudo sysctl fs.inotify.max_user_watches=524288",
                 )
             )
-            return _FsWatch(paths, recursive, self._queue, True)
+            return self._notifier(paths, recursive, True)
+
+    def _notifier(self, paths: list[str], recursive: bool, polling: bool) -> Notifier:
+        # Registered when it returns: no write made after start-up can slip past, and a
+        # watch-limit error surfaces here, where `_open_watch` falls back to polling.
+        return Notifier(
+            paths,
+            self._queue,
+            recursive=recursive,
+            force_polling=polling,
+            poll_delay_ms=POLL_DELAY_MS,
+            step_ms=STEP_MS,
+            debounce_ms=BATCH_CAP_MS,
+        )
 
     def _stop_watching(self) -> None:
         watches, self._watches = self._watches, []
