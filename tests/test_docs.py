@@ -24,3 +24,38 @@ def test_ci_runs_the_readme_test_command() -> None:
 @pytest.mark.parametrize("title", [title for title, _ in GAPS])
 def test_every_fidelity_gap_is_in_the_readme(title: str) -> None:
     assert f"**{title}.**" in README
+
+
+def _layout_block() -> list[str]:
+    text = README
+    start = text.index("### Layout")
+    block = text[text.index("```\n", start) + 4 :]
+    return block[: block.index("```")].splitlines()
+
+
+def test_the_readme_layout_lists_exactly_the_modules_of_the_tree() -> None:
+    listed: set[str] = set()
+    stack: list[tuple[int, str]] = []  # (indent, folder) of the folders we are inside
+    for line in _layout_block():
+        name = line.strip().split(" ", 1)[0]
+        if not name or line.startswith(("templates/",)):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = "".join(folder for _, folder in stack) + name
+        if name.endswith("/"):
+            stack.append((indent, name))
+        else:
+            listed.add(path)
+    package = ROOT / "mosaicsync"
+    actual = {
+        path.relative_to(ROOT).as_posix()
+        for path in package.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    assert len(actual) > 40
+    assert listed == actual, (
+        f"missing from the README's layout: {sorted(actual - listed)}; "
+        f"listed but not in the tree: {sorted(listed - actual)}"
+    )
