@@ -29,7 +29,7 @@ def test_every_fidelity_gap_is_in_the_readme(title: str) -> None:
 def _layout_block() -> list[str]:
     text = README
     start = text.index("### Layout")
-    block = text[text.index("```\n", start) + 4 :]
+    block = text[text.index("```text\n", start) + 8 :]
     return block[: block.index("```")].splitlines()
 
 
