@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -61,3 +64,224 @@ def test_nothing_to_do_without_storage_files() -> None:
 @given(st.text(max_size=200))
 def test_text_without_storage_references_is_unchanged(text: str) -> None:
     assert rewrite(text, "index.html", {"zz/never.bin": "http://x"}).text == text
+
+
+FONT = {"font.woff2": "http://s.example/p/font.woff2"}
+
+
+def test_script_comment_and_text_stay_byte_identical() -> None:
+    html = (
+        '<script>const u = "font.woff2"; el.innerHTML = \'<img src="font.woff2">\'</script>'
+        '<!-- <link href="font.woff2"> src="font.woff2" -->'
+        '<pre>src="font.woff2"</pre>'
+        '<textarea><img src="font.woff2"></textarea>'
+        '<title>src="font.woff2"</title>'
+        "<p>url(font.woff2) src='font.woff2'</p>"
+        "<style>/* url(font.woff2) */</style>"
+    )
+    out = rewrite(html, "index.html", FONT)
+    assert out.text == html
+    assert out.references == ()
+
+
+def test_markup_the_browser_reads_as_script_or_comment_is_left_alone() -> None:
+    # Inside `<!--` a script only ends after `-->`; `-- >` does not close a comment.
+    html = (
+        '<script><!-- document.write("<script></script>"); <img src="font.woff2"> --></script>'
+        '<!-- a -- > <img src="font.woff2"> -->'
+        "<style>a{}</style ><p>url(font.woff2)</p>"
+    )
+    assert rewrite(html, "index.html", FONT).text == html
+
+
+def test_unquoted_attributes_are_rewritten_and_quoted_when_needed() -> None:
+    html = "<video src=clip.mp4 poster=p.png></video><img src=a.avif alt=x>"
+    urls = {"clip.mp4": "http://s.example/p/clip.mp4", "a.avif": "http://s/a.avif?sig=1&t=2"}
+    out = rewrite(html, "index.html", urls)
+    assert out.text == (
+        "<video src=http://s.example/p/clip.mp4 poster=p.png></video>"
+        '<img src="http://s/a.avif?sig=1&amp;t=2" alt=x>'
+    )
+    assert out.references == ("a.avif", "clip.mp4")
+
+
+def test_css_import_and_image_set() -> None:
+    css = (
+        '@import "big.css";\n@import url(big.css) screen;\n@IMPORT url("big.css");\n'
+        '.h{background-image:image-set("hero.avif" 1x, url(hero.avif) 2x);'
+        "background-image:-webkit-image-set('hero.avif' 1x)}\n"
+        '/* url(hero.avif) */ .q{content:"hero.avif"}'
+    )
+    urls = {"css/big.css": "http://s/big.css", "css/hero.avif": "http://s/hero.avif"}
+    out = rewrite(css, "css/site.css", urls)
+    assert out.text == (
+        '@import "http://s/big.css";\n@import url(http://s/big.css) screen;\n'
+        '@IMPORT url("http://s/big.css");\n'
+        '.h{background-image:image-set("http://s/hero.avif" 1x, url(http://s/hero.avif) 2x);'
+        "background-image:-webkit-image-set('http://s/hero.avif' 1x)}\n"
+        '/* url(hero.avif) */ .q{content:"hero.avif"}'
+    )
+    assert out.references == ("css/big.css", "css/hero.avif")
+
+
+def test_image_set_in_style_blocks_and_attributes() -> None:
+    html = (
+        '<style>.h{background:-webkit-image-set("a.avif" 1x)}</style>'
+        "<div style='background:image-set(\"a.avif\" 1x)'></div>"
+    )
+    out = rewrite(html, "index.html", {"a.avif": "http://s/a.avif"})
+    assert out.text == (
+        '<style>.h{background:-webkit-image-set("http://s/a.avif" 1x)}</style>'
+        "<div style='background:image-set(\"http://s/a.avif\" 1x)'></div>"
+    )
+
+
+def test_entities_resolve_for_matching_and_replacements_are_escaped() -> None:
+    urls = {"a.avif": "http://s/a.avif?x=1&y='2'", "b.avif": "http://s/b.avif"}
+    html = (
+        '<img src="a.avif?v=1&amp;w=2">'
+        "<img src='&#97;.avif'>"
+        '<div style="background:url(&quot;b.avif&quot;)"></div>'
+        '<img src="%62.avif">'
+    )
+    out = rewrite(html, "index.html", urls)
+    assert out.text == (
+        "<img src=\"http://s/a.avif?x=1&amp;y='2'\">"
+        "<img src='http://s/a.avif?x=1&amp;y=&#39;2&#39;'>"
+        '<div style="background:url(&quot;http://s/b.avif&quot;)"></div>'
+        '<img src="http://s/b.avif">'
+    )
+
+
+def test_css_escapes_are_read_and_replacements_stay_valid() -> None:
+    css = ".a{background:url(\\61 .avif)} .b{background:url('a\\2e avif')}"
+    out = rewrite(css, "site.css", {"a.avif": "http://s/a (1).avif"})
+    assert out.text == (
+        ".a{background:url(http://s/a\\20 \\28 1\\29 .avif)}"
+        " .b{background:url('http://s/a (1).avif')}"
+    )
+
+
+def test_names_are_case_insensitive_and_more_url_attributes() -> None:
+    html = (
+        '<IMG SRC="a.avif"><Video Poster=a.avif></Video>'
+        '<object data="a.avif"></object><div data="a.avif"></div>'
+        '<img data-src="a.avif" data-srcset="a.avif 2x">'
+        '<link rel=preload as=image imagesrcset="a.avif 1x, b.png 2x">'
+        '<svg><image xlink:href="a.avif"/></svg>'
+    )
+    out = rewrite(html, "index.html", {"a.avif": "http://s/a.avif"})
+    assert out.text == (
+        '<IMG SRC="http://s/a.avif"><Video Poster=http://s/a.avif></Video>'
+        '<object data="http://s/a.avif"></object><div data="a.avif"></div>'
+        '<img data-src="http://s/a.avif" data-srcset="http://s/a.avif 2x">'
+        '<link rel=preload as=image imagesrcset="http://s/a.avif 1x, b.png 2x">'
+        '<svg><image xlink:href="http://s/a.avif"/></svg>'
+    )
+
+
+def test_srcset_keeps_descriptors_and_spacing() -> None:
+    html = (
+        '<picture><source srcset=" a.avif 1x ,b.avif 2x,c.png">'
+        '<img srcset="x,y.png 1x, a.avif"></picture>'
+    )
+    urls = {"a.avif": "http://s/a.avif", "b.avif": "http://s/b.avif"}
+    out = rewrite(html, "index.html", urls)
+    assert out.text == (
+        '<picture><source srcset=" http://s/a.avif 1x ,http://s/b.avif 2x,c.png">'
+        '<img srcset="x,y.png 1x, http://s/a.avif"></picture>'
+    )
+
+
+# -- properties over generated HTML ------------------------------------------------------------
+#
+# A page is a list of (text, editable) pieces: only attribute values and CSS url()/string
+# arguments are editable; tag names, text, comments and scripts must come out byte for byte.
+
+STORED = {"a.avif": "http://s/a.avif", "v/clip.mp4": "http://s/v/clip.mp4?sig=1&t=2"}
+REFERENCES = ["a.avif", "./a.avif", "/a.avif", "v/clip.mp4", "v/../v/clip.mp4", "%61.avif"]
+NOISE = ["b.png", "x y", "&amp;", "=", "#top", "https://cdn/x.js", "", "a", "'", '"', "<", "\\"]
+MENTIONS = [
+    'src="a.avif"', "src=a.avif", "url(a.avif)", "href='v/clip.mp4'", '<img src="a.avif">',
+    "a.avif", "&lt;img src=a.avif&gt;", " ", "x", "\n", "=", "'", '"', ">", "&",
+]  # fmt: skip
+
+Piece = tuple[str, bool]
+
+mention = st.lists(st.sampled_from(MENTIONS), max_size=4).map("".join)
+
+
+@st.composite
+def attribute(draw: st.DrawFn) -> tuple[list[Piece], str, str]:
+    name = draw(st.sampled_from(["src", "href", "poster", "srcset", "alt", "class", "SRC"]))
+    value = draw(st.sampled_from(REFERENCES + NOISE))
+    form = draw(st.sampled_from(['"', "'", "", None]))
+    if form is None:
+        return [(" " + name, False)], name, ""
+    if form == "" and (not value or any(c in value for c in " \t\n\"'=<>`")):
+        form = '"'
+    if form and form in value:
+        value = value.replace(form, "")
+    if form:
+        return [(f" {name}={form}", False), (value, True), (form, False)], name, value
+    return [(f" {name}=", False), (value, True), (" ", False)], name, value
+
+
+@st.composite
+def piece(draw: st.DrawFn) -> list[Piece]:
+    kind = draw(st.sampled_from(["text", "comment", "script", "tag", "end", "style"]))
+    if kind == "text":
+        return [(draw(mention).replace("<", "&lt;"), False)]
+    if kind == "comment":
+        body = draw(mention).replace("-", "")
+        return [(f"<!-- {body} -->", False)]
+    if kind == "script":
+        return [(f"<script>{draw(mention)}</script>", False)]
+    if kind == "end":
+        return [(f"</{draw(st.sampled_from(['div', 'pre', 'video']))}>", False)]
+    if kind == "style":
+        ref = draw(st.sampled_from([*REFERENCES, "b.png"]))
+        return [
+            ("<style>/* url(a.avif) */ .x{background:url(", False),
+            (ref, True),
+            (")}</style>", False),
+        ]
+    tag = draw(st.sampled_from(["img", "video", "div", "pre", "source", "a"]))
+    pieces: list[Piece] = [("<" + tag, False)]
+    for parts, _, _ in draw(st.lists(attribute(), max_size=3)):
+        pieces += parts
+    return [*pieces, (">", False)]
+
+
+pages = st.lists(piece(), max_size=8).map(lambda ps: [p for group in ps for p in group])
+
+
+def page_text(pieces: list[Piece]) -> str:
+    return "".join(text for text, _ in pieces)
+
+
+@given(pages, st.sampled_from([{}, {"zz/never.bin": "http://x"}, {"a.avif/x": "http://x"}]))
+def test_a_page_without_storage_references_is_unchanged(
+    pieces: list[Piece], urls: dict[str, str]
+) -> None:
+    html = page_text(pieces)
+    out = rewrite(html, "index.html", urls)
+    assert out.text == html and out.references == ()
+
+
+@given(pages)
+def test_only_attribute_values_and_css_urls_change(pieces: list[Piece]) -> None:
+    html = page_text(pieces)
+    out = rewrite(html, "index.html", STORED)
+    # Fixed pieces in order, anything in between: the output may differ only where editable.
+    pattern = "".join("(.*?)" if editable else re.escape(text) for text, editable in pieces)
+    assert re.fullmatch(pattern, out.text, re.S), (html, out.text)
+    assert set(out.references) <= set(STORED)
+    for url in out.references:
+        assert STORED[url].replace("&", "&amp;") in out.text
+    # And every URL attribute naming a stored file was rewritten.
+    for (before, _), (value, editable) in itertools.pairwise(pieces):
+        if editable and before.strip(" ='\"").lower() in ("src", "href", "poster"):
+            target = resolve(value, "index.html")
+            if target in STORED:
+                assert STORED[target].replace("&", "&amp;") in out.text
