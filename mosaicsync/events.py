@@ -1,14 +1,14 @@
 """Every event the library reports while it works; output.py renders them, the library never prints.
 
 One module for all of them, so a renderer dispatches on classes, not on where they were defined.
-`Event` is the union of all of them.
+`Event` is the union of all of them. Named tuples rather than dataclasses: they are as immutable,
+and the whole module costs a third of the start-up time, which every command pays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from mosaicsync.deploy import DeployResult
@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 # -- requests --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RequestEvent:
+class RequestEvent(NamedTuple):
     """One HTTP exchange, for `--verbose`; never carries the key or a signed query string."""
 
     method: str
@@ -32,8 +31,7 @@ class RequestEvent:
 # -- deploy ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scanned:
+class Scanned(NamedTuple):
     """Event: the static root was scanned."""
 
     files: int
@@ -43,16 +41,14 @@ class Scanned:
     ms: float
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(NamedTuple):
     """Event: the plan is known."""
 
     plan: Plan
     noop: bool
 
 
-@dataclass(frozen=True)
-class Transferred:
+class Transferred(NamedTuple):
     """Event: one file arrived (or was pruned)."""
 
     path: str
@@ -69,15 +65,13 @@ DeployEvent = Scanned | Planned | Transferred
 # -- watch and dev --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Deployed:
+class Deployed(NamedTuple):
     """Event: the full deploy at start (or after mosaic.toml changed) is done."""
 
     result: DeployResult
 
 
-@dataclass(frozen=True)
-class Watching:
+class Watching(NamedTuple):
     """Event: changes are being watched from now on."""
 
     project_id: str
@@ -86,8 +80,7 @@ class Watching:
     polling: bool
 
 
-@dataclass(frozen=True)
-class Synced:
+class Synced(NamedTuple):
     """Event: one sync reached the platform."""
 
     at: float  # epoch seconds when the sync started
@@ -102,8 +95,7 @@ class Synced:
         return self.uploaded + self.pruned
 
 
-@dataclass(frozen=True)
-class SyncFailed:
+class SyncFailed(NamedTuple):
     """Event: the platform could not be reached; the changes are kept and retried."""
 
     message: str
@@ -112,15 +104,13 @@ class SyncFailed:
     attempt: int
 
 
-@dataclass(frozen=True)
-class MigrationsApplied:
+class MigrationsApplied(NamedTuple):
     """Event: new migration files were applied."""
 
     applied: list[tuple[int, str, int]]  # version, name, ms
 
 
-@dataclass(frozen=True)
-class WatchWarning:
+class WatchWarning(NamedTuple):
     """Event: something the user must act on; watching goes on."""
 
     kind: str  # migration-edited, migration-failed, config, skipped, watcher
@@ -128,23 +118,20 @@ class WatchWarning:
     hint: str | None = None
 
 
-@dataclass(frozen=True)
-class ConfigReloaded:
+class ConfigReloaded(NamedTuple):
     """Event: mosaic.toml (or .mosaicignore) changed and was reloaded."""
 
     message: str
     restart_required: bool = False
 
 
-@dataclass(frozen=True)
-class Stopped:
+class Stopped(NamedTuple):
     """Event: the watch ended; `pending` changes had not reached the platform."""
 
     pending: int
 
 
-@dataclass(frozen=True)
-class DevStarted:
+class DevStarted(NamedTuple):
     """Event: the platform runs and this folder's project is on it; the watch starts next."""
 
     base_url: str
@@ -172,8 +159,7 @@ WatchEvent = (
 # -- migrations ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LockWaiting:
+class LockWaiting(NamedTuple):
     """Another run holds the lease; this run polls until it is free or `lock_timeout`."""
 
     host: str | None
@@ -181,23 +167,20 @@ class LockWaiting:
     until: str | None
 
 
-@dataclass(frozen=True)
-class LockAcquired:
+class LockAcquired(NamedTuple):
     """This run holds the lease; `fence` is the token every batch checks."""
 
     fence: int
     expires_at: str | None
 
 
-@dataclass(frozen=True)
-class LockReleased:
+class LockReleased(NamedTuple):
     """The lease was given back at the end of the run."""
 
     fence: int
 
 
-@dataclass(frozen=True)
-class MigrationStarted:
+class MigrationStarted(NamedTuple):
     """A migration is about to be sent."""
 
     version: int
@@ -205,8 +188,7 @@ class MigrationStarted:
     transactional: bool
 
 
-@dataclass(frozen=True)
-class MigrationApplied:
+class MigrationApplied(NamedTuple):
     """A migration and its history row are committed."""
 
     version: int
@@ -215,8 +197,7 @@ class MigrationApplied:
     atomic: bool
 
 
-@dataclass(frozen=True)
-class NotAtomic:
+class NotAtomic(NamedTuple):
     """A no-transaction migration: a failure midway leaves earlier statements in place."""
 
     version: int
@@ -224,8 +205,7 @@ class NotAtomic:
     statements: int
 
 
-@dataclass(frozen=True)
-class StatementApplied:
+class StatementApplied(NamedTuple):
     """Statement `index` of `total` of a no-transaction migration is done and recorded."""
 
     version: int
@@ -233,8 +213,7 @@ class StatementApplied:
     total: int
 
 
-@dataclass(frozen=True)
-class Resuming:
+class Resuming(NamedTuple):
     """A partially applied no-transaction migration continues where it stopped."""
 
     version: int
@@ -243,8 +222,7 @@ class Resuming:
     total: int
 
 
-@dataclass(frozen=True)
-class OutcomeUnknown:
+class OutcomeUnknown(NamedTuple):
     """A request got no answer; the runner reads the history before it resends anything."""
 
     version: int
@@ -253,8 +231,7 @@ class OutcomeUnknown:
     error: str
 
 
-@dataclass(frozen=True)
-class Resending:
+class Resending(NamedTuple):
     """The probe found the request neither applied nor running: it is sent again."""
 
     version: int
@@ -262,8 +239,7 @@ class Resending:
     attempt: int
 
 
-@dataclass(frozen=True)
-class PreflightWarning:
+class PreflightWarning(NamedTuple):
     """pglast rejected a transactional migration that the server may still accept."""
 
     filename: str
@@ -272,8 +248,7 @@ class PreflightWarning:
     message: str
 
 
-@dataclass(frozen=True)
-class MigrationWarning:
+class MigrationWarning(NamedTuple):
     """Something the operator should know that does not stop the run."""
 
     version: int

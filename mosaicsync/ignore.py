@@ -7,6 +7,7 @@ here, so a name skipped by one is skipped by all (editor temp files included).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -278,9 +279,11 @@ def _read_ignore_file(path: Path, project_dir: Path) -> list[str] | None:
     return text.splitlines()
 
 
-_EDITOR_TEMP = GitIgnoreSpec.from_lines(EDITOR_TEMP_IGNORES)
+@functools.cache
+def _editor_temp() -> GitIgnoreSpec:
+    return GitIgnoreSpec.from_lines(EDITOR_TEMP_IGNORES)
 
 
 def is_editor_temp(name: str) -> bool:
     """True for a file name an editor writes while saving (one of `EDITOR_TEMP_IGNORES`)."""
-    return _EDITOR_TEMP.match_file(name)
+    return _editor_temp().match_file(name)

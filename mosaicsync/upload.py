@@ -24,7 +24,6 @@ from mosaicsync.events import Transferred
 from mosaicsync.manifest import Manifest, ManifestRow
 from mosaicsync.plan import Plan, RemoteEntry, Upload, route
 from mosaicsync.publishable import ASSETS_FILE
-from mosaicsync.rewrite import needs_rewrite, rewrite
 from mosaicsync.scan import LocalFile
 
 FLUSH_EVERY = 200
@@ -209,6 +208,9 @@ class Publisher:
         source_sha = hashlib.sha256(data).hexdigest()
         source_size = len(data)
         uploaded_sha = None
+        if storage_urls:
+            # The HTML and CSS parsers load only when a deploy has storage files to point at.
+            from mosaicsync.rewrite import needs_rewrite, rewrite
         if storage_urls and needs_rewrite(f.path):
             try:
                 text = data.decode("utf-8")
@@ -285,6 +287,8 @@ class Publisher:
         storage_urls: dict[str, str],
     ) -> list[Upload]:
         """Unchanged HTML/CSS whose rewritten copy would differ from what was sent go again."""
+        from mosaicsync.rewrite import needs_rewrite, rewrite
+
         queued = {u.file.path for u in site_uploads}
         extra = []
         for f in plan.unchanged:
