@@ -241,7 +241,10 @@ class Output:
             atomic = "" if event.atomic else " (not atomic)"
             self.info(f"Applied migration {event.version}_{event.name} in {event.ms} ms{atomic}")
         elif isinstance(event, ev.LockWaiting):
-            self.info(f"Migrations are locked by {event.host} (pid {event.pid}); waiting...")
+            self.info(
+                f"Deploys of this project are locked by {event.host} (pid {event.pid}): a "
+                "deploy, watch or migration is running there; waiting..."
+            )
         elif isinstance(event, ev.NotAtomic):
             self.info(
                 f"Migration {event.version}_{event.name} runs outside a transaction "

@@ -8,6 +8,7 @@ success catches up; new migrations are applied and a changed mosaic.toml is relo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import queue
@@ -64,6 +65,9 @@ STEP_MS = 10  # watchfiles' tick: a lone save reaches Python 10 to 20 ms after i
 BATCH_CAP_MS = 1000  # the longest one watchfiles batch may keep growing
 POLL_DELAY_MS = 100  # when polling: the latency target cannot hold, but 100 ms keeps it usable
 HOT_S = 2.0  # when polling: how long a synced path is also checked to the nanosecond
+# A sync keeps the deploy's lease this long after it ends, so a burst of saves takes it once;
+# a deploy started meanwhile waits at most this long after the last sync.
+LEASE_LINGER_S = 1.0
 MIGRATION_SETTLE_S = 0.3  # a new migration must be this still: applied once, it cannot be redone
 EMPTY_SETTLE_NS = 50_000_000  # an empty file this young is probably being written
 RETRY_BASE_S = 0.25
@@ -255,6 +259,7 @@ class WatchOptions:
     deploy: DeployOptions = field(default_factory=DeployOptions)
     force_polling: bool = False
     migration_settle: float = MIGRATION_SETTLE_S
+    lease_linger: float = LEASE_LINGER_S
     target: str | None = None  # the mosaic.toml target, to notice its project id changing
 
 
@@ -313,6 +318,8 @@ class Watcher:
         self._hot: dict[str, tuple[tuple[int, int, int] | None, float]] = {}
         self._hot_check_at = 0.0
         self._mirror_digest: str | None = None  # the manifest's digest when the mirror was current
+        self._held_lease: Any = None  # the lease's context manager while a burst of syncs holds it
+        self._lease_until = 0.0  # monotonic time at which an idle held lease is given back
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -357,6 +364,7 @@ class Watcher:
             pass
         finally:
             self._stop.set()
+            self._release_lease()
             self._stop_watching()
             self.cache.save()
             for sig, handler in previous.items():
@@ -378,7 +386,10 @@ class Watcher:
         while not self._stop.is_set():
             now = time.monotonic()
             hot = self._hot_check_at if self._hot else None
-            wake = [t for t in (self._next_flush(), self._migrations_at, hot) if t is not None]
+            linger = self._lease_until if self._held_lease is not None else None
+            wake = [
+                t for t in (self._next_flush(), self._migrations_at, hot, linger) if t is not None
+            ]
             timeout = min(max(0.0, min(wake) - now), 0.5) if wake else 0.5
             self._receive(timeout)
             now = time.monotonic()
@@ -391,6 +402,8 @@ class Watcher:
             if due is not None and now >= due and not self._stop.is_set():
                 self._flush(self.coalescer.take())
                 self.coalescer.flushed(time.monotonic())
+            elif self._held_lease is not None and not self.coalescer and now >= self._lease_until:
+                self._release_lease()
 
     def _next_flush(self) -> float | None:
         due = self.coalescer.due_at()
@@ -485,6 +498,9 @@ class Watcher:
                 if self._reload_config() and FULL not in remaining:
                     remaining.append(FULL)
                 remaining.remove(CONFIG)
+            if MIGRATIONS in remaining or FULL in remaining:
+                # Both take the lease themselves: give back the one a burst of syncs holds.
+                self._release_lease()
             if MIGRATIONS in remaining:
                 self._migrate()
                 remaining.remove(MIGRATIONS)
@@ -495,7 +511,8 @@ class Watcher:
             if files:
                 self._sync_files(files)
         except _RETRIED as exc:
-            # Keep everything not done yet; the next success catches up.
+            # Keep everything not done yet; the next success catches up, under a lease taken anew.
+            self._release_lease(settled=False)
             self.coalescer.add(time.monotonic(), remaining)
             delay = self.backoff.next_delay()
             self._retry_at = time.monotonic() + delay
@@ -566,26 +583,23 @@ class Watcher:
         refused: MosaicError | None = None
         # Under the deploy's lease: a `deploy` of the same project waits for this sync (and this
         # sync for it), so the two never interleave on the site or in the manifest.
-        with self._lease():
-            self._refresh_mirror()
-            remote = self.manifest.entries()
-            affected = {p: remote[p] for p in _affected(remote, dirty, dir_like)}
-            others = [f for p, f in self.local.items() if p not in found]
-            plan = plan_sync(files, affected, others, prune=self.options.deploy.prune)
-            if plan.is_noop:
-                return
-            try:
-                published = (
-                    self._deployer()
-                    .publisher()
-                    .publish(plan, list(self.local.values()), self.manifest.snapshot())
-                )
-            except (*_RETRIED, AuthError, _Stopping):
-                raise
-            except MosaicError as exc:
-                refused = exc
-            finally:
-                self._mirror_digest = self.manifest.ensure()[0]
+        self._hold_lease()
+        remote = self.manifest.entries()
+        affected = {p: remote[p] for p in _affected(remote, dirty, dir_like)}
+        others = [f for p, f in self.local.items() if p not in found]
+        plan = plan_sync(files, affected, others, prune=self.options.deploy.prune)
+        if plan.is_noop:
+            return
+        try:
+            published = (
+                self._deployer()
+                .publisher()
+                .publish(plan, list(self.local.values()), self.manifest.snapshot())
+            )
+        except (*_RETRIED, AuthError, _Stopping):
+            raise
+        except MosaicError as exc:
+            refused = exc
         if refused is not None:
             if len(dirty) > 1:
                 # One file the platform refuses must not hold back the others.
@@ -598,8 +612,12 @@ class Watcher:
         ms = (time.perf_counter() - t0) * 1000
         self.emit(Synced(started, published.uploaded, published.pruned, published.bytes, ms, paths))
 
-    def _lease(self) -> Any:
-        """The lease `deploy` holds from its migrations to its last prune."""
+    def _hold_lease(self) -> None:
+        """Hold the lease `deploy` holds from its migrations to its last prune, until the syncs
+        have been idle for `lease_linger` seconds; on taking it, catch up with any deploy since."""
+        self._lease_until = time.monotonic() + self.options.lease_linger
+        if self._held_lease is not None:
+            return
         migrator = make_migrator(
             self.client,
             self.project_id,
@@ -608,20 +626,35 @@ class Watcher:
             sleep=self._sleep,
             on_event=self._on_lease_event,
         )
-        return migrator.lease()
-
-    def _on_lease_event(self, event: object) -> None:
-        # Taking and giving back the lease on every sync is routine; waiting for it is news.
-        if isinstance(event, LockWaiting):
-            self.emit(event)
-
-    def _refresh_mirror(self) -> None:
-        """Reload the in-memory manifest if anything else (a `deploy`) changed it since the last
-        sync: planning against a stale copy would skip a file that the deploy replaced."""
+        lease = migrator.lease()
+        lease.__enter__()
+        self._held_lease = lease
+        # A deploy from another folder may have changed the manifest since this watch last held
+        # the lease: planning against a stale copy would skip a file that deploy replaced.
         digest, _ = self.manifest.ensure()
         if digest != self._mirror_digest:
             self.manifest.load()
             self._mirror_digest = digest
+        self._lease_until = time.monotonic() + self.options.lease_linger
+
+    def _release_lease(self, *, settled: bool = True) -> None:
+        """Give the lease back, noting the manifest's digest to compare with at the next take."""
+        lease, self._held_lease = self._held_lease, None
+        if lease is None:
+            return
+        self._mirror_digest = None  # unknown unless read below: the next take reloads
+        unreachable = (MosaicError, httpx.TransportError, _Stopping)
+        if settled and not self._stop.is_set():
+            with contextlib.suppress(*unreachable):
+                self._mirror_digest = self.manifest.ensure()[0]
+        # Lost or unreachable, it expires by itself; the next take reloads the mirror.
+        with contextlib.suppress(*unreachable):
+            lease.__exit__(None, None, None)
+
+    def _on_lease_event(self, event: object) -> None:
+        # Taking and giving back the lease is routine; waiting for it is news.
+        if isinstance(event, LockWaiting):
+            self.emit(event)
 
     def _scan_dirty(self, rels: list[str]) -> tuple[list[LocalFile], list[str], set[str]]:
         """(files, gone, unstable): a stat before and after the hash proves a file held still."""

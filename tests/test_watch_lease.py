@@ -86,3 +86,60 @@ def test_a_watch_leaves_the_client_it_was_given_as_it_was(tmp_path: Path) -> Non
         watcher = Watcher(load_config(tmp_path / "mosaic.toml"), given, "pod-abc")
         assert (given.retry, given.sleep) == (policy, sleep)
         assert watcher.client.retry == WATCH_RETRY and watcher.client.http is given.http
+
+
+@pytest.mark.integration
+def test_a_deploy_started_while_a_watch_holds_the_lease_waits_and_both_end_true(
+    tmp_path: Path, local_server: LocalServer, client: MosaicClient
+) -> None:
+    import os
+    import queue
+    import threading
+
+    from mosaicsync.config import load_config
+    from mosaicsync.deploy import Deployer, DeployOptions
+    from mosaicsync.events import LockWaiting, Synced, Watching
+    from mosaicsync.watch import Watcher, WatchOptions
+
+    site = tmp_path / "site"
+    pid = make_site(site, client)
+    config = load_config(site / "mosaic.toml")
+    seen: queue.Queue = queue.Queue()
+
+    def next_of(kind: type, timeout: float = 30) -> object:
+        while True:
+            event = seen.get(timeout=timeout)
+            if isinstance(event, kind):
+                return event
+
+    # The watch keeps the lease for a minute after a sync: the deploy below must wait for it.
+    options = WatchOptions(lease_linger=60)
+    watcher = Watcher(config, client, pid, options, on_event=seen.put)
+    watching = threading.Thread(target=watcher.run)
+    watching.start()
+    deploy_events: queue.Queue = queue.Queue()
+    try:
+        next_of(Watching)
+        (site / "public" / "index.html").write_text(PAGE.format(marker="watched"))
+        assert next_of(Synced).paths == ["index.html"]  # type: ignore[attr-defined]
+        (lock,) = client.sql(pid, "SELECT host, pid FROM mosaicsync.lock WHERE expires_at > now()")
+        assert lock["pid"] == os.getpid()
+
+        (site / "public" / "app.js").write_text("console.log('deployed');\n")
+        deployer = Deployer(
+            config, client, pid, DeployOptions(lock_timeout=60), on_event=deploy_events.put
+        )
+        results: list[object] = []
+        deploying = threading.Thread(target=lambda: results.append(deployer.run()))
+        deploying.start()
+        while not isinstance(deploy_events.get(timeout=30), LockWaiting):
+            pass
+        assert not results and served(local_server, pid, "app.js", "console.log('app');\n")
+    finally:
+        watcher.stop()
+        watching.join(timeout=30)
+    deploying.join(timeout=60)
+    assert results and results[0].uploaded >= 1  # type: ignore[attr-defined]
+    on_disk = {p.name: p.read_text() for p in (site / "public").glob("*.*")}
+    for name, text in on_disk.items():
+        assert served(local_server, pid, name, text), name
