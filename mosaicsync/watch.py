@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import unicodedata
+import uuid
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -319,6 +320,7 @@ class Watcher:
         self._hot_check_at = 0.0
         self._mirror_digest: str | None = None  # the manifest's digest when the mirror was current
         self._held_lease: Any = None  # the lease's context manager while a burst of syncs holds it
+        self._lease_run_id = str(uuid.uuid4())  # one holder id for every take by this watch
         self._lease_until = 0.0  # monotonic time at which an idle held lease is given back
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -626,7 +628,7 @@ class Watcher:
             sleep=self._sleep,
             on_event=self._on_lease_event,
         )
-        lease = migrator.lease()
+        lease = migrator.lease(self._lease_run_id)
         lease.__enter__()
         self._held_lease = lease
         # A deploy from another folder may have changed the manifest since this watch last held

@@ -773,3 +773,25 @@ def test_failed_concurrent_index_is_partial_then_resumes_and_rebuilds_the_invali
     assert any(isinstance(e, Resuming) and e.from_statement == 2 for e in events)
     assert query(client, project_id, invalid) == [{"indisvalid": True}]
     assert history(client, project_id)[1]["state"] == "applied"
+
+
+def test_a_lease_left_by_a_lost_answer_is_retaken_by_the_same_holder_id(
+    client: MosaicClient, project_id: str, tmp_path: Path
+) -> None:
+    Migrator(client, project_id, tmp_path).status()  # creates the schema
+    mine = "6f1c2d3e-0000-4000-8000-00000000beef"
+    # The take reached the server, its answer did not: the lease is held under `mine` with a long
+    # expiry, and the taker never learnt it.
+    query(
+        client,
+        project_id,
+        f"UPDATE mosaicsync.lock SET holder = '{mine}', host = 'this-host', pid = 1, "
+        "acquired_at = now(), expires_at = now() + interval '10 minutes', fence = fence + 1",
+    )
+    other = Migrator(client, project_id, tmp_path, lock_timeout=0.3)
+    with pytest.raises(LockTimeout), other.lease():  # another holder id waits, and times out
+        pass
+    with Migrator(client, project_id, tmp_path, lock_timeout=0.3).lease(mine):
+        held = query(client, project_id, "SELECT holder FROM mosaicsync.lock")[0]["holder"]
+        assert held == mine
+    assert query(client, project_id, "SELECT holder FROM mosaicsync.lock")[0]["holder"] is None

@@ -198,10 +198,15 @@ class Migrator:
         return classify(files, snap.history, snap.lock)
 
     @contextmanager
-    def lease(self) -> Iterator[None]:
+    def lease(self, run_id: str | None = None) -> Iterator[None]:
         """Hold the lease for a whole deploy, renewed in the background, so that two deploys of
-        one project run one after the other; `up` inside it uses this lease."""
-        run = Run(str(uuid.uuid4()))
+        one project run one after the other; `up` inside it uses this lease.
+
+        A caller that takes it again and again (a watch) passes the same `run_id` each time: a
+        take whose answer was lost left the lease held under that id, and is then simply retaken
+        instead of blocking its own taker until the lease expires.
+        """
+        run = Run(run_id or str(uuid.uuid4()))
         self._held_snapshot = self._lease.acquire(run)
         self._held = run
         try:
