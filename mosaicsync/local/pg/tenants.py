@@ -102,6 +102,23 @@ def admin_connection(
         yield conn
 
 
+def _cleanup_connection(
+    admin_dsn: str, dbname: str
+) -> AbstractContextManager[psycopg.Connection[Any]]:
+    """An admin connection into a tenant's database, immune to the defaults its owner set there
+    (`ALTER DATABASE ... SET default_transaction_read_only = on`, a tiny lock_timeout...)."""
+    return psycopg.connect(
+        admin_dsn,
+        autocommit=True,
+        connect_timeout=10,
+        dbname=dbname,
+        options=(
+            "-c default_transaction_read_only=off -c statement_timeout=0 -c lock_timeout=0 "
+            "-c search_path=pg_catalog"
+        ),
+    )
+
+
 class Tenants:
     """Creates and drops the projects' roles and databases on one PostgreSQL server."""
 
@@ -290,14 +307,79 @@ class Tenants:
         return bool(row and row[0])
 
     def drop(self, project_id: str) -> None:
-        """Drop the project's database (disconnecting its clients) and its role."""
+        """Drop the project's database (disconnecting its clients) and its role.
+
+        Whatever the tenant did to them: what it may change on its own database is taken back
+        first, and what other tenants granted to its role is revoked. Safe to repeat: a drop
+        stopped half-way completes on the next call.
+        """
         with self._admin() as conn:
-            self._drop(conn, tenant_name(project_id))
+            self._drop(conn, tenant_name(project_id), self.admin_dsn)
 
     @staticmethod
-    def _drop(conn: psycopg.Connection[Any], name: str) -> None:
+    def _drop(conn: psycopg.Connection[Any], name: str, admin_dsn: str | None = None) -> None:
         ident = sql.Identifier(name)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        role = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", [name]).fetchone()
+        superuser = conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()[0]  # type: ignore[index]
+        if role is not None and not superuser:
+            # The tenant may have revoked our membership in its role (PG < 16 lets a role
+            # administer itself); CREATEROLE takes it back, as the owner's rights need it.
+            with suppress(psycopg.Error):
+                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
+        database = conn.execute(
+            "SELECT datistemplate OR NOT datallowconn OR datconnlimit NOT IN (-1, -2) "
+            "FROM pg_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+        if database is not None:
+            if database[0]:
+                # The owner may mark its database a template (which cannot be dropped) or close
+                # it to connections (which would hide its prepared transactions from us).
+                conn.execute(
+                    sql.SQL(
+                        "ALTER DATABASE {} IS_TEMPLATE false ALLOW_CONNECTIONS true "
+                        "CONNECTION LIMIT -1"
+                    ).format(ident)
+                )
+            prepared = conn.execute(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = %s", [name]
+            ).fetchall()
+            if prepared and admin_dsn is not None:
+                # A prepared transaction survives FORCE and blocks the drop; it can only be
+                # rolled back from inside its own database.
+                with _cleanup_connection(admin_dsn, name) as inside:
+                    for (gid,) in prepared:
+                        inside.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        if role is None:
+            return
+        if admin_dsn is not None:
+            # Other tenants may have granted this role privileges on their objects (or had it
+            # own some): each of those blocks DROP ROLE until revoked in that database.
+            elsewhere = conn.execute(
+                "SELECT d.datname, pg_get_userbyid(d.datdba), d.datallowconn "
+                "FROM pg_database d WHERE d.oid IN "
+                "(SELECT dbid FROM pg_shdepend WHERE refclassid = 'pg_authid'::regclass "
+                "AND refobjid = %s) AND d.datname <> current_database()",
+                [role[0]],
+            ).fetchall()
+            for dbname, owner, allowed in elsewhere:
+                if not allowed:
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                            sql.Identifier(dbname)
+                        )
+                    )
+                with _cleanup_connection(admin_dsn, dbname) as other:
+                    # What the role owns there goes to that database's owner, not away.
+                    other.execute(
+                        sql.SQL("REASSIGN OWNED BY {} TO {}").format(ident, sql.Identifier(owner))
+                    )
+                    other.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        # Here, privileges on shared objects (another tenant's database) and on this database.
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
 
     def _emit(self, line: str) -> None:
