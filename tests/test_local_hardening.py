@@ -3,11 +3,17 @@ names and links that cannot smuggle control characters or lose their token."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
 import httpx
 import psycopg
 import pytest
 
 from mosaicsync.api import MosaicClient
+from mosaicsync.local.clock import Clock
+from mosaicsync.local.outbox import Outbox
+from mosaicsync.local.state import State
 from tests.conftest import KEY_A, LocalServer
 from tests.test_local_api import sql
 from tests.test_reliability import create_project
@@ -137,3 +143,68 @@ def test_a_second_delete_of_a_gone_project_is_a_404(local_server: LocalServer) -
         assert sql(api, doomed, template).status_code == 200
         assert api.delete(f"/{doomed}").status_code == 200
         assert api.delete(f"/{doomed}").status_code == 404
+
+
+# -- magic-link redirects and names -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("redirect_url", "path", "query", "fragment"),
+    [
+        ("/done#frag", "/done", {}, "frag"),
+        ("/done?tab=2#frag", "/done", {"tab": ["2"]}, "frag"),
+        ("/done#a?b=1", "/done", {}, "a?b=1"),
+        ("/done?tab=2", "/done", {"tab": ["2"]}, ""),
+    ],
+)
+def test_the_token_goes_in_the_query_before_any_fragment(
+    local_server: LocalServer, redirect_url: str, path: str, query: dict, fragment: str
+) -> None:
+    email = f"frag{abs(hash(redirect_url))}@example.com"
+    with local_server.client() as api:
+        pid = api.post("/projects", json={"name": "Fragments"}).json()["project_id"]
+        body = {"email": email, "redirect_url": redirect_url}
+        assert api.post(f"/{pid}/auth/magic-link", json=body).status_code == 200
+    outbox = httpx.get(local_server.base_url + "/_local/outbox", params={"email": email})
+    link = outbox.json()["emails"][0]["link"]
+    location = urlsplit(httpx.get(link).headers["location"])
+    assert location.netloc == f"{pid}.localhost:{local_server.port}"
+    assert location.path == path and location.fragment == fragment
+    got = parse_qs(location.query)
+    assert got.pop("email") == [email] and got.pop("token")[0]
+    assert got == query
+
+
+@pytest.mark.parametrize("bad", ["\r", "\n", "\x00", "\t", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_a_project_name_with_a_control_character_is_refused(
+    local_server: LocalServer, bad: str
+) -> None:
+    with local_server.client() as api:
+        response = api.post("/projects", json={"name": f"My{bad}App"})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert '"name"' in error and f"U+{ord(bad):04X}" in error
+        assert all(p["name"] != f"My{bad}App" for p in api.get("/projects").json()["projects"])
+
+
+@pytest.mark.parametrize("bad", ["\r\nBcc: x@evil.example", "\x00"])
+def test_a_ticket_subject_with_a_control_character_is_refused(
+    local_server: LocalServer, bad: str
+) -> None:
+    with local_server.client() as api:
+        response = api.post("/tickets", json={"subject": f"Help{bad}", "message": "line 1\nline 2"})
+        assert response.status_code == 400, response.text
+        assert '"subject"' in response.json()["error"]
+        # A message may span lines.
+        ok = api.post("/tickets", json={"subject": "Help", "message": "line 1\nline 2"})
+        assert ok.status_code == 200, ok.text
+
+
+def test_an_email_subject_never_holds_a_line_break(tmp_path: Path) -> None:
+    # A name stored before names were checked still cannot break the subject line.
+    outbox = Outbox(State(tmp_path / "state.sqlite3"), Clock(), emails_per_day=0)
+    outbox.send_magic_link(
+        "pod-abc", "Evil\r\nBcc: x@evil.example\x00", "a@example.com", "/", "http://h"
+    )
+    (mail,) = outbox.emails()
+    assert mail["subject"] == "Sign in to Evil Bcc: x@evil.example"

@@ -39,8 +39,8 @@ GAPS: list[tuple[str, str]] = [
     (
         "Magic-link verification",
         "The link points at the local platform (/auth/verify), which redirects to "
-        "{site}{redirect_url}?token=...&email=...; Mosaic documents no verify API, so treat "
-        "the token the same way on both.",
+        "{site}{redirect_url}?token=...&email=... (any #fragment after the query); Mosaic "
+        "documents no verify API, so treat the token the same way on both.",
     ),
     (
         "Storage URLs",

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
+from mosaicsync.local.projects import one_line
 from mosaicsync.local.state import State, hash_secret
 
 DAY = 86400
@@ -76,6 +77,9 @@ class Outbox:
                 )
         token = secrets.token_urlsafe(32)
         link = f"{base}/auth/verify?{urlencode({'token': token})}"
+        # Names are checked on the way in; one stored before that must still not break the
+        # subject line (a header) or the text.
+        app_name = one_line(app_name)
         subject = f"Sign in to {app_name}"
         text = (
             f"Hello,\n\nClick the link below to sign in to {app_name}:\n\n{link}\n\n"
@@ -100,7 +104,8 @@ class Outbox:
         return {"success": True, "message": "Magic link sent! Check your email."}
 
     def verify(self, token: str | None, site_url_for: dict[str, str]) -> Redirect:
-        """Use a token once: the redirect to `{site}{redirect_url}?token=...&email=...`."""
+        """Use a token once: the redirect to `{site}{redirect_url}?token=...&email=...`, with
+        `&` when the redirect has a query already and any `#fragment` kept last."""
         if not token:
             raise LinkError(400, "Invalid link", "This sign-in link has no token.")
         digest = hash_secret(token)
@@ -127,10 +132,11 @@ class Outbox:
             raise LinkError(
                 410, "Link already used", "This sign-in link was already used. Ask for a new one."
             )
-        redirect = row["redirect_url"]
-        sep = "&" if "?" in redirect else "?"
+        # The query goes before any fragment: after it, the browser never sends the token.
+        path, hash_mark, fragment = row["redirect_url"].partition("#")
+        sep = "" if path.endswith(("?", "&")) else "&" if "?" in path else "?"
         query = urlencode({"token": token, "email": row["email"]})
-        return Redirect(f"{site_url_for[row['project_id']]}{redirect}{sep}{query}")
+        return Redirect(f"{site_url_for[row['project_id']]}{path}{sep}{query}{hash_mark}{fragment}")
 
     def emails(self, email: str | None = None, project_id: str | None = None) -> list[dict]:
         sql = "SELECT * FROM outbox WHERE 1=1"

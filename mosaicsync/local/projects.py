@@ -61,6 +61,26 @@ WORDS = [
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 PROJECT_ID_RE = re.compile(r"^[a-z]+-[a-z0-9]{3}$")
 MAX_NAME = 100
+# C0 and C1 controls (CR, LF, NUL, tab, escape...) and the Unicode line/paragraph separators:
+# a name is one line of text, and it ends up in email subjects and HTML.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_single_line(field: str, value: str) -> None:
+    """400 if `value` holds a control character, naming it and where it is."""
+    found = CONTROL_RE.search(value)
+    if found:
+        raise ApiError(
+            400,
+            f'"{field}" contains the control character U+{ord(found.group()):04X} at '
+            f"position {found.start() + 1}; use one line of printable text, without line breaks, "
+            "tabs or NUL",
+        )
+
+
+def one_line(text: str) -> str:
+    """`text` with each run of control characters turned into one space."""
+    return re.sub(CONTROL_RE.pattern + "+", " ", text).strip()
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,7 @@ class Projects:
             raise ApiError(400, '"name" must be a non-empty string, e.g. {"name": "My App"}')
         if len(name) > MAX_NAME:
             raise ApiError(400, f'"name" is longer than {MAX_NAME} characters')
+        check_single_line("name", name)
         for _ in range(50):
             project_id = new_project_id()
             if self.state.one("SELECT 1 FROM projects WHERE id = ?", project_id):

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from mosaicsync.local.endpoints.common import account, platform_of, read_json
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.platform import Platform
+from mosaicsync.local.projects import check_single_line
 
 
 async def create_ticket(request: Request) -> Response:
@@ -19,6 +20,7 @@ async def create_ticket(request: Request) -> Response:
     subject, message = body.get("subject"), body.get("message")
     if not isinstance(subject, str) or not subject.strip():
         raise ApiError(400, '"subject" must be a non-empty string')
+    check_single_line("subject", subject)
     if not isinstance(message, str) or not message.strip():
         raise ApiError(400, '"message" must be a non-empty string')
     project_id = body.get("project_id")
