@@ -1131,7 +1131,8 @@ def local(**opts: object) -> None:
             f"  Sites     http://<project-id>.localhost:{started.port}/  "
             f"or {started.base_url}/sites/<project-id>/"
         )
-        click.echo(f"  Outbox    {started.base_url}/_local/")
+        # The only place the operator token is shown: it opens every account's mail and tickets.
+        click.echo(f"  Outbox    {started.base_url}/_local/?token={started.operator_token}")
         click.echo(f"  Database  {started.database}")
         click.echo(f"  Data      {started.data_dir}")
         if started.new_key:

@@ -79,7 +79,8 @@ def main() -> int:
             print(f"uploaded {second['uploaded']}, unchanged {second['unchanged']}")
 
             print(f"\nThe site: {first['url']}/  (also {platform.base_url}/sites/{pid}/)")
-            print(f"Outbox and tickets: {platform.base_url}/_local/")
+            outbox = f"{platform.base_url}/_local/?token={platform.operator_token}"
+            print(f"Outbox and tickets: {outbox}")
             if interactive:
                 print("The platform keeps running; press Ctrl-C to stop.", flush=True)
                 try:

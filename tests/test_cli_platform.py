@@ -118,7 +118,8 @@ def test_magic_link_lands_in_the_outbox(tmp_path: Path, local_server: LocalServe
     )
     assert answer["success"] is True
     emails = httpx.get(
-        local_server.base_url + "/_local/outbox", params={"email": "cli@example.com"}
+        local_server.base_url + "/_local/outbox",
+        params={"email": "cli@example.com", **local_server.local_auth},
     ).json()["emails"]
     assert emails and emails[0]["project_id"] == project
 
@@ -139,7 +140,9 @@ def test_ticket_with_diagnostics(tmp_path: Path, local_server: LocalServer, proj
         local_server,
     )["ticket"]
     assert isinstance(answer["ticket_id"], int) and answer["status"] == "open"
-    tickets = httpx.get(local_server.base_url + "/_local/tickets").json()["tickets"]
+    tickets = httpx.get(
+        local_server.base_url + "/_local/tickets", params=local_server.local_auth
+    ).json()["tickets"]
     mine = next(t for t in tickets if t["ticket_id"] == answer["ticket_id"])
     assert "mosaicsync" in mine["message"] and KEY_A not in mine["message"]
 

@@ -455,13 +455,14 @@ def test_storage_quota(local_server: LocalServer) -> None:
 
 def test_magic_link_flow(api: httpx.Client, project: dict, local_server: LocalServer) -> None:
     pid = project["project_id"]
-    httpx.delete(local_server.base_url + "/_local/outbox")
+    httpx.delete(local_server.base_url + "/_local/outbox", params=local_server.local_auth)
     r = api.post(
         f"/{pid}/auth/magic-link", json={"email": "user@example.com", "redirect_url": "/dashboard"}
     )
     assert r.json() == {"success": True, "message": "Magic link sent! Check your email."}
     emails = httpx.get(
-        local_server.base_url + "/_local/outbox", params={"email": "user@example.com"}
+        local_server.base_url + "/_local/outbox",
+        params={"email": "user@example.com", **local_server.local_auth},
     ).json()["emails"]
     assert len(emails) == 1
     mail = emails[0]
@@ -474,7 +475,7 @@ def test_magic_link_flow(api: httpx.Client, project: dict, local_server: LocalSe
     assert query["email"] == ["user@example.com"] and query["token"][0]
     second = httpx.get(mail["link"])
     assert second.status_code == 410
-    page = httpx.get(local_server.base_url + "/_local/")
+    page = httpx.get(local_server.base_url + "/_local/", params=local_server.local_auth)
     assert "user@example.com" in page.text
 
 
@@ -482,7 +483,8 @@ def test_magic_link_expires(api: httpx.Client, project: dict, local_server: Loca
     pid = project["project_id"]
     api.post(f"/{pid}/auth/magic-link", json={"email": "late@example.com", "redirect_url": "/"})
     link = httpx.get(
-        local_server.base_url + "/_local/outbox", params={"email": "late@example.com"}
+        local_server.base_url + "/_local/outbox",
+        params={"email": "late@example.com", **local_server.local_auth},
     ).json()["emails"][0]["link"]
     httpx.post(local_server.base_url + "/_local/clock", json={"advance": 15 * 60 + 1})
     try:
@@ -523,9 +525,14 @@ def test_tickets(api: httpx.Client, project: dict, local_server: LocalServer) ->
     assert r.status_code == 200 and body["status"] == "open" and isinstance(body["ticket_id"], int)
     assert body["message"] == "Ticket submitted successfully."
     assert api.post("/tickets", json={"subject": "", "message": "m"}).status_code == 400
-    tickets = httpx.get(local_server.base_url + "/_local/tickets").json()["tickets"]
+    tickets = httpx.get(
+        local_server.base_url + "/_local/tickets", params=local_server.local_auth
+    ).json()["tickets"]
     assert any(t["ticket_id"] == body["ticket_id"] for t in tickets)
-    assert "It broke" in httpx.get(local_server.base_url + "/_local/").text
+    assert (
+        "It broke"
+        in httpx.get(local_server.base_url + "/_local/", params=local_server.local_auth).text
+    )
 
 
 # -- /_local/ and deletion -----------------------------------------------------------------

@@ -64,7 +64,9 @@ def test_first_start_key_restart_persistence_and_expiry(tmp_path) -> None:
             assert rows == [{"v": "still here"}]
             assert httpx.get(f"{server.base_url}/sites/{pid}/").text == "persisted"
             assert httpx.get(f"{server.base_url}/_storage/{pid}/o.bin").content == b"abc"
-            tickets = httpx.get(server.base_url + "/_local/tickets").json()["tickets"]
+            tickets = httpx.get(
+                server.base_url + "/_local/tickets", params=server.local_auth
+            ).json()["tickets"]
             assert tickets[0]["message"] == "kept ticket"
             # Thirty-one days later the generated key has expired, as on Mosaic.
             httpx.post(server.base_url + "/_local/clock", json={"advance": 31 * 86400})

@@ -124,7 +124,9 @@ def test_no_secret_in_any_output_log_or_traceback(
                 outputs.append((str(path), path.read_bytes().decode("utf-8", "replace")))
     outputs.append(("platform log", local_server.log_text()))
     outputs.append(("platform stdout", "\n".join(local_server.stdout_lines)))
-    tickets = httpx.get(local_server.base_url + "/_local/tickets").json()["tickets"]
+    tickets = httpx.get(
+        local_server.base_url + "/_local/tickets", params=local_server.local_auth
+    ).json()["tickets"]
     outputs.append(("tickets", json.dumps(tickets)))
 
     leaks = [

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Host, Route, Router
@@ -27,6 +28,7 @@ from mosaicsync.local.endpoints import (
     tickets,
 )
 from mosaicsync.local.errors import ApiError
+from mosaicsync.local.origin import HostCheck
 from mosaicsync.local.platform import Platform
 from mosaicsync.local.reload import PATH as RELOAD_PATH
 from mosaicsync.local.reload import ReloadHub
@@ -130,6 +132,7 @@ def build_app(platform: Platform) -> Starlette:
     app = Starlette(
         routes=routes(platform.reload),
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},
+        middleware=[Middleware(HostCheck, configured=platform.settings.host)],
     )
     app.state.platform = platform
     return app

@@ -84,9 +84,18 @@ GAPS: list[tuple[str, str]] = [
         "restarting the platform then prints a new one. Keys given with --api-key never expire.",
     ),
     (
-        "Same-origin path route",
-        "Every site under /sites/{id}/ shares the origin 127.0.0.1:PORT, so cookies and "
-        "localStorage are shared between those sites; {id}.localhost gives each its own origin.",
+        "Sandboxed path route",
+        "Pages under /sites/{id}/ share the host 127.0.0.1:PORT with the platform's own pages, "
+        "so they are served with 'Content-Security-Policy: sandbox allow-scripts allow-forms "
+        "allow-popups allow-modals': scripts run in an opaque origin, without cookies or "
+        "localStorage; {id}.localhost gives each site its own origin, unsandboxed.",
+    ),
+    (
+        "Storage content types",
+        "Storage objects are served with 'X-Content-Type-Options: nosniff' and "
+        "'Content-Security-Policy: sandbox'; only images (not SVG), audio, video, fonts, plain "
+        "text, CSV and JSON are shown inline, any other type (HTML, SVG, ...) is a download "
+        "(Content-Disposition: attachment). Mosaic's serving of objects is not documented.",
     ),
 ]
 

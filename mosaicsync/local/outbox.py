@@ -162,5 +162,12 @@ class Outbox:
             for r in rows
         ]
 
-    def clear(self) -> int:
-        return self.state.run("DELETE FROM outbox").rowcount
+    def clear(self, project_ids: set[str] | None = None) -> int:
+        """Delete every email, or only those of these projects."""
+        if project_ids is None:
+            return self.state.run("DELETE FROM outbox").rowcount
+        ids = sorted(project_ids)
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        return self.state.run(f"DELETE FROM outbox WHERE project_id IN ({marks})", *ids).rowcount

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -29,8 +30,14 @@ def message_page(title: str, message: str) -> str:
     return _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>")
 
 
-def outbox_page(emails: list[dict[str, Any]], tickets: list[dict[str, Any]], info: dict) -> str:
+def outbox_page(
+    emails: list[dict[str, Any]],
+    tickets: list[dict[str, Any]],
+    info: dict,
+    token: str | None = None,
+) -> str:
     e = html.escape
+    auth = f"?{urlencode({'token': token})}" if token else ""
     rows = (
         "".join(
             f"<tr><td>{e(_when(m['created_at']))}</td><td>{e(m['project_id'])}</td>"
@@ -53,8 +60,8 @@ def outbox_page(emails: list[dict[str, Any]], tickets: list[dict[str, Any]], inf
     body = (
         "<h1>Mosaic local platform</h1>"
         f'<p class="muted">API {api} &middot; <a href="/_local/info">info</a> &middot; '
-        '<a href="/_local/outbox">outbox as JSON</a> &middot; '
-        '<a href="/_local/tickets">tickets as JSON</a></p>'
+        f'<a href="/_local/outbox{e(auth)}">outbox as JSON</a> &middot; '
+        f'<a href="/_local/tickets{e(auth)}">tickets as JSON</a></p>'
         "<h2>Outbox</h2><p class=muted>Emails are never sent from the local platform; "
         "they land here.</p>"
         "<table><tr><th>when</th><th>project</th><th>to</th><th>subject</th><th>link</th></tr>"

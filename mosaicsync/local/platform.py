@@ -38,6 +38,8 @@ class Platform:
     port: int
     info: dict[str, Any] = field(default_factory=dict)
     reload: ReloadHub | None = None  # dev mode only
+    # Made at each start and printed once in the banner: it shows `/_local/` every account's mail.
+    operator_token: str = ""
 
     def changed(self, project_id: str, path: str) -> None:
         """Tell the pages of the project that a file changed (dev mode; call on the loop)."""

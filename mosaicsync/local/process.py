@@ -22,6 +22,8 @@ from mosaicsync.contract import API_PREFIX
 from mosaicsync.local.pg.cluster import die_with_parent
 
 LISTENING = re.compile(r"^Listening on (http://\S+)")
+# The banner's outbox link carries the per-start operator token.
+OUTBOX_TOKEN = re.compile(r"^\s+Outbox\s+\S*[?&]token=([\w-]+)")
 
 
 def platform_tempdir(prefix: str) -> Path:
@@ -52,12 +54,18 @@ class LocalProcess:
     listen_port: int = 0
     proc: subprocess.Popen | None = None
     base_url: str = ""
+    operator_token: str = ""
     stdout_lines: list[str] = field(default_factory=list)
     _pump_thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def api_url(self) -> str:
         return self.base_url + API_PREFIX
+
+    @property
+    def local_auth(self) -> dict[str, str]:
+        """Query parameters that open `/_local/` outbox and tickets as the operator."""
+        return {"token": self.operator_token}
 
     @property
     def port(self) -> int:
@@ -88,6 +96,9 @@ class LocalProcess:
             if line is None:
                 break
             self.stdout_lines.append(line)
+            token = OUTBOX_TOKEN.match(line)
+            if token:
+                self.operator_token = token.group(1)
             match = LISTENING.match(line)
             if match:
                 self.base_url = match.group(1)

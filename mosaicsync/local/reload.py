@@ -201,7 +201,12 @@ class ReloadHub:
                 {"success": False, "error": "pass ?project=ID, the project whose pages listen"},
                 status_code=400,
             )
-        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        # Pages under /sites/{id}/ run sandboxed, in an opaque origin: they need CORS to listen.
+        headers = {
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+            "Access-Control-Allow-Origin": "*",
+        }
         return StreamingResponse(
             self.stream(project_id), media_type="text/event-stream", headers=headers
         )

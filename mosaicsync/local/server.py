@@ -64,6 +64,7 @@ class Started:
     data_dir: Path
     database: str
     new_key: NewKey | None
+    operator_token: str
 
 
 def default_data_dir() -> Path:
@@ -175,6 +176,7 @@ class LocalPlatform:
             databases=self.databases,
             port=port,
             reload=ReloadHub() if s.dev else None,
+            operator_token=secrets.token_urlsafe(24),
         )
         self.reload = platform.reload
         database = f"PostgreSQL {server_info.version} ({mode})"
@@ -197,7 +199,9 @@ class LocalPlatform:
         }
         self.app = build_app(platform)
         self.projects.resume_provisioning()
-        return Started(base_url, base_url + API_PREFIX, port, data, database, new_key)
+        return Started(
+            base_url, base_url + API_PREFIX, port, data, database, new_key, platform.operator_token
+        )
 
     def _external(self, url: str, limits: SqlLimits) -> tuple[Databases, str, int, str]:
         try:

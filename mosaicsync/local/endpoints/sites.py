@@ -7,6 +7,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from mosaicsync.local import pages
 from mosaicsync.local.endpoints.common import platform_of, request_base
+from mosaicsync.local.origin import SITE_SANDBOX
 from mosaicsync.local.reload import inject_script
 from mosaicsync.local.sites import SiteResponse
 
@@ -44,7 +45,10 @@ def site_by_host(request: Request) -> Response:
 def site_by_path(request: Request) -> Response:
     project_id = request.path_params["project_id"]
     base = f"{request_base(request)}/sites/{project_id}"
-    return serve_site(request, project_id, "/" + request.path_params["path"], base)
+    response = serve_site(request, project_id, "/" + request.path_params["path"], base)
+    # Same host as `/_local/`: the page runs in an opaque origin, so its scripts cannot read it.
+    response.headers["Content-Security-Policy"] = SITE_SANDBOX
+    return response
 
 
 async def site_root_redirect(request: Request) -> Response:

@@ -10,6 +10,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from mosaicsync.local.endpoints.common import CORS, account, platform_of, read_json, request_base
 from mosaicsync.local.errors import ApiError
+from mosaicsync.local.origin import STORAGE_HEADERS, inline_ok, storage_media_type
 
 
 def object_url(base: str, project_id: str, path: str) -> str:
@@ -83,11 +84,22 @@ async def get_object(request: Request) -> Response:
         )
     obj, path = found
     etag = f'"{obj.sha256}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=0, must-revalidate", **CORS}
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "public, max-age=0, must-revalidate",
+        **CORS,
+        **STORAGE_HEADERS,
+    }
     inm = request.headers.get("if-none-match")
     if inm and inm.strip().removeprefix("W/") == etag:
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, headers=headers)
+    # Only media is shown inline: an uploaded page or SVG would otherwise run as the platform's
+    # own origin, next to `/_local/`.
+    media_type = storage_media_type(obj.path)
+    if inline_ok(media_type):
+        return FileResponse(path, headers=headers, media_type=media_type)
+    name = obj.path.rsplit("/", 1)[-1]
+    return FileResponse(path, headers=headers, media_type=media_type, filename=name)
 
 
 async def storage_preflight(request: Request) -> Response:

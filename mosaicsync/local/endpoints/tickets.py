@@ -46,9 +46,14 @@ async def create_ticket(request: Request) -> Response:
     )
 
 
-def ticket_rows(p: Platform) -> list[dict[str, Any]]:
-    """Every ticket, newest first, as `/_local/tickets` shows them."""
-    rows = p.state.all("SELECT * FROM tickets ORDER BY id DESC")
+def ticket_rows(p: Platform, account_id: int | None = None) -> list[dict[str, Any]]:
+    """The account's tickets (every ticket for None), newest first, as `/_local/tickets`."""
+    if account_id is None:
+        rows = p.state.all("SELECT * FROM tickets ORDER BY id DESC")
+    else:
+        rows = p.state.all(
+            "SELECT * FROM tickets WHERE account_id = ? ORDER BY id DESC", account_id
+        )
     return [
         {
             "ticket_id": r["id"],
