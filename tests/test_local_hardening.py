@@ -165,7 +165,9 @@ def test_the_token_goes_in_the_query_before_any_fragment(
         pid = api.post("/projects", json={"name": "Fragments"}).json()["project_id"]
         body = {"email": email, "redirect_url": redirect_url}
         assert api.post(f"/{pid}/auth/magic-link", json=body).status_code == 200
-    outbox = httpx.get(local_server.base_url + "/_local/outbox", params={"email": email})
+    outbox = httpx.get(
+        local_server.base_url + "/_local/outbox", params={"email": email, **local_server.local_auth}
+    )
     link = outbox.json()["emails"][0]["link"]
     location = urlsplit(httpx.get(link).headers["location"])
     assert location.netloc == f"{pid}.localhost:{local_server.port}"
