@@ -6,7 +6,8 @@ one ConfigError, one line each, as `mosaic.toml: [static] root: <problem>; <fix>
 - `[app] name`: the project folder's name.
 - `[static] root`: "public" when that folder exists, else "." (the project folder itself).
 - `[static] ignore`: none (`.mosaicignore` and the safe defaults still apply).
-- `[migrations] dir`: "migrations", which need not exist.
+- `[migrations] dir`: "migrations", which need not exist; like `[static] root`, it must resolve
+  inside the project folder (symlinks followed).
 - `[targets.NAME]`: none; a target never borrows `[app] project_id`, because a project on one
   platform does not exist on another.
 """
@@ -153,7 +154,15 @@ def load_config(path: Path) -> Config:
     migrations = _table(doc, "migrations")
     mdir = check.string(migrations, ("migrations", "dir"), secrets)
     migrations_dir = (project_dir / (mdir or DEFAULT_MIGRATIONS_DIR)).resolve()
-    if mdir is not None and migrations_dir.exists() and not migrations_dir.is_dir():
+    if not migrations_dir.is_relative_to(project_dir):
+        # Like `[static] root`: `migrate up` would apply SQL from anywhere, `migrate new` write it.
+        check.add(
+            "[migrations] dir",
+            f"{mdir!r} resolves to {migrations_dir}, outside the project folder {project_dir}",
+            "keep the migrations inside the project (symlinks are followed); "
+            'set dir to a folder in it, e.g. dir = "migrations"',
+        )
+    elif mdir is not None and migrations_dir.exists() and not migrations_dir.is_dir():
         check.add(
             "[migrations] dir",
             f"{mdir!r} is a file, not a folder",

@@ -290,6 +290,13 @@ def migrations_dir_is_a_file(ctx: Ctx) -> None:
     ctx.config.write_text(ctx.config.read_text().replace('"migrations"', '"schema.sql"'))
 
 
+@case("a migrations dir outside the project (`../shared-sql`)", 2, "outside the project folder")
+def migrations_dir_outside_project(ctx: Ctx) -> None:
+    (ctx.project.parent / "shared-sql").mkdir()
+    (ctx.project.parent / "shared-sql" / "0001_drop.sql").write_text("CREATE TABLE x (y int);\n")
+    ctx.config.write_text(ctx.config.read_text().replace('"migrations"', '"../shared-sql"'))
+
+
 # -- the static tree -------------------------------------------------------------------------------
 
 

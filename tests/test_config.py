@@ -163,6 +163,9 @@ BAD = [
     ("[migrations]\ndir = 1.5\n", "[migrations] dir", "got a float", 'dir = "migrations"'),
     ("[migrations]\ndir = 'f.txt'\n", "[migrations] dir", "is a file", "NNNN_name.sql"),
     ("[migrations]\ndirectory = 'm'\n", "[migrations] directory", "unknown key", "dir"),
+    ("[migrations]\ndir = '../sql'\n", "[migrations] dir", "outside the project folder", "inside"),
+    ("[migrations]\ndir = 'db/../../sql'\n", "[migrations] dir", "outside the project", "inside"),
+    ("[migrations]\ndir = '/etc'\n", "[migrations] dir", "'/etc' resolves to", 'dir = "m'),
     ("targets = 1\n", "targets", "expected a table", "[targets]"),
     ("[targets]\nlocal = 'x'\n", "[targets.local]", "expected a table", "api_url ="),
     ("[targets.a]\napi_url = 'ftp://h/v1'\n", "[targets.a] api_url", "not an http(s)", "e.g."),
@@ -227,6 +230,25 @@ def test_static_root_symlink_out_of_the_project(tmp_path: Path) -> None:
     [line] = problems(write(project, "[static]\nroot = 'site'\n", public=False))
     assert line.startswith("mosaic.toml: [static] root: 'site' resolves to")
     assert "symlinks are followed" in line
+
+
+def test_migrations_dir_symlink_out_of_the_project(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "db").symlink_to(outside)
+    [line] = problems(write(project, "[migrations]\ndir = 'db'\n", public=False))
+    assert line.startswith("mosaic.toml: [migrations] dir: 'db' resolves to")
+    assert "outside the project folder" in line
+    assert "symlinks are followed" in line
+
+
+def test_migrations_dir_inside_the_project_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "db").symlink_to(tmp_path / "sql")
+    config = load_config(write(tmp_path, "[migrations]\ndir = 'db'\n"))
+    assert config.migrations_dir == (tmp_path / "sql").resolve()
 
 
 def test_static_root_symlink_inside_the_project(tmp_path: Path) -> None:
