@@ -19,26 +19,122 @@ from pathspec import GitIgnoreSpec
 
 from mosaicsync.errors import ConfigError
 
-# Never published, whatever a `!pattern` says, unless the caller passes allow_secrets=True:
-# version-control metadata, environment files, private keys and credential files.
+# Never published, whatever a `!pattern` says, unless the caller passes allow_secrets=True: the
+# files where common tools keep credentials. Matched on the lowercased path, so every pattern here
+# is lowercase. Names that may be real site files (`config.json`, `*.json`, `settings.py`, `*.asc`
+# public keys, `.well-known/`) are left out: a pattern names a tool's own file or folder.
+# Built from these lists of such names:
+#   https://github.com/github/gitignore (Terraform.gitignore, Global/JetBrains.gitignore)
+#   https://github.com/eth0izzle/shhgit/blob/master/config.yaml (file signatures, from gitrob's)
+#   https://github.com/michenriksen/gitrob (signatures of sensitive files)
+#   https://github.com/Skyscanner/whispers/blob/master/whispers/rules/sensitive-files.yml
 SECRET_IGNORES: tuple[str, ...] = (
+    # Version control: metadata, stored credentials, configs that may hold tokens.
     ".git/",
     ".hg/",
     ".svn/",
+    ".bzr/",
+    ".git-credentials",
+    ".gitconfig",
+    ".hgrc",
+    # Environment files.
     ".env",
     ".env.*",
     ".env*",
+    # SSH, GPG, TLS and other private keys, keystores and password databases.
+    ".ssh/",
+    ".gnupg/",
     "*.pem",
     "*.key",
     "*.p12",
     "*.pfx",
+    "*.pkcs12",
+    "*.ppk",
+    "*.jks",
+    "*.keystore",
+    "*.kdbx",
+    "*.ovpn",
     "id_rsa*",
     "id_dsa*",
     "id_ed25519*",
     "id_ecdsa*",
+    "otr.private_key",
+    # Cloud and platform CLIs.
+    ".aws/",
+    ".azure/",
+    ".kube/",
+    "kubeconfig",
+    "**/.docker/config.json",
+    ".dockercfg",
+    "**/.config/gcloud/",
+    "application_default_credentials.json",
+    "client_secret*.json",
+    "**/.config/gh/hosts.yml",
+    "**/.config/hub",
+    "**/doctl/config.yaml",
+    ".s3cfg",
+    ".boto",
+    ".tugboat",
+    ".vault-token",
+    ".databrickscfg",
+    "**/.oci/",
+    # mosaicsync's own stored API keys.
+    "credentials.toml",
+    # Package managers and registries.
     ".npmrc",
+    ".yarnrc.yml",
     ".pypirc",
+    "pip.conf",
+    "**/.gem/credentials",
+    "**/.bundle/config",
+    "**/.cargo/credentials",
+    "**/.cargo/credentials.toml",
+    "**/.composer/auth.json",
+    "**/.m2/settings.xml",
+    "settings-security.xml",
+    "**/.gradle/gradle.properties",
+    "credentials.xml",
+    # Network logins and database clients.
     ".netrc",
+    "_netrc",
+    ".pgpass",
+    ".my.cnf",
+    ".mylogin.cnf",
+    ".htpasswd",
+    "proftpdpasswd",
+    # Shells and REPLs: history and startup files.
+    ".*_history",
+    ".history",
+    ".zhistory",
+    ".bashrc",
+    ".zshrc",
+    ".bash_profile",
+    ".zprofile",
+    ".bash_aliases",
+    # Infrastructure state and variables.
+    "*.tfstate",
+    "*.tfstate.*",
+    "*.tfvars",
+    "*.tfvars.json",
+    ".terraform/",
+    ".terraformrc",
+    "terraform.rc",
+    ".vagrant/",
+    ".chef/",
+    "knife.rb",
+    ".vault_pass",
+    # Editors' remote-sync and settings-sync files, which store server passwords and tokens.
+    "sftp-config.json",
+    "**/.vscode/sftp.json",
+    ".ftpconfig",
+    ".remote-sync.json",
+    "synclocalsettings.json",
+    "**/.idea/webservers.xml",
+    "**/.idea/datasources.local.xml",
+    "**/.idea/sshconfigs.xml",
+    "filezilla.xml",
+    "recentservers.xml",
+    "sitemanager.xml",
 )
 
 # Files editors write next to a file while saving it: vim's write probe `4913`, swap and backup

@@ -122,6 +122,67 @@ def test_defaults_are_one_tuple_holding_the_secret_subset() -> None:
         assert [p.include for p in GitIgnoreSpec.from_lines([pattern]).patterns] == [True]
 
 
+# Credential files of common tools, where they sit in a home folder or a project, at the root and
+# nested, in another case; none may be published, and no `!pattern` can re-include one.
+TOOL_CREDENTIALS = [
+    ".git-credentials",
+    "site/.git-credentials",
+    ".pgpass",
+    "db/.PGPASS",
+    ".htpasswd",
+    "admin/.htpasswd",
+    ".bash_history",
+    "home/.zsh_history",
+    ".psql_history",
+    ".aws/credentials",
+    "home/.aws/credentials",
+    ".ssh/id_ed25519",
+    ".ssh/config",
+    "home/.SSH/authorized_keys",
+    ".kube/config",
+    "home/.kube/config",
+    ".docker/config.json",
+    "home/.docker/config.json",
+    "credentials.toml",
+    ".config/mosaicsync/credentials.toml",
+    ".config/gcloud/application_default_credentials.json",
+    ".config/gh/hosts.yml",
+    ".gem/credentials",
+    ".cargo/credentials.toml",
+    "infra/terraform.tfstate",
+    "infra/prod.tfvars",
+    "sftp-config.json",
+    ".vscode/sftp.json",
+    ".netrc",
+]
+# Look-alikes that are ordinary site files and must stay published.
+SITE_FILES = [
+    "index.html",
+    "config.json",
+    "data/credentials.html",
+    "docker/config.json",
+    "aws/credentials.md",
+    "history.html",
+    "ssh/index.html",
+    "kube.css",
+    ".well-known/security.txt",
+]
+
+
+def test_credential_files_of_common_tools_are_never_published(tmp_path: Path) -> None:
+    for rel in TOOL_CREDENTIALS + SITE_FILES:
+        write(tmp_path, rel)
+    rules = load_ignore_rules(tmp_path, tmp_path, ["!*", "!.*", "!**/*"])
+    assert sorted(paths(tmp_path, rules)) == sorted(SITE_FILES)
+    assert sorted(paths(tmp_path)) == sorted(SITE_FILES)
+    reasons = skipped(tmp_path, rules)
+    for rel in TOOL_CREDENTIALS:
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[:i]) + "/" for i in range(1, len(parts))]
+        [why] = [reasons[p] for p in [*prefixes, rel] if p in reasons]
+        assert why.startswith("default: "), (rel, why)
+
+
 def test_ignored_directories_are_never_entered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

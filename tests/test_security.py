@@ -196,8 +196,24 @@ NEVER_UPLOADED: dict[str, list[str]] = {
     "__pycache__/": ["__pycache__/app.cpython-311.pyc", "tools/__pycache__/x.pyc"],
     ".mosaicsync/": [".mosaicsync/notes.txt"],
     "mosaic.toml": ["mosaic.toml"],
+    ".git-credentials": [".git-credentials", "app/.git-credentials"],
+    ".pgpass": [".pgpass", "db/.pgpass"],
+    ".htpasswd": [".htpasswd", "admin/.HTPASSWD"],
+    ".bash_history": [".bash_history", "home/.bash_history"],
+    ".aws/credentials": [".aws/credentials", "home/.aws/credentials"],
+    ".ssh/": [".ssh/id_ed25519", ".ssh/config", "home/.ssh/known_hosts"],
+    ".kube/config": [".kube/config", "home/.kube/config"],
+    ".docker/config.json": [".docker/config.json", "home/.docker/config.json"],
+    "credentials.toml": ["credentials.toml", ".config/mosaicsync/credentials.toml"],
 }
-PUBLISHED = [".well-known/x.txt", ".well-known/security.txt", "index.html", "app/page.html"]
+PUBLISHED = [
+    ".well-known/x.txt",
+    ".well-known/security.txt",
+    "index.html",
+    "app/page.html",
+    "config.json",
+    "docker/config.json",
+]
 
 
 @pytest.fixture(scope="module")
