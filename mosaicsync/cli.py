@@ -563,11 +563,15 @@ def migrate_status(session: Session) -> None:
 
 
 def _migration_label(item: Any) -> str:
+    """One migration on one line: names recorded in the database may hold any character."""
+    from mosaicsync.output import printable
+
     if not isinstance(item, dict):
-        return str(item)
+        return printable(str(item))
     if item.get("filename"):
-        return str(item["filename"])
-    return f"{item.get('version')}_{item.get('name')}" if item.get("name") else str(item)
+        return printable(str(item["filename"]))
+    label = f"{item.get('version')}_{item.get('name')}" if item.get("name") else str(item)
+    return printable(label)
 
 
 @migrate.command("up")
@@ -684,7 +688,18 @@ def projects_list(session: Session) -> None:
     out = session.output()
     with session.client(session.config_or_none(), out) as client:
         items = client.list_projects()
-    lines = [f"{p['project_id']:<12} {p['status']:<13} {p['name']}  {p['url']}" for p in items]
+    from mosaicsync.output import printable
+
+    lines = [
+        " ".join(
+            (
+                f"{printable(str(p['project_id'])):<12}",
+                f"{printable(str(p['status'])):<13}",
+                f"{printable(str(p['name']))}  {printable(str(p['url']))}",
+            )
+        )
+        for p in items
+    ]
     out.result({"projects": items}, "\n".join(lines) or "No projects.")
 
 
@@ -704,9 +719,11 @@ def projects_create(session: Session, name: str, no_wait: bool) -> None:
         project = client.create_project(name)
         if not no_wait:
             project = client.wait_until_running(project["project_id"])
+    from mosaicsync.output import printable
+
     out.result(
         {"project": project},
-        f"Created {project['project_id']} ({project['status']}): {project['url']}",
+        printable(f"Created {project['project_id']} ({project['status']}): {project['url']}"),
     )
 
 
@@ -757,7 +774,7 @@ def sql(session: Session, query: str | None, sql_file: Any) -> None:
     if session.json_mode or not sys.stdout.isatty():
         click.echo(out.redact(json.dumps(rows, ensure_ascii=False)))
     else:
-        click.echo(out.redact(render_table(rows)))
+        out.text(render_table(rows))
 
 
 @cli.group()
@@ -853,14 +870,15 @@ def storage_ls(session: Session) -> None:
     Example:
       mosaicsync storage ls --json
     """
-    from mosaicsync.output import human_size
+    from mosaicsync.output import human_size, printable
 
     config = session.config_or_none()
     out = session.output()
     with session.client(config, out) as client:
         listing = client.list_storage(session.project_id(config))
     usage = listing.get("usage", {})
-    lines = [f"{human_size(f['size']):>10}  {f['filename']}" for f in listing.get("files", [])]
+    files = listing.get("files", [])
+    lines = [f"{human_size(f['size']):>10}  {printable(str(f['filename']))}" for f in files]
     lines.append(f"used {usage.get('used')} of {usage.get('limit')} ({usage.get('percent')}%)")
     out.result(listing, "\n".join(lines))
 
@@ -944,7 +962,9 @@ def auth_magic_link(session: Session, email: str, redirect_url: str) -> None:
     out = session.output()
     with session.client(config, out) as client:
         answer = client.magic_link(session.project_id(config), email, redirect_url)
-    out.result({"email": email, **answer}, answer.get("message", "Sent."))
+    from mosaicsync.output import printable
+
+    out.result({"email": email, **answer}, printable(str(answer.get("message", "Sent."))))
 
 
 @cli.command()
@@ -973,9 +993,13 @@ def ticket(session: Session, subject: str, message: str, diagnostics: bool) -> N
         project_id = session.project_id(config)
     with session.client(config, out) as client:
         answer = client.create_ticket(subject, out.redact(body), project_id)
+    from mosaicsync.output import printable
+
     out.result(
         {"ticket": answer},
-        f"Ticket #{answer.get('ticket_id')} {answer.get('status')}: {answer.get('message')}",
+        printable(
+            f"Ticket #{answer.get('ticket_id')} {answer.get('status')}: {answer.get('message')}"
+        ),
     )
 
 

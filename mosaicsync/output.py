@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -16,6 +17,29 @@ from mosaicsync.errors import MosaicError
 from mosaicsync.events import RequestEvent
 
 SCHEMA = "mosaicsync/1"
+
+
+# What a terminal acts on instead of showing: C0 controls (ESC starts a sequence that sets the
+# title, clears the screen or writes the clipboard; CR and LF fake lines), DEL, C1 controls
+# (U+009B is a one-byte CSI) and the Unicode bidi controls that reorder what is shown.
+_BIDI = r"\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+_CONTROL_BUT_NEWLINE = re.compile(rf"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI}]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` with every control character shown as an escape (`\\x1b`, `\\u202e`).
+
+    With `lines`, newlines are kept: for a message whose lines are ours, after each value from
+    the platform in it went through `printable` alone (so a newline in a name fakes no row).
+    Human output only: `--json` prints values exactly.
+    """
+    return (_CONTROL_BUT_NEWLINE if lines else _CONTROL).sub(_visible, text)
 
 
 def human_size(n: float) -> str:
@@ -46,7 +70,16 @@ class Output:
         """A log line for people: stderr, so stdout stays a clean result."""
         if not self.json_mode:
             self._clear_progress()
-            print(self.redact(message), file=sys.stderr)
+            print(self.shown(message), file=sys.stderr)
+
+    def shown(self, text: str) -> str:
+        """Human text as printed: secrets masked, control characters escaped (newlines kept)."""
+        return printable(self.redact(text), lines=True)
+
+    def text(self, human: str) -> None:
+        """A human result that has no JSON form here (the caller prints JSON itself)."""
+        self._clear_progress()
+        print(self.shown(human))
 
     def result(self, data: dict[str, Any], human: str) -> None:
         self._clear_progress()
@@ -55,7 +88,7 @@ class Output:
             assert not {"schema", "status"} & data.keys(), "nest the result under its own key"
             print(self.redact(json.dumps({"schema": SCHEMA, "status": "ok", **data})))
         else:
-            print(self.redact(human))
+            print(self.shown(human))
 
     def error(self, exc: MosaicError) -> None:
         self._clear_progress()
@@ -63,9 +96,9 @@ class Output:
             body = {"schema": SCHEMA, "status": "error", "error": exc.to_json()}
             print(self.redact(json.dumps(body)))
         else:
-            print(self.redact(f"Error: {exc.message}"), file=sys.stderr)
+            print(self.shown(f"Error: {exc.message}"), file=sys.stderr)
             if exc.hint:
-                print(self.redact(f"Hint: {exc.hint}"), file=sys.stderr)
+                print(self.shown(f"Hint: {exc.hint}"), file=sys.stderr)
 
     def request(self, event: RequestEvent) -> None:
         if self.verbose:
@@ -73,7 +106,7 @@ class Output:
             retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
             self._clear_progress()
             print(
-                self.redact(f"  {event.method} {event.path} -> {status} {event.ms:.0f} ms{retry}"),
+                self.shown(f"  {event.method} {event.path} -> {status} {event.ms:.0f} ms{retry}"),
                 file=sys.stderr,
             )
 
@@ -118,7 +151,7 @@ class Output:
         if self.json_mode:
             print(self.redact(json.dumps({"schema": SCHEMA, "event": event, **data})), flush=True)
         elif human is not None:
-            print(self.redact(human), file=sys.stderr if log else sys.stdout, flush=True)
+            print(self.shown(human), file=sys.stderr if log else sys.stdout, flush=True)
 
     def watch_event(self, event: ev.Event) -> None:
         """The watch's events: one line per sync; retries, warnings and reloads as logs."""
@@ -276,8 +309,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     """Rows as an aligned text table, like psql's, for people at a terminal."""
     if not rows:
         return "(0 rows)"
-    columns = list(rows[0])
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    keys = list(rows[0])
+    columns = [printable(str(c)) for c in keys]
+    cells = [[_cell(row.get(c)) for c in keys] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("-+-".join("-" * w for w in widths))
@@ -287,8 +321,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    """One value on one line: a newline or an escape sequence in it would fake rows or worse."""
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+        return printable(json.dumps(value, ensure_ascii=False))
+    return printable(str(value))
