@@ -9,21 +9,32 @@ Each is the first of these that is set (README: "Deploying to production", "Comm
               a target); else none, an error for the commands that need one
     API key   MOSAIC_API_KEY, the key stored for the API URL (`mosaicsync login`); else AuthError
 
-Targets live in mosaic.toml: without one, a target name selects nothing.
+Targets live in mosaic.toml: without one, a target name selects nothing. A repository is not the
+user's choice: MOSAIC_API_KEY goes to a URL that only mosaic.toml names when that URL is Mosaic's
+own or loopback, or when the user confirmed it (a key stored for it, --api-url, MOSAIC_API_URL).
+Plain http is refused for any host but loopback, wherever the URL came from.
 """
 
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from mosaicsync.config import Config, Target, resolve_target_name
 from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
-from mosaicsync.credentials import API_URL_ENV, ApiKey, normalize_api_url, resolve_api_key
-from mosaicsync.errors import ConfigError
+from mosaicsync.credentials import (
+    API_URL_ENV,
+    KEY_ENV,
+    ApiKey,
+    normalize_api_url,
+    resolve_api_key,
+)
+from mosaicsync.errors import AuthError, ConfigError
 
 PROJECT_ENV = "MOSAIC_PROJECT"
 
@@ -76,8 +87,11 @@ def select_target(
     chosen = config.target(name) if config is not None else None
 
     url, url_source = _api_url(api_url, chosen, env)
+    _refuse_plain_http(url, url_source)
     project_id, project_source = _project(project, chosen, name is not None, env)
     key = resolve_api_key(url, env, key_lookup) if key_lookup is not None else None
+    if key is not None and key_lookup is not None and key.source == KEY_ENV:
+        _check_env_key_destination(name, url, url_source, env, key_lookup)
     return Selection(
         target=name,
         target_source=target_source,
@@ -102,6 +116,61 @@ def _api_url(flag: str | None, target: Target | None, env: Mapping[str, str]) ->
     if value:
         return normalize_api_url(value, source=API_URL_ENV), API_URL_ENV
     return DEFAULT_API_URL, "default"
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url`'s host is this machine: 127.0.0.0/8, ::1, localhost or *.localhost."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_plain_http(url: str, url_source: str) -> None:
+    """Plain http leaves this machine only in clear, API key included: loopback only."""
+    if urlsplit(url).scheme == "http" and not is_loopback_url(url):
+        raise ConfigError(
+            f"{url_source}: {url} is plain http to a host other than this machine, "
+            "so the API key would travel in clear",
+            hint="use the platform's https URL; http is accepted for 127.0.0.1, ::1 and localhost",
+        )
+
+
+def _check_env_key_destination(
+    target: str | None,
+    url: str,
+    url_source: str,
+    env: Mapping[str, str],
+    key_lookup: Callable[[str], ApiKey],
+) -> None:
+    """Refuse to send MOSAIC_API_KEY to a URL that only the repository's mosaic.toml names.
+
+    Allowed: a URL from --api-url or MOSAIC_API_URL, Mosaic's own, loopback, or one the user
+    stored a key for with `mosaicsync login --api-url URL` (their choice, outside the repository).
+    """
+    if url_source in ("--api-url", API_URL_ENV, "default"):
+        return
+    if url == DEFAULT_API_URL or is_loopback_url(url):
+        return
+    # The target's api_url wins over MOSAIC_API_URL; the same URL there confirms it.
+    if env.get(API_URL_ENV, "").strip().rstrip("/") == url:
+        return
+    try:
+        key_lookup(url)
+    except AuthError:
+        pass
+    else:
+        return
+    where = f"target '{target}'" if target else "mosaic.toml"
+    raise ConfigError(
+        f"{where} sends requests to {url} ({url_source}), a URL that only the repository names; "
+        f"the key from {KEY_ENV} is not sent there",
+        hint=f"if you trust it, run `mosaicsync login --api-url {url}` to store a key for it, "
+        f"or confirm it with --api-url {url} or {API_URL_ENV}={url}",
+    )
 
 
 def _project(

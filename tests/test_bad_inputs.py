@@ -612,7 +612,7 @@ def connection_refused(ctx: Ctx) -> None:
 
 @case("a host name that does not resolve (`mosaic.invalid`)", 6, "cannot connect")
 def dns_failure(ctx: Ctx) -> None:
-    ctx.api_url = "http://mosaic.invalid/v1/project"
+    ctx.api_url = "https://mosaic.invalid/v1/project"
 
 
 @case("an API URL that is not http(s) (`ftp://...`)", 2, "is not an http(s) URL")

@@ -215,6 +215,91 @@ def test_the_key_is_never_in_the_repr() -> None:
     assert "0123456789" not in repr(chosen)
 
 
+# -- where a key from the environment may go ---------------------------------------------------
+
+ENV_KEY = {"MOSAIC_API_KEY": "mk_env_0123456789"}
+
+
+def no_stored_key(url: str) -> ApiKey:
+    raise AuthError(f"no API key for {url}")
+
+
+def test_the_environment_key_is_not_sent_to_a_url_that_only_the_repository_names() -> None:
+    # A cloned repository's mosaic.toml would otherwise receive the user's production key.
+    with pytest.raises(ConfigError) as caught:
+        select_target(EXAMPLE, ENV_KEY, target="staging", key_lookup=no_stored_key)
+    message = str(caught.value) + " " + (caught.value.hint or "")
+    assert "staging" in message and STAGING in message
+    assert f"mosaicsync login --api-url {STAGING}" in message
+    assert "--api-url" in message and "MOSAIC_API_URL" in message
+    assert "0123456789" not in message
+
+
+@pytest.mark.parametrize(
+    "flags, env",
+    [
+        pytest.param({"api_url": STAGING}, {}, id="--api-url"),
+        pytest.param({}, {"MOSAIC_API_URL": STAGING}, id="MOSAIC_API_URL"),
+    ],
+)
+def test_the_user_confirms_the_repository_url_outside_the_repository(
+    flags: dict[str, str], env: dict[str, str]
+) -> None:
+    chosen = select_target(
+        EXAMPLE, {**ENV_KEY, **env}, target="staging", key_lookup=no_stored_key, **flags
+    )
+    assert chosen.api_url == STAGING
+    assert chosen.api_key == ApiKey("mk_env_0123456789", "MOSAIC_API_KEY")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9999/v1/project",
+        "http://[::1]:8787/v1/project",
+        "http://localhost:8787/v1/project",
+        "http://site.localhost:8787/v1/project",
+        DEFAULT_API_URL,
+    ],
+)
+def test_the_environment_key_goes_to_a_repository_named_loopback_or_production_url(
+    url: str,
+) -> None:
+    repo = config(dev=Target("dev", url, "wave-x7k"))
+    chosen = select_target(repo, ENV_KEY, target="dev", key_lookup=no_stored_key)
+    assert chosen.api_url == url
+    assert chosen.api_key is not None and chosen.api_key.source == "MOSAIC_API_KEY"
+
+
+def test_a_key_stored_for_the_repository_url_confirms_it() -> None:
+    def stored(url: str) -> ApiKey:
+        assert url == STAGING
+        return ApiKey("mk_stored_1111", "credentials.toml")
+
+    # The user ran `mosaicsync login --api-url STAGING`: the URL is their choice.
+    chosen = select_target(EXAMPLE, {}, target="staging", key_lookup=stored)
+    assert chosen.api_key == ApiKey("mk_stored_1111", "credentials.toml")
+    chosen = select_target(EXAMPLE, ENV_KEY, target="staging", key_lookup=stored)
+    assert chosen.api_url == STAGING
+
+
+@pytest.mark.parametrize(
+    "flags, env, target",
+    [
+        pytest.param({"api_url": "http://example.com/v1"}, {}, None, id="--api-url"),
+        pytest.param({}, {"MOSAIC_API_URL": "http://example.com/v1"}, None, id="MOSAIC_API_URL"),
+        pytest.param({}, {}, "plain", id="mosaic.toml"),
+    ],
+)
+def test_plain_http_to_a_host_other_than_loopback_is_refused(
+    flags: dict[str, str], env: dict[str, str], target: str | None
+) -> None:
+    repo = config(plain=Target("plain", "http://example.com/v1", None))
+    for lookup in (None, lambda url: ApiKey("mk_stored_1111", "credentials.toml")):
+        with pytest.raises(ConfigError, match=r"http://example\.com/v1.*in clear"):
+            select_target(repo, env, target=target, key_lookup=lookup, **flags)
+
+
 # -- bad values name where they came from --------------------------------------------------------
 
 
