@@ -62,6 +62,9 @@ SITE_EXTENSIONS = frozenset(SITE_CONTENT_TYPES)
 TEXT_EXTENSIONS = frozenset({".html", ".css", ".js", ".json", ".txt", ".svg"})
 
 MAX_SITE_FILE = 10 * 1024 * 1024  # bytes; larger files go to storage
+# bytes in one API request body; beyond it the platform answers 413 (the local platform's
+# `--max-body` default is this value). A migration file larger than it can never be sent.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_PATH_LENGTH = 1024  # characters in a file or object name (our reading; undocumented)
 PRESIGN_TTL = 300  # seconds an upload URL stays valid
 FREE_STORAGE = 20 * 1000**3

@@ -193,9 +193,14 @@ def _write_keys(path: Path, keys: dict[str, str]) -> None:
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     # Mosaic API keys wherever they appear.
     (re.compile(r"(?<![A-Za-z0-9_])mk_[A-Za-z0-9_\-]+"), lambda m: "mk_" + MASK),
-    # The password of any URL with userinfo (postgresql://user:password@host/db).
+    # The password of any URL with userinfo (postgresql://user:password@host/db). A match starts
+    # only where a run of scheme characters starts: tried at every letter of a long run (a hex
+    # literal in a migration), the scheme would be rescanned each time, quadratic in the run.
     (
-        re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]*:)[^\s\"'<>]*(@)"),
+        re.compile(
+            r"(?<![a-zA-Z0-9+.\-])([0-9+.\-]*[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]*:)"
+            r"[^\s\"'<>]*(@)"
+        ),
         lambda m: m.group(1) + MASK + m.group(2),
     ),
     # Signatures and one-time tokens in query strings (presigned uploads, magic links).

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from mosaicsync.api import MosaicClient
+from mosaicsync.contract import MAX_REQUEST_BYTES
 from mosaicsync.errors import ConfigError, MigrationError
 from mosaicsync.events import RequestEvent
 from mosaicsync.migrate import (
@@ -795,3 +796,22 @@ def test_a_lease_left_by_a_lost_answer_is_retaken_by_the_same_holder_id(
         held = query(client, project_id, "SELECT holder FROM mosaicsync.lock")[0]["holder"]
         assert held == mine
     assert query(client, project_id, "SELECT holder FROM mosaicsync.lock")[0]["holder"] is None
+
+
+def test_a_migration_over_the_request_limit_is_refused_before_any_request(
+    local_server: LocalServer, project_id: str, tmp_path: Path
+) -> None:
+    write(tmp_path, "0001_small.sql", "CREATE TABLE small (x int);\n")
+    big = write(tmp_path, "0002_big.sql", "")
+    with open(big, "r+b") as f:
+        f.truncate(MAX_REQUEST_BYTES + 1)  # sparse: never read, only its size is looked at
+    sent: list[RequestEvent] = []
+    with MosaicClient(local_server.api, KEY_A, on_request=sent.append) as c:
+        for dry_run in (True, False):
+            with pytest.raises(MigrationError) as info:
+                Migrator(c, project_id, tmp_path).up(dry_run=dry_run)
+            message = info.value.message
+            assert "0002_big.sql" in message and str(MAX_REQUEST_BYTES + 1) in message
+            assert f"request limit of {MAX_REQUEST_BYTES} bytes" in message
+            assert info.value.exit_code == 7
+    assert sent == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -348,3 +351,40 @@ def test_any_text_splits_into_ordered_spans_without_raising(text: str) -> None:
     assert ends == sorted(ends) and ends[-1] <= len(text)
     assert all(s.start < s.end for s in statements)
     analyze(text)
+
+
+def _problems_seconds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, n: int) -> float:
+    """Time to check a migration of n one-line statements for misplaced COMMIT and the like."""
+    from mosaicsync.migrate import files
+
+    line = "INSERT INTO t (a, b) VALUES (1, 'x');\n"
+    text = line * n
+    analysis = sqltext.Analysis(
+        tuple(
+            sqltext.Statement(i * len(line), (i + 1) * len(line) - 1, line[:-1]) for i in range(n)
+        ),
+        "pglast",
+    )
+    monkeypatch.setattr(files, "analyze_migration", lambda migration: analysis)
+    migration = files.MigrationFile(1, "big", tmp_path / "0001_big.sql", text, "", True)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        assert files._statement_problems(migration) == []
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_statement_positions_of_a_big_migration_cost_linear_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each statement's line used to be counted from the start of the file: quadratic, so a
+    # file four times the size took about sixteen times as long (minutes for 8 MB).
+    small = _problems_seconds(monkeypatch, tmp_path, 3_000)
+    big = _problems_seconds(monkeypatch, tmp_path, 12_000)
+    assert big < 8 * small + 0.02, (small, big)
+
+
+@given(st.text(alphabet="ab\n", max_size=40), st.integers(min_value=-2, max_value=45))
+def test_line_index_agrees_with_line_col(text: str, offset: int) -> None:
+    assert sqltext.LineIndex(text).line_col(offset) == sqltext.line_col(text, offset)

@@ -13,15 +13,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mosaicsync.contract import MAX_REQUEST_BYTES
 from mosaicsync.errors import ConfigError, MigrationError
 from mosaicsync.sqltext import (
     NO_TRANSACTION,
     Analysis,
+    LineIndex,
     SqlTextError,
     analyze,
     checksum,
     is_transactional,
-    line_col,
     normalize,
 )
 
@@ -68,8 +69,9 @@ def analyze_migration(migration: MigrationFile) -> Analysis:
 def _statement_problems(migration: MigrationFile) -> list[str]:
     """Statements that would silently break a migration's promise, found before any request."""
     problems = []
+    lines = LineIndex(migration.text)
     for stmt in analyze_migration(migration).statements:
-        line, _ = line_col(migration.text, stmt.start)
+        line, _ = lines.line_col(stmt.start)
         if stmt.transaction_control:
             if migration.transactional:
                 problems.append(
@@ -94,6 +96,14 @@ def _statement_problems(migration: MigrationFile) -> list[str]:
 
 def _read_migration(path: Path, version: int, name: str) -> tuple[MigrationFile | None, str | None]:
     try:
+        size = path.stat().st_size
+        if size > MAX_REQUEST_BYTES:
+            # Refused before reading it: it can never fit in one request to the platform.
+            return None, (
+                f"{path.name}: {size} bytes, more than the platform's request limit of "
+                f"{MAX_REQUEST_BYTES} bytes ({MAX_REQUEST_BYTES // (1024 * 1024)} MiB), so it "
+                "can never be sent; split it into several smaller migrations"
+            )
         raw = path.read_bytes()
     except OSError as exc:
         return None, f"{path.name}: cannot be read ({exc.strerror})"

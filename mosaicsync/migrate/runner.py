@@ -73,7 +73,14 @@ from mosaicsync.migrate.requests import (
 )
 from mosaicsync.retry import Backoff, poll
 from mosaicsync.selection import user_at_host
-from mosaicsync.sqltext import NO_TRANSACTION, Statement, end_of_text, line_col, locate
+from mosaicsync.sqltext import (
+    NO_TRANSACTION,
+    LineIndex,
+    Statement,
+    end_of_text,
+    line_col,
+    locate,
+)
 
 MAX_ATTEMPTS = 5
 
@@ -370,9 +377,10 @@ class Migrator:
         for migration in todo:
             if migration.transactional:
                 continue
+            lines = LineIndex(migration.text)
             for stmt in analyze_migration(migration).statements:
                 if stmt.no_transaction and not stmt.idempotent and stmt.index is None:
-                    line, _ = line_col(migration.text, stmt.start)
+                    line, _ = lines.line_col(stmt.start)
                     message = (
                         f"{migration.filename} line {line}: {stmt.no_transaction} is not "
                         "idempotent; if its response is lost it cannot be resent safely "
