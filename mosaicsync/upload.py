@@ -9,6 +9,7 @@ publish through `Publisher.publish`: one upload path, whatever the command.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import posixpath
@@ -211,11 +212,11 @@ class Publisher:
         if storage_urls:
             # The HTML and CSS parsers load only when a deploy has storage files to point at.
             from mosaicsync.rewrite import needs_rewrite, rewrite
-        if storage_urls and needs_rewrite(f.path):
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
+
+            text = None
+            if needs_rewrite(f.path):
+                with contextlib.suppress(UnicodeDecodeError):  # not text: sent as it is
+                    text = data.decode("utf-8")
             if text is not None:
                 out = rewrite(text, f.path, storage_urls)
                 if out.references:

@@ -319,7 +319,7 @@ class Watcher:
         self._hot: dict[str, tuple[tuple[int, int, int] | None, float]] = {}
         self._hot_check_at = 0.0
         self._mirror_digest: str | None = None  # the manifest's digest when the mirror was current
-        self._held_lease: Any = None  # the lease's context manager while a burst of syncs holds it
+        self._held_lease: contextlib.ExitStack | None = None  # while a burst of syncs holds it
         self._lease_run_id = str(uuid.uuid4())  # one holder id for every take by this watch
         self._lease_until = 0.0  # monotonic time at which an idle held lease is given back
 
@@ -628,9 +628,9 @@ class Watcher:
             sleep=self._sleep,
             on_event=self._on_lease_event,
         )
-        lease = migrator.lease(self._lease_run_id)
-        lease.__enter__()
-        self._held_lease = lease
+        held = contextlib.ExitStack()
+        held.enter_context(migrator.lease(self._lease_run_id))
+        self._held_lease = held
         # A deploy from another folder may have changed the manifest since this watch last held
         # the lease: planning against a stale copy would skip a file that deploy replaced.
         digest, _ = self.manifest.ensure()
@@ -651,7 +651,7 @@ class Watcher:
                 self._mirror_digest = self.manifest.ensure()[0]
         # Lost or unreachable, it expires by itself; the next take reloads the mirror.
         with contextlib.suppress(*unreachable):
-            lease.__exit__(None, None, None)
+            lease.close()
 
     def _on_lease_event(self, event: object) -> None:
         # Taking and giving back the lease is routine; waiting for it is news.
