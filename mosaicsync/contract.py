@@ -73,3 +73,17 @@ MAGIC_LINKS_PER_DAY = 10
 KEY_ROTATION_DAYS = 30
 
 PROJECT_ID_PATTERN = r"^[a-z]+-[a-z0-9]{3}$"
+
+
+def is_loopback_host(name: str) -> bool:
+    """Whether a host name is this machine: localhost, `*.localhost` or a loopback address
+    (127.0.0.0/8, ::1). The client sends keys there freely; the local platform serves it."""
+    import ipaddress
+
+    host = name.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

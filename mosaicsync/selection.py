@@ -18,7 +18,6 @@ Plain http is refused for any host but loopback, wherever the URL came from.
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mosaicsync.config import Config, Target, resolve_target_name
-from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL
+from mosaicsync.contract import DEFAULT_API_URL, LOCAL_API_URL, is_loopback_host
 from mosaicsync.credentials import (
     API_URL_ENV,
     KEY_ENV,
@@ -120,13 +119,7 @@ def _api_url(flag: str | None, target: Target | None, env: Mapping[str, str]) ->
 
 def is_loopback_url(url: str) -> bool:
     """Whether `url`'s host is this machine: 127.0.0.0/8, ::1, localhost or *.localhost."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def _refuse_plain_http(url: str, url_source: str) -> None:

@@ -409,3 +409,20 @@ def test_user_at_host_without_a_user_name_is_the_uid(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(getpass, "getuser", nameless)
     assert user_at_host() == f"{os.getuid()}@{socket.gethostname()}"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("localhost", True), ("pod-16f.localhost", True), ("127.0.0.2", True), ("[::1]", True),
+     ("LOCALHOST.", True), ("localhost.evil.example", False), ("10.0.0.1", False),
+     ("api.mosaic.site", False), ("", False)],
+)  # fmt: skip
+def test_one_loopback_rule_for_the_client_and_the_local_platform(host: str, loopback: bool) -> None:
+    from mosaicsync.contract import is_loopback_host
+    from mosaicsync.local.origin import host_allowed
+    from mosaicsync.selection import is_loopback_url
+
+    assert is_loopback_host(host) is loopback
+    if host:
+        assert is_loopback_url(f"https://{host}:8787/v1/project") is loopback
+        assert host_allowed(f"{host}:8787", "127.0.0.1") is loopback

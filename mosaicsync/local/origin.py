@@ -14,6 +14,8 @@ import mimetypes
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mosaicsync.contract import is_loopback_host
+
 # Storage objects of these types are shown inline; any other type (HTML, SVG, XML, scripts...)
 # is a download with a sandboxing CSP, so it never runs as a page of the platform's origin.
 INLINE_PREFIXES = ("image/", "audio/", "video/", "font/")
@@ -61,7 +63,7 @@ def host_allowed(host: str, configured: str) -> bool:
     """127.0.0.1, localhost, ::1, the configured host, `*.localhost`; any IP literal when the
     platform listens on every interface (an IP literal cannot be rebound to another server)."""
     name = split_host(host)
-    if name in ("127.0.0.1", "localhost", "::1") or name.endswith(".localhost"):
+    if is_loopback_host(name):
         return True
     if configured in WILDCARD_HOSTS:
         return is_ip(name)
