@@ -12,12 +12,14 @@ MosaicError                 exit 1   anything we anticipated that has no better 
  |    +-- LockTimeout                 another run held the lease for longer than `lock_timeout`
  |    +-- LeaseLost                   the lease was taken away mid-run; nothing more was applied
  +-- LocalPlatformError     exit 8   `mosaicsync local` cannot start
+ +-- ChecksFailed           exit 9   a preflight check stopped the run: a secret in content, a
+                                     destructive migration not allowed, a broken reference (strict)
 Usage errors from click exit 2 as well; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from mosaicsync.migrate.history import LockInfo
@@ -90,6 +92,20 @@ class LocalPlatformError(MosaicError):
 
     exit_code = 8
     reference = "local-platform"
+
+
+class ChecksFailed(MosaicError):
+    """When: a preflight check found a problem that stops the run before anything is sent."""
+
+    exit_code = 9
+    reference = "check"
+
+    def __init__(self, message: str, hint: str | None = None, *, findings: list[Any]) -> None:
+        super().__init__(message, hint)
+        self.findings = findings
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "findings": [f.to_json() for f in self.findings]}
 
 
 class ScanError(ConfigError):

@@ -8,7 +8,7 @@ and the whole module costs a third of the start-up time, which every command pay
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from mosaicsync.deploy import DeployResult
@@ -59,7 +59,15 @@ class Transferred(NamedTuple):
     action: str = "upload"
 
 
-DeployEvent = Scanned | Planned | Transferred
+class Checked(NamedTuple):
+    """Event: the preflight checks ran on what is about to be published (findings.Finding)."""
+
+    findings: list[Any]
+    files_read: int  # files whose content was read (the others were known clean by hash)
+    ms: float
+
+
+DeployEvent = Scanned | Checked | Planned | Transferred
 
 
 # -- watch and dev --------------------------------------------------------------------------------

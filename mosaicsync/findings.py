@@ -1,0 +1,92 @@
+"""What the preflight checks report: one `Finding` per problem, with where it is and what to do.
+
+The checks (secrets in content, destructive migrations, broken references) run on the plan
+before anything is sent. Each returns findings; the caller decides what stops the run: an
+error-severity finding always does, a warning does under `--strict`. One shape for all of them,
+so `deploy`, `status`, `watch`, `dev`, `migrate up` and `check` print and serialize them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from mosaicsync.errors import ChecksFailed
+
+Severity = Literal["error", "warning"]
+
+# The kinds, as they appear in `--json` (`kind`) and in the README's table.
+SECRET = "secret"
+DESTRUCTIVE = "destructive-migration"
+RISKY = "risky-migration"
+BROKEN_REFERENCE = "broken-reference"
+SKIPPED = "not-checked"  # a file a check could not read or parse; said, never silent
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem a check found; `message` never holds a secret, only a masked preview."""
+
+    kind: str
+    file: str  # relative to the static root, or a migration's file name
+    line: int | None
+    column: int | None
+    message: str
+    hint: str
+    severity: Severity = "error"
+
+    @property
+    def where(self) -> str:
+        parts = [self.file, *(str(n) for n in (self.line, self.column) if n is not None)]
+        return ":".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+            "hint": self.hint,
+            "severity": self.severity,
+        }
+
+    def as_error(self) -> Finding:
+        return replace(self, severity="error")
+
+    def line_text(self) -> str:
+        """`file:line:col: severity: message` as compilers print it, for editors and people."""
+        return f"{self.where}: {self.severity}: {self.message}"
+
+
+def ordered(findings: Iterable[Finding]) -> list[Finding]:
+    """Errors first, then by file and position, so the first line is the one to fix first."""
+    return sorted(
+        findings,
+        key=lambda f: (f.severity != "error", f.file, f.line or 0, f.column or 0, f.kind),
+    )
+
+
+def strictened(findings: Iterable[Finding], kinds: Iterable[str]) -> list[Finding]:
+    """Warnings of `kinds` raised to errors (`--strict`, `[check] strict`, `check`)."""
+    raised = set(kinds)
+    return [f.as_error() if f.kind in raised else f for f in findings]
+
+
+def errors(findings: Iterable[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity == "error"]
+
+
+def raise_for(findings: Sequence[Finding], *, what: str = "this deploy") -> None:
+    """Stop with `ChecksFailed` (exit 9) if any finding is an error; warnings pass."""
+    stopping = ordered(errors(findings))
+    if not stopping:
+        return
+    first = stopping[0]
+    more = f" (and {len(stopping) - 1} more)" if len(stopping) > 1 else ""
+    raise ChecksFailed(
+        f"{first.where}: {first.message}{more}; {what} was stopped before anything was sent",
+        hint=first.hint,
+        findings=ordered(findings),
+    )
