@@ -19,6 +19,7 @@ from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
 from mosaicsync.errors import ConfigError
 from mosaicsync.events import Planned, Scanned
+from mosaicsync.findings import Finding, ordered
 from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.manifest import Manifest, local_digest
@@ -61,6 +62,7 @@ class DeployResult:
     duration_ms: int = 0
     dry_run: bool = False
     plan: dict[str, Any] | None = None
+    findings: list[Finding] = field(default_factory=list)  # the preflight checks' warnings
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class DeployResult:
             "migrations_pending": self.migrations_pending,
             "duration_ms": self.duration_ms,
             "dry_run": self.dry_run,
+            "findings": [f.to_json() for f in ordered(self.findings)],
             **({"plan": self.plan} if self.plan is not None else {}),
         }
 
