@@ -104,6 +104,15 @@ def stored_api_key(api_url: str) -> ApiKey:
     raise AuthError(f"no API key for {url}{elsewhere}", hint=LOGIN_HINT)
 
 
+def all_stored_keys() -> list[str]:
+    """Every key of the credentials file, for the search of published files; no file, no keys.
+    A broken or unsafe file is reported by the commands that use a key, not here."""
+    try:
+        return list(_read_keys(credentials_path(), check_private=False).values())
+    except (AuthError, ConfigError):
+        return []
+
+
 def save_api_key(api_url: str, key: str) -> Path:
     """Store `key` for `api_url`, replacing any old one, in a file that is 0600 from the start."""
     url = normalize_api_url(api_url, source="API URL")
@@ -192,7 +201,11 @@ def _write_keys(path: Path, keys: dict[str, str]) -> None:
 # Each pattern keeps its first group and masks the rest of the match.
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     # Mosaic API keys wherever they appear.
-    (re.compile(r"(?<![A-Za-z0-9_])mk_[A-Za-z0-9_\-]+"), lambda m: "mk_" + MASK),
+    # (Not the masked preview of a finding, `mk_Ab…9z`, which holds two characters of one.)
+    (
+        re.compile(r"(?<![A-Za-z0-9_])mk_(?![A-Za-z0-9_\-]{1,3}…)[A-Za-z0-9_\-]+"),
+        lambda m: "mk_" + MASK,
+    ),
     # The password of any URL with userinfo (postgresql://user:password@host/db). A match starts
     # only where a run of scheme characters starts: tried at every letter of a long run (a hex
     # literal in a migration), the scheme would be rescanned each time, quadratic in the run.

@@ -1,0 +1,209 @@
+"""Secrets in what is about to be published: the account key a page must never hold, and its kin.
+
+A site is public, so one deploy of a page holding the account's API key hands every project,
+database and file of the account to the world. Unlike a pattern-only scanner, mosaicsync knows
+the exact values to look for (the key in use, the stored keys, the project's database password
+and URL); patterns catch the rest (anything shaped like a Mosaic key, PEM private keys,
+PostgreSQL URLs with a password).
+
+The search runs over bytes, in chunks, so a binary file, a file that is not UTF-8 or a 50 MB
+bundle costs one linear pass and never a decode error. A finding shows only a masked preview:
+the value itself never reaches output, a log or JSON.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mosaicsync.findings import SECRET, Finding
+
+CHUNK = 1 << 20
+# A match is never longer than this, so a chunk re-reads this much of the previous one.
+_OVERLAP = 4096
+# The shortest exact value searched for: a shorter "password" would match everywhere.
+MIN_EXACT = 8
+
+# Formats that cannot carry a key as text; every other file is searched, whatever its name.
+_BINARY = """
+    .png .jpg .jpeg .gif .webp .avif .ico .bmp .tif .tiff .heic .woff .woff2 .ttf .otf .eot
+    .mp3 .mp4 .m4a .webm .ogg .oga .ogv .wav .flac .mov .avi .mkv
+    .zip .gz .tgz .br .zst .xz .bz2 .7z .rar .pdf .wasm
+"""
+BINARY_EXTENSIONS = frozenset(_BINARY.split())
+
+# Each pattern starts with a literal, so that the regex engine skips ahead with a fast search;
+# what must not come before a match is checked afterwards (`_starts_a_word`).
+_KEY = re.compile(rb"mk_[A-Za-z0-9_\-]{20,200}")
+_PEM = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----")
+_URL = re.compile(rb"postgres(?:ql)?://[^\s:/@\"'<>`]{1,200}:([^\s@\"'<>`/]{1,200})@")
+_PATTERNS = ((b"mk_", _KEY), (b"-----BEGIN", _PEM), (b"postgres", _URL))
+# Passwords that documentation writes in example URLs; publishing them leaks nothing.
+_PLACEHOLDER = re.compile(
+    rb"(?i)(?:pass(?:word)?|secret|changeme|example|xxx+|\*+|\.\.\.+|(?:your|my)[_\-]?\w*)"
+    rb"|.*[$<{%].*"
+)
+_WORD = re.compile(rb"[A-Za-z0-9_\-+.]")
+
+
+def _starts_a_word(data: bytes, at: int) -> bool:
+    return at == 0 or not _WORD.match(data, at - 1)
+
+
+HINT = (
+    "a published file is public: remove the value from {file} (the Mosaic API and the database "
+    "are for the developer's machine or a server, never for the browser); if you rotated it "
+    "already and reviewed the file, pass --allow-secret {file}"
+)
+KEY_IN_USE_HINT = (
+    "remove the API key from {file}: it opens every project, database and file of the account, "
+    "and a published file is public; the Mosaic API is for the developer's machine, never the "
+    "browser. If it was ever published, rotate the key in the dashboard"
+)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An exact value to look for, what to call it, and whether --allow-secret may pass it."""
+
+    value: str
+    label: str  # "the API key in use", "the project's database password"...
+    allowable: bool = True
+
+
+@dataclass(frozen=True)
+class Hit:
+    offset: int  # in bytes
+    label: str
+    preview: str
+    allowable: bool
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:)[^@]*(@[^/?#]*)")
+
+
+def mask(value: str) -> str:
+    """`mk_Ab…9z`: enough to tell two keys apart, never enough to use one."""
+    url = _USERINFO.match(value)
+    if url:
+        return f"{url.group(1)}…{url.group(2)}"
+    if value.startswith("mk_") and len(value) >= 12:
+        return f"{value[:5]}…{value[-2:]}"
+    if len(value) >= 16:
+        return f"{value[:2]}…{value[-2:]}"
+    return "…"
+
+
+class Searcher:
+    """One search for a run: the exact values plus the patterns.
+
+    A plain substring test per value and per pattern's literal comes first: it runs at memory
+    speed, and most files hold none of them. Only then does a regex run, and only its own.
+    """
+
+    def __init__(self, secrets: Iterable[Secret]) -> None:
+        exact: dict[bytes, Secret] = {}
+        for secret in secrets:
+            value = secret.value.strip()
+            if len(value) < MIN_EXACT:
+                continue
+            known = exact.get(value.encode())
+            # The same value under two names: the stricter (not allowable) one wins.
+            if known is None or (known.allowable and not secret.allowable):
+                exact[value.encode()] = secret
+        self._exact = sorted(exact.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def hits(self, data: bytes, base: int = 0) -> Iterator[Hit]:
+        """The hits in `data`, by offset; a span matched by an exact value is not reported
+        again by a pattern (the database URL also looks like a URL with a password)."""
+        found: dict[int, Hit] = {}
+        covered: list[tuple[int, int]] = []
+        for value, secret in self._exact:
+            at = data.find(value)
+            while at >= 0:
+                if all(not (s <= at < e) for s, e in covered):
+                    found[at] = Hit(base + at, secret.label, mask(secret.value), secret.allowable)
+                    covered.append((at, at + len(value)))
+                at = data.find(value, at + 1)
+        for literal, pattern in _PATTERNS:
+            if literal not in data:
+                continue
+            for match in pattern.finditer(data):
+                at = match.start()
+                if any(s <= at < e for s, e in covered) or not _starts_a_word(data, at):
+                    continue
+                judged = self._judge(match)
+                if judged is not None:
+                    found.setdefault(at, Hit(base + at, *judged))
+        for at in sorted(found):
+            yield found[at]
+
+    @staticmethod
+    def _judge(match: re.Match[bytes]) -> tuple[str, str, bool] | None:
+        text = match.group(0)
+        if text.startswith(b"mk_"):
+            if not (re.search(rb"[0-9]", text[3:]) and re.search(rb"[A-Za-z]", text[3:])):
+                return None  # an identifier such as mk_primary_button_background_color
+            return "a string shaped like a Mosaic API key", mask(text.decode("ascii")), True
+        if text.startswith(b"-----BEGIN"):
+            return "a PEM private key", text.decode("ascii"), True
+        if _PLACEHOLDER.fullmatch(match.group(1) or b""):
+            return None
+        shown = text[: match.start(1) - match.start()].decode("utf-8", "replace")
+        return "a PostgreSQL URL with a password", f"{shown}…@", True
+
+    def search(self, stream: BinaryIO) -> Iterator[Hit]:
+        """Every hit in a stream, read in chunks; each match found once, however it straddles."""
+        base, tail, seen = 0, b"", -1
+        while True:
+            chunk = stream.read(CHUNK)
+            data = tail + chunk
+            for hit in self.hits(data, base):
+                if hit.offset > seen:
+                    seen = hit.offset
+                    yield hit
+            if not chunk:
+                return
+            keep = min(len(data), _OVERLAP)
+            base += len(data) - keep
+            tail = data[-keep:] if keep else b""
+
+
+def worth_reading(path: str) -> bool:
+    """False for media and archives, which cannot carry a pasted key as text."""
+    return posixpath.splitext(path)[1].lower() not in BINARY_EXTENSIONS
+
+
+def position(source: Path, offset: int) -> tuple[int, int]:
+    """1-based line and column (in characters) of a byte offset of a file."""
+    line, line_start, read = 1, 0, 0
+    with source.open("rb") as f:
+        while read < offset:
+            chunk = f.read(min(CHUNK, offset - read))
+            if not chunk:
+                break
+            count = chunk.count(b"\n")
+            if count:
+                line += count
+                line_start = read + chunk.rindex(b"\n") + 1
+            read += len(chunk)
+        f.seek(line_start)
+        before = f.read(offset - line_start)
+    return line, len(before.decode("utf-8", "replace")) + 1
+
+
+def findings_for(path: str, source: Path, hits: Iterable[Hit], *, allowed: bool) -> list[Finding]:
+    """The findings of one file; `allowed` (--allow-secret) drops all but non-allowable hits."""
+    found = []
+    for hit in hits:
+        if allowed and hit.allowable:
+            continue
+        line, column = position(source, hit.offset)
+        hint = (KEY_IN_USE_HINT if not hit.allowable else HINT).format(file=path)
+        message = f"{hit.label} ({hit.preview}) would be published"
+        found.append(Finding(SECRET, path, line, column, message, hint, "error"))
+    return found
