@@ -1104,6 +1104,24 @@ def doctor(session: Session) -> None:
     help="Requests per second per API key before 429; 0 = off.",
 )
 @click.option(
+    "--projects-per-account",
+    default=20,
+    show_default=True,
+    help="Most projects one API key's account may have (403 beyond); 0 = unlimited.",
+)
+@click.option(
+    "--connections-per-account",
+    default=10,
+    show_default=True,
+    help="Most SQL endpoint connections one account's projects hold at once (429 beyond).",
+)
+@click.option(
+    "--connection-wait",
+    default=5.0,
+    show_default=True,
+    help="Seconds an SQL request waits for a free connection before 429.",
+)
+@click.option(
     "--provision-delay",
     default=0.0,
     show_default=True,

@@ -19,7 +19,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mosaicsync.local.pg import pool
 from mosaicsync.local.pg.cluster import Cluster
 from mosaicsync.local.pg.databases import Databases
 from mosaicsync.local.pg.pool import PoolExhaustedError
@@ -533,7 +532,7 @@ def test_byte_cap_counts_the_json_sent(
 def test_busy_project_is_a_server_side_error(
     monkeypatch: pytest.MonkeyPatch, strict: Databases, strict_project: TenantCredentials
 ) -> None:
-    monkeypatch.setattr(pool, "POOL_WAIT", 0.2)
+    monkeypatch.setattr(strict.pool, "wait", 0.2)  # --connection-wait
     # Two psql connections use up the role's CONNECTION LIMIT of 2.
     held = [
         psycopg.connect(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +147,43 @@ class RateLimiter:
                     headers={"Retry-After": str(wait)},
                 )
             self._buckets[key] = (tokens - 1, now)
+
+
+def connections_busy(cap: int, waited: float) -> ApiError:
+    """429 for an account whose SQL requests hold every connection it may have."""
+    return ApiError(
+        429,
+        f"this account's SQL requests already hold all {cap} database connections one account "
+        f"may use at once (the local platform's cap, --connections-per-account); waited "
+        f"{waited:g} s for one to free up. Retry shortly, or run fewer queries at once "
+        "(long transactions and pg_sleep hold a connection until they end)",
+        headers={"Retry-After": "1"},
+    )
+
+
+class AccountSlots:
+    """At most `cap` SQL requests of one account in flight, queued on the event loop.
+
+    Waiting here, not in a worker thread, matters: the server has a few dozen threads for every
+    account, and one account's queue must not occupy them while another's query is waiting.
+    """
+
+    def __init__(self, cap: int, wait: float) -> None:
+        self.cap = cap
+        self.wait = wait
+        self._slots: dict[int, asyncio.Semaphore] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, account_id: int) -> AsyncIterator[None]:
+        if self.cap <= 0:
+            yield
+            return
+        slots = self._slots.setdefault(account_id, asyncio.Semaphore(self.cap))
+        try:
+            await asyncio.wait_for(slots.acquire(), self.wait)
+        except TimeoutError:
+            raise connections_busy(self.cap, self.wait) from None
+        try:
+            yield
+        finally:
+            slots.release()

@@ -97,6 +97,12 @@ GAPS: list[tuple[str, str]] = [
         "text, CSV and JSON are shown inline, any other type (HTML, SVG, ...) is a download "
         "(Content-Disposition: attachment). Mosaic's serving of objects is not documented.",
     ),
+    (
+        "Per-account caps",
+        "20 projects per account (403 beyond) and 10 SQL endpoint connections per account at "
+        "once (429 beyond, after a 5 s wait) are local choices (--projects-per-account, "
+        "--connections-per-account, --connection-wait); Mosaic's own caps are not documented.",
+    ),
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mosaicsync.local.accounts import Accounts, RateLimiter
+from mosaicsync.local.accounts import Accounts, AccountSlots, RateLimiter
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.outbox import Outbox
 from mosaicsync.local.pg.databases import Databases
@@ -30,6 +30,7 @@ class Platform:
     clock: Clock
     accounts: Accounts
     limiter: RateLimiter
+    sql_slots: AccountSlots  # SQL requests in flight per account (--connections-per-account)
     projects: Projects
     sites: SiteStore
     objects: ObjectStore

@@ -107,7 +107,9 @@ class Projects:
         db_port: int,
         provision_delay: float,
         on_event: Callable[[str], None],
+        max_projects: int = 0,
     ) -> None:
+        self.max_projects = max_projects  # per account; 0 = no cap
         self.state = state
         self.clock = clock
         self.databases = databases
@@ -193,13 +195,22 @@ class Projects:
             break
         else:
             raise ApiError(500, "could not find a free project id; try again")
-        self.state.run(
-            "INSERT INTO projects VALUES (?, ?, ?, 'provisioning', ?, NULL, NULL)",
-            project_id,
-            account_id,
-            name.strip(),
-            self.clock.now(),
-        )
+        with self.state.transaction() as conn:  # count and insert at once: no race past the cap
+            (count,) = conn.execute(
+                "SELECT count(*) FROM projects WHERE account_id = ?", (account_id,)
+            ).fetchone()
+            if self.max_projects and count >= self.max_projects:
+                raise ApiError(
+                    403,
+                    f"this account already has {count} projects, the most one account may have "
+                    f"(the local platform's cap, --projects-per-account {self.max_projects}); "
+                    "delete a project you no longer need (`mosaicsync projects delete ID --yes`, "
+                    f"or DELETE {API_PREFIX}/{{project_id}}) to free a slot",
+                )
+            conn.execute(
+                "INSERT INTO projects VALUES (?, ?, ?, 'provisioning', ?, NULL, NULL)",
+                (project_id, account_id, name.strip(), self.clock.now()),
+            )
         self._provision_in_background(project_id)
         return self.get(account_id, project_id)
 

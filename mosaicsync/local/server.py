@@ -17,7 +17,7 @@ import uvicorn
 from mosaicsync import __version__
 from mosaicsync.contract import API_PREFIX
 from mosaicsync.local import fidelity
-from mosaicsync.local.accounts import Accounts, NewKey, RateLimiter
+from mosaicsync.local.accounts import Accounts, AccountSlots, NewKey, RateLimiter
 from mosaicsync.local.app import build_app
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.outbox import Outbox
@@ -132,6 +132,8 @@ class LocalPlatform:
             statement_timeout=s.statement_timeout,
             max_rows=s.max_rows,
             max_result_bytes=s.max_result_bytes,
+            connections_per_account=s.connections_per_account,
+            connection_wait=s.connection_wait,
         )
         try:
             if s.database_url:
@@ -161,7 +163,14 @@ class LocalPlatform:
             self.state.setting("presign_key", lambda: secrets.token_hex(32))
         )
         self.projects = Projects(
-            self.state, clock, self.databases, db_host, db_port, s.provision_delay, self.on_event
+            self.state,
+            clock,
+            self.databases,
+            db_host,
+            db_port,
+            s.provision_delay,
+            self.on_event,
+            max_projects=s.projects_per_account,
         )
         platform = Platform(
             settings=s,
@@ -169,6 +178,7 @@ class LocalPlatform:
             clock=clock,
             accounts=accounts,
             limiter=RateLimiter(s.rate_limit),
+            sql_slots=AccountSlots(s.connections_per_account, s.connection_wait),
             projects=self.projects,
             sites=SiteStore(data / "sites", self.state, clock, s.max_file_size),
             objects=ObjectStore(data / "storage", self.state, clock, signing_key, s.storage_quota),

@@ -30,6 +30,13 @@ class LocalSettings:
     storage_quota: int = 20 * GB
     emails_per_day: int = 10
     rate_limit: float = 1000.0  # requests per second per key; 0 turns it off
+    # One account must not starve the others: at most this many projects (403 beyond) and this
+    # many SQL endpoint connections at once (429 beyond, after `connection_wait` seconds). 20
+    # projects x 5 connections each stays well below the cluster's 200, and 10 in-flight queries
+    # stay below the server's 40 worker threads.
+    projects_per_account: int = 20
+    connections_per_account: int = 10
+    connection_wait: float = 5.0
     provision_delay: float = 0.0
     allow_clock_override: bool = False
     reset_db: bool = False
@@ -47,6 +54,9 @@ class LocalSettings:
             "storage_quota": self.storage_quota,
             "magic_link_emails_per_day": self.emails_per_day,
             "requests_per_second_per_key": self.rate_limit,
+            "projects_per_account": self.projects_per_account,
+            "sql_connections_per_account": self.connections_per_account,
+            "sql_connection_wait_s": self.connection_wait,
             "generated_key_ttl_days": self.key_ttl_days,
             "presigned_url_ttl_s": 300,
             "magic_link_ttl_s": 900,

@@ -7,8 +7,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from mosaicsync.local.accounts import connections_busy
 from mosaicsync.local.endpoints.common import account, platform_of, read_json
 from mosaicsync.local.errors import ApiError
+from mosaicsync.local.pg.pool import AccountConnectionsError
 from mosaicsync.local.pg.sqlexec import SqlError
 
 
@@ -40,7 +42,10 @@ async def sql(request: Request) -> Response:
     project = p.projects.running(account_id, request.path_params["project_id"])
     creds = p.projects.credentials(project)
     try:
-        rows = await run_in_threadpool(p.databases.execute, creds, query)
+        # One account's queries wait here for one of its own slots (429 past the wait), never
+        # for another account's connections or worker threads.
+        async with p.sql_slots.hold(account_id):
+            rows = await run_in_threadpool(p.databases.execute, creds, query, account_id)
     except SqlError as exc:
         extra = {"code": exc.code, "position": exc.position}
         if exc.detail:
@@ -48,6 +53,8 @@ async def sql(request: Request) -> Response:
         if exc.hint:
             extra["hint"] = exc.hint
         raise ApiError(400, exc.message, **extra) from None
+    except AccountConnectionsError:
+        raise connections_busy(p.settings.connections_per_account, 0) from None
     except psycopg.Error as exc:
         raise ApiError(
             503,

@@ -34,7 +34,12 @@ class Databases:
             shim_dir=shim_dir,
             on_event=on_event,
         )
-        self.pool = TenantPool(limits.connections_per_project, TENANT_ADAPTERS)
+        self.pool = TenantPool(
+            limits.connections_per_project,
+            TENANT_ADAPTERS,
+            per_account=limits.connections_per_account,
+            wait=limits.connection_wait,
+        )
         self.sql = SqlExecutor(admin_dsn, self.pool, limits)
 
     def prepare(self) -> ServerInfo:
@@ -55,9 +60,11 @@ class Databases:
         self.pool.close(lambda creds: creds.database == name)
         self.tenants.drop(project_id)
 
-    def execute(self, creds: TenantCredentials, query: str) -> list[dict[str, Any]]:
-        """Run the query as the tenant; see `SqlExecutor.execute`."""
-        return self.sql.execute(creds, query)
+    def execute(
+        self, creds: TenantCredentials, query: str, account: object = None
+    ) -> list[dict[str, Any]]:
+        """Run the query as the tenant, on the account's share of the pool; see `SqlExecutor`."""
+        return self.sql.execute(creds, query, account)
 
     def close(self) -> None:
         """Close every pooled connection; connections in use close when they come back."""

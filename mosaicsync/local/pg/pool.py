@@ -19,7 +19,7 @@ from psycopg.adapt import AdaptersMap
 
 from mosaicsync.local.pg.tenants import TenantCredentials, TenantUnavailableError
 
-POOL_WAIT = 5.0  # seconds a request waits for a busy project's connection
+POOL_WAIT = 5.0  # seconds a request waits for a busy project's connection (default)
 MAX_IDLE = 2  # idle connections kept per project (each counts against its connection limit)
 IDLE_TTL = 60.0
 
@@ -28,9 +28,14 @@ class PoolExhaustedError(TenantUnavailableError):
     """Every connection a project may open is busy (its role's CONNECTION LIMIT)."""
 
 
+class AccountConnectionsError(PoolExhaustedError):
+    """The account's projects together hold every connection one account may have (429)."""
+
+
 @dataclass
 class _Pool:
     limit: int
+    account: object = None
     idle: list[tuple[psycopg.Connection[Any], float]] = field(default_factory=list)
     busy: int = 0  # checked out, or being connected
     closed: bool = False
@@ -70,26 +75,54 @@ def _reset(conn: psycopg.Connection[Any]) -> bool:
 class TenantPool:
     """Connections per tenant, at most `limit` at a time (the role's CONNECTION LIMIT)."""
 
-    def __init__(self, limit: int, context: AdaptersMap) -> None:
+    def __init__(
+        self,
+        limit: int,
+        context: AdaptersMap,
+        *,
+        per_account: int = 0,
+        wait: float = POOL_WAIT,
+    ) -> None:
         self.limit = limit
+        self.per_account = per_account  # connections, busy or idle, of one account; 0 = no cap
+        self.wait = wait
         self.context = context  # how values load: the SQL endpoint's JSON mapping
         self._pools: dict[TenantCredentials, _Pool] = {}
         self._lock = threading.Lock()
+        self._account_locks: dict[object, threading.Lock] = {}
         self._last_prune = time.monotonic()
 
-    def _pool(self, creds: TenantCredentials) -> _Pool:
+    def _pool(self, creds: TenantCredentials, account: object = None) -> _Pool:
         with self._lock:
             pool = self._pools.get(creds)
             if pool is None:
-                pool = self._pools[creds] = _Pool(limit=self.limit)
+                pool = self._pools[creds] = _Pool(limit=self.limit, account=account)
             return pool
 
-    def checkout(self, creds: TenantCredentials) -> psycopg.Connection[Any]:
+    def checkout(self, creds: TenantCredentials, account: object = None) -> psycopg.Connection[Any]:
+        """A connection of the project: an idle one, or a new one within the project's limit
+        and, when `account` is given, within the connections its account may hold."""
         self._prune_idle()
-        pool = self._pool(creds)
+        pool = self._pool(creds, account)
+        deadline = time.monotonic() + self.wait
+        while True:
+            conn = self._take_idle(pool, creds, deadline)
+            if conn is not None:
+                return conn
+            if self._reserve_new(pool, account):
+                break
+        try:
+            return self._connect(creds)
+        except BaseException:
+            self._release(pool)
+            raise
+
+    def _take_idle(
+        self, pool: _Pool, creds: TenantCredentials, deadline: float
+    ) -> psycopg.Connection[Any] | None:
+        """An idle connection of the project (checked out), or None once a new one may open."""
         discard: list[psycopg.Connection[Any]] = []
         conn: psycopg.Connection[Any] | None = None
-        deadline = time.monotonic() + POOL_WAIT
         with pool.cond:
             while True:
                 while pool.idle and conn is None:
@@ -98,8 +131,10 @@ class TenantPool:
                         conn = candidate
                     else:
                         discard.append(candidate)
-                if conn is not None or pool.busy < pool.limit:
+                if conn is not None:
                     pool.busy += 1
+                    break
+                if pool.busy < pool.limit:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -110,15 +145,56 @@ class TenantPool:
                 pool.cond.wait(remaining)
         for stale in discard:
             stale.close()
-        if conn is not None:
-            return conn
-        try:
-            return self._connect(creds)
-        except BaseException:
+        return conn
+
+    def _reserve_new(self, pool: _Pool, account: object) -> bool:
+        """Count a connection about to open; False if the project filled up meanwhile.
+
+        Under the account's cap an idle connection of another of its projects is closed to
+        make room; when every one is busy the account is at its cap (AccountConnectionsError).
+        """
+        if account is None or self.per_account <= 0:
             with pool.cond:
-                pool.busy -= 1
-                pool.cond.notify()
-            raise
+                if pool.busy >= pool.limit:
+                    return False
+                pool.busy += 1
+                return True
+        with self._lock:
+            lock = self._account_locks.setdefault(account, threading.Lock())
+        evicted: list[psycopg.Connection[Any]] = []
+        try:
+            with lock:  # count and reserve at once: two requests cannot both take the last slot
+                with self._lock:
+                    mine = [p for p in self._pools.values() if p.account == account]
+                held = 0
+                for other in mine:
+                    with other.cond:
+                        held += other.busy + len(other.idle)
+                for other in mine:
+                    if held < self.per_account:
+                        break
+                    with other.cond:
+                        while other.idle and held >= self.per_account:
+                            evicted.append(other.idle.pop(0)[0])
+                            held -= 1
+                if held >= self.per_account:
+                    raise AccountConnectionsError(
+                        f"this account's projects hold all {self.per_account} connections one "
+                        "account may have"
+                    )
+                with pool.cond:
+                    if pool.busy >= pool.limit:
+                        return False
+                    pool.busy += 1
+                    return True
+        finally:
+            for conn in evicted:
+                conn.close()
+
+    def _release(self, pool: _Pool) -> None:
+        with pool.cond:
+            pool.busy -= 1
+            pool.cond.notify()
 
     def _connect(self, creds: TenantCredentials) -> psycopg.Connection[Any]:
         try:

@@ -44,6 +44,8 @@ class SqlLimits:
     max_rows: int = 10_000
     max_result_bytes: int = 10 * 1024 * 1024
     connections_per_project: int = 5
+    connections_per_account: int = 10  # held by all of one account's projects; 0 = no cap
+    connection_wait: float = 5.0  # seconds a request waits for a busy project's connection
 
 
 class SqlError(Exception):
@@ -187,7 +189,9 @@ class SqlExecutor:
         self.limits = limits
         self._array_loaders: dict[tuple[str, int], tuple[Any, Callable[[Any], Any] | None]] = {}
 
-    def execute(self, creds: TenantCredentials, query: str) -> list[dict[str, Any]]:
+    def execute(
+        self, creds: TenantCredentials, query: str, account: object = None
+    ) -> list[dict[str, Any]]:
         """Run the query as the tenant and return the last statement's rows or command tag.
 
         Several statements run as one implicit transaction (simple query protocol).
@@ -196,7 +200,7 @@ class SqlExecutor:
             raise SqlError('the query is empty: send SQL in "query", e.g. "SELECT 1"', "42601")
         if "\x00" in query:
             raise SqlError("the query contains a NUL character, which SQL text cannot", "22021")
-        conn = self.pool.checkout(creds)
+        conn = self.pool.checkout(creds, account)
         reusable = False
         try:
             outcome, cancelled, elapsed = self._run_watched(conn, query)
