@@ -66,6 +66,9 @@ MAX_SITE_FILE = 10 * 1024 * 1024  # bytes; larger files go to storage
 # `--max-body` default is this value). A migration file larger than it can never be sent.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_PATH_LENGTH = 1024  # characters in a file or object name (our reading; undocumented)
+# bytes (UTF-8) in one name between "/": the local platform keeps files on a filesystem, where a
+# longer name cannot exist; the client refuses it too, so a deploy fails alike on both.
+MAX_SEGMENT_BYTES = 255
 PRESIGN_TTL = 300  # seconds an upload URL stays valid
 FREE_STORAGE = 20 * 1000**3
 MAGIC_LINK_TTL = 15 * 60

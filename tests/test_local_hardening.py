@@ -210,3 +210,93 @@ def test_an_email_subject_never_holds_a_line_break(tmp_path: Path) -> None:
     )
     (mail,) = outbox.emails()
     assert mail["subject"] == "Sign in to Evil Bcc: x@evil.example"
+
+
+# -- names the filesystem cannot hold, and JSON that parses to what no field can take ----------
+
+
+def test_a_name_segment_over_255_bytes_is_a_400_for_site_files_and_storage(
+    local_server: LocalServer,
+) -> None:
+    project_id = create_project(local_server, "long names")
+    too_long = "é" * 126 + ".html"  # 257 bytes in UTF-8, 131 characters
+    with local_server.client() as api:
+        for path, body in [
+            (f"/{project_id}/files", {"filename": f"docs/{too_long}", "content": "<p>x</p>"}),
+            (f"/{project_id}/storage/upload-url", {"filename": f"media/{too_long}", "size": 1}),
+        ]:
+            response = api.post(path, json=body)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert "257 bytes" in error and "255" in error, error
+        assert api.get(f"/{project_id}/files").json()["files"] == []
+        assert api.get(f"/{project_id}/storage").json()["files"] == []
+
+
+def test_a_name_segment_of_255_bytes_is_stored_and_served(local_server: LocalServer) -> None:
+    project_id = create_project(local_server, "longest names")
+    longest = "a" * 250 + ".html"  # 255 bytes: its temp file beside it must fit too
+    with local_server.client() as api:
+        response = api.post(f"/{project_id}/files", json={"filename": longest, "content": "<p>ok"})
+        assert response.status_code == 200, response.text
+        page = httpx.get(f"{local_server.base_url}/sites/{project_id}/{longest}")
+        assert page.status_code == 200 and page.text == "<p>ok"
+        signed = api.post(
+            f"/{project_id}/storage/upload-url", json={"filename": "b" * 251 + ".bin", "size": 2}
+        )
+        assert signed.status_code == 200, signed.text
+        put = httpx.put(signed.json()["upload_url"], content=b"ok")
+        assert put.status_code == 200, put.text
+
+
+LONE_SURROGATE_BODIES = {
+    "project name": ("/projects", '{"name": "My\\ud800App"}', '"name"'),
+    "ticket subject": ("/tickets", '{"subject": "\\udfff", "message": "hi"}', '"subject"'),
+    "file name": ("/{id}/files", '{"filename": "a\\ud800.html", "content": "x"}', '"filename"'),
+    "file content": ("/{id}/files", '{"filename": "a.html", "content": "\\ud83d"}', '"content"'),
+    "object name": ("/{id}/storage/upload-url", '{"filename": "\\udc80", "size": 1}', '"filename"'),
+    "sql query": ("/{id}/sql", '{"query": "SELECT \'\\ud800\'"}', '"query"'),
+    "nested": ("/projects", '{"name": "ok", "tags": [{"k": "\\ud800"}]}', '"tags[0].k"'),
+    "a key": ("/projects", '{"name": "ok", "\\ud800": 1}', "a key"),
+}
+
+
+@pytest.mark.parametrize("where", list(LONE_SURROGATE_BODIES))
+def test_a_lone_surrogate_in_a_json_body_is_a_400_naming_the_field(
+    local_server: LocalServer, where: str
+) -> None:
+    project_id = create_project(local_server, "surrogates")
+    path, body, field = LONE_SURROGATE_BODIES[where]
+    with local_server.client() as api:
+        before = len(api.get("/projects").json()["projects"])
+        response = api.post(
+            path.format(id=project_id),
+            content=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert field in error and "lone surrogate" in error, error
+        assert len(api.get("/projects").json()["projects"]) == before
+        assert api.get(f"/{project_id}/files").json()["files"] == []
+        # A surrogate pair is one character, and welcome.
+        ok = api.post("/tickets", content=b'{"subject": "\\ud83d\\ude00", "message": "hi"}')
+        assert ok.status_code == 200, ok.text
+
+
+def test_a_json_integer_over_4300_digits_is_a_400(local_server: LocalServer) -> None:
+    project_id = create_project(local_server, "big numbers")
+    with local_server.client() as api:
+        for path, body in [
+            ("/projects", '{"name": ' + "9" * 5000 + "}"),
+            (
+                f"/{project_id}/storage/upload-url",
+                '{"filename": "a.bin", "size": 1' + "0" * 4400 + "}",
+            ),
+        ]:
+            response = api.post(path, content=body.encode())
+            assert response.status_code == 400, response.text
+            assert "4300-digit limit" in response.json()["error"], response.text
+        # A long number that is not an integer is a float, which JSON allows.
+        fine = api.post("/projects", content=('{"name": "n", "x": 1.' + "5" * 5000 + "}").encode())
+        assert fine.status_code == 200, fine.text

@@ -29,7 +29,9 @@ def atomic_file(
     name; bulk content that the next deploy rewrites anyway may skip it. `owner` (uid, gid) is
     applied before the rename, so the file never appears with the wrong owner.
     """
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # The temp name adds 14 bytes to the target's; past 241 bytes it would not fit in a name.
+    prefix = f".{target.name}." if len(os.fsencode(target.name)) <= 241 else "."
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:

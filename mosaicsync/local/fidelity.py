@@ -103,6 +103,13 @@ GAPS: list[tuple[str, str]] = [
         "once (429 beyond, after a 5 s wait) are local choices (--projects-per-account, "
         "--connections-per-account, --connection-wait); Mosaic's own caps are not documented.",
     ),
+    (
+        "Name lengths",
+        'A file or folder name (one segment between "/") of a site file or storage object is at '
+        "most 255 bytes of UTF-8, the limit of the filesystem the local platform stores them on "
+        "(400 past it; mosaicsync refuses such a name before sending). Mosaic documents no limit "
+        "on a segment, only paths (1,024 characters, our reading).",
+    ),
 ]
 
 

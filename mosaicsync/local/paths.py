@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import unicodedata
 
-from mosaicsync.contract import MAX_PATH_LENGTH
+from mosaicsync.contract import MAX_PATH_LENGTH, MAX_SEGMENT_BYTES
 from mosaicsync.local.errors import ApiError
 from mosaicsync.local.settings import SITE_CONTENT_TYPES
 
@@ -14,7 +14,8 @@ def clean_path(filename: object, *, field: str = "filename") -> str:
     """Return a safe relative POSIX path, or raise 400 saying what is wrong with it.
 
     Refuses what could escape the project's directory or mean two things: `..`, `.`, empty
-    segments, absolute paths, backslashes, NUL and other control characters.
+    segments, absolute paths, backslashes, NUL and other control characters; and a name
+    between "/" over MAX_SEGMENT_BYTES, which no filesystem here can hold.
     """
     if not isinstance(filename, str) or not filename:
         raise ApiError(400, f'"{field}" must be a non-empty string such as "index.html"')
@@ -31,7 +32,25 @@ def clean_path(filename: object, *, field: str = "filename") -> str:
         raise ApiError(
             400, f'"{field}" {filename!r} has an empty, "." or ".." segment: give a plain path'
         )
-    return unicodedata.normalize("NFC", filename)
+    path = unicodedata.normalize("NFC", filename)
+    for segment in path.split("/"):
+        size = len(segment.encode("utf-8", "surrogatepass"))
+        if size > MAX_SEGMENT_BYTES:
+            shown = segment if len(segment) <= 40 else segment[:40] + "..."
+            raise ApiError(
+                400,
+                f'"{field}": the name {shown!r} is {size} bytes in UTF-8, over the '
+                f"{MAX_SEGMENT_BYTES}-byte limit for one file or folder name: shorten it",
+            )
+    return path
+
+
+def too_long_for_disk(path: str) -> str:
+    """Why a path within every limit still could not be written: the data dir's path is long."""
+    return (
+        f"{path[:60]!r}... is too long for the local platform's disk once under its data "
+        "directory: use a shorter path (or a data directory with a shorter path)"
+    )
 
 
 def site_extension(path: str) -> str:

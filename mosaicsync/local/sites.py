@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import posixpath
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 from mosaicsync.local.atomic import write_atomic
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
-from mosaicsync.local.paths import clean_path, site_extension
+from mosaicsync.local.paths import clean_path, site_extension, too_long_for_disk
 from mosaicsync.local.settings import SITE_CONTENT_TYPES
 from mosaicsync.local.state import State
 
@@ -86,6 +87,10 @@ class SiteStore:
             raise ApiError(
                 400, f"{path!r} conflicts with an existing file or folder of the same name"
             ) from None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise ApiError(400, too_long_for_disk(path)) from None
         digest = hashlib.sha256(data).hexdigest()
         self.state.run(
             "INSERT OR REPLACE INTO site_files VALUES (?, ?, ?, ?, ?)",

@@ -6,6 +6,7 @@ The host is not signed, so a URL minted for 127.0.0.1 also works through localho
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import shutil
@@ -18,7 +19,7 @@ from mosaicsync.contract import PRESIGN_TTL
 from mosaicsync.local.atomic import atomic_file
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.errors import ApiError
-from mosaicsync.local.paths import clean_path
+from mosaicsync.local.paths import clean_path, too_long_for_disk
 from mosaicsync.local.state import State
 
 
@@ -124,10 +125,10 @@ class ObjectStore:
             )
         self._check_quota(project_id, path, size)
         target = self.root / project_id / path
-        target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         received = 0
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             # Not fsynced, like site files: a large upload would wait on the disk for nothing.
             with atomic_file(target, durable=False) as f:
                 async for chunk in chunks:
@@ -141,8 +142,12 @@ class ObjectStore:
                         400,
                         f"IncompleteBody: received {received} bytes, the URL was signed for {size}",
                     )
-        except (NotADirectoryError, IsADirectoryError):
+        except (NotADirectoryError, IsADirectoryError, FileExistsError):
             raise ApiError(400, f"{path!r} conflicts with an existing object or folder") from None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise ApiError(400, too_long_for_disk(path)) from None
         sha = digest.hexdigest()
         self.state.run(
             "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)",
