@@ -24,6 +24,7 @@ from mosaicsync import __version__
 from mosaicsync.contract import API_ROUTES
 from mosaicsync.errors import (
     AuthError,
+    ConfigError,
     MosaicError,
     NotFoundError,
     PlatformError,
@@ -106,6 +107,25 @@ def auto_concurrency(rtt_ms: float | None) -> int:
     return max(8, min(64, math.ceil(rtt_ms / 1.6)))
 
 
+def _refuse_text_that_is_not_utf8(fields: dict[str, Any]) -> None:
+    """ConfigError naming the field whose text cannot be sent as UTF-8.
+
+    A name typed in a terminal whose bytes are not UTF-8 reaches Python as lone surrogates
+    (U+DC80-U+DCFF); JSON would carry them as "\\udcxx", which is not text.
+    """
+    for field, value in fields.items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(
+                    f"{field!r} {value!a} is not UTF-8 text: it holds bytes (or a lone "
+                    "surrogate) that are not a character",
+                    hint="retype it; if the terminal sent it, check that LANG or LC_ALL is a "
+                    "UTF-8 locale",
+                ) from None
+
+
 class MosaicClient:
     """One keep-alive HTTP client for one platform and key."""
 
@@ -182,6 +202,7 @@ class MosaicClient:
         other shape (a proxy, a wrong URL) then fails with a message, not with a KeyError.
         """
         route = ROUTES[route_name]
+        _refuse_text_that_is_not_utf8({**params, **(json or {})})
         path = route.path.format(**{k: quote(v, safe="/") for k, v in params.items()})
         safe = route.idempotent if idempotent is None else idempotent
         response = self._send(

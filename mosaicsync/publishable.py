@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from mosaicsync.contract import MAX_PATH_LENGTH
+from mosaicsync.contract import MAX_PATH_LENGTH, MAX_SEGMENT_BYTES
 from mosaicsync.errors import ScanError
 
 # mosaicsync publishes this file itself: the storage URL of every file that does not go to the
@@ -42,6 +42,16 @@ def problem(rel: str) -> str | None:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             return f"{rel!a} is not a valid UTF-8 file name, so it cannot be published"
+    # At most 4 bytes a character: a short path needs no counting.
+    if len(rel) > MAX_SEGMENT_BYTES // 4:
+        for segment in rel.split("/"):
+            size = len(segment.encode("utf-8"))
+            if size > MAX_SEGMENT_BYTES:
+                return (
+                    f"{rel!a}: the name {segment!a} is {size} bytes in UTF-8 (as published, "
+                    f"in NFC), over the platform's {MAX_SEGMENT_BYTES}-byte limit for one file "
+                    "or folder name, so it cannot be published"
+                )
     return None
 
 

@@ -153,10 +153,12 @@ def test_429_after_retries_says_how_often_it_waited() -> None:
     ],
 )
 def test_status_codes_become_errors_with_advice(status, error_type, advice) -> None:
-    client, _, _ = client_for(lambda r: httpx.Response(status, json={"error": "nope"}))
+    client, sleeps, events = client_for(lambda r: httpx.Response(status, json={"error": "nope"}))
     with pytest.raises(error_type) as info:
         client.get_project("pod-16f")
     assert "nope" in info.value.message
+    # A 4xx other than 429 is an answer, not an outage: never retried, even when safe to.
+    assert len(events) == 1 and sleeps == []
     if advice:
         assert advice in (info.value.hint or "")
 

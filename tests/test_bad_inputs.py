@@ -411,6 +411,17 @@ def path_too_long(ctx: Ctx) -> None:
     (deep / "deep.html").write_text("<p>deep</p>")
 
 
+@case(
+    "a file name over 255 bytes as published (`\u0915\u093c` x 80: 245 bytes on disk as U+0958, "
+    "485 once NFC-normalized)",
+    2,
+    "over the platform's 255-byte limit",
+)
+def name_over_255_bytes(ctx: Ctx) -> None:
+    many_files(ctx, 10)
+    (ctx.public / ("\u0958" * 80 + ".html")).write_text("<p>qa</p>")
+
+
 @case("a symlink loop (`loop -> .`)", 2, "loops")
 def symlink_loop(ctx: Ctx) -> None:
     (ctx.public / "sub").mkdir()
@@ -655,6 +666,24 @@ def diagnostics_not_writable(ctx: Ctx) -> None:
     ctx.config.write_text("[app\n")
 
 
+# -- other commands --------------------------------------------------------------------------------
+
+
+@case("`storage put --name` with a folder name over 255 bytes of UTF-8", 5, "255-byte limit")
+def storage_put_name_over_255_bytes(ctx: Ctx) -> None:
+    (ctx.project / "clip.mp4").write_bytes(b"\x00" * 64)
+    ctx.args = ["storage", "put", "clip.mp4", "--name", "\u00e9" * 130 + "/clip.mp4", "--json"]
+
+
+# A name the shell passes as bytes that are not UTF-8: Python reads them as lone surrogates.
+NOT_UTF8_NAME = "My\udced\udca0\udc80App"
+
+
+@case("`projects create` with a name that is not UTF-8 (bytes ED A0 80)", 2, "not UTF-8 text")
+def project_name_not_utf8(ctx: Ctx) -> None:
+    ctx.args = ["projects", "create", NOT_UTF8_NAME, "--json"]
+
+
 # -- the walk --------------------------------------------------------------------------------------
 
 
@@ -713,6 +742,15 @@ def test_bad_input(case: Case, ctx: Ctx) -> None:
         assert_site_equals(ctx.server, ctx.project_id, served, {}, ctx.server.base_url)
 
 
+def test_a_project_name_that_is_not_utf8_creates_no_project(ctx: Ctx) -> None:
+    with ctx.server.client() as api:
+        before = api.get("/projects").json()["projects"]
+        out = ctx.run(["projects", "create", NOT_UTF8_NAME])
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "'name'" in out.stderr and "LANG" in out.stderr, out.stderr
+        assert api.get("/projects").json()["projects"] == before
+
+
 def test_the_catalogue_is_large_and_names_are_unique() -> None:
     assert len(CASES) >= 30
     assert len({c.id for c in CASES}) == len(CASES)
@@ -733,7 +771,8 @@ def render_doc() -> str:
     lines = [
         "# Bad inputs",
         "",
-        "What `mosaicsync deploy` does with inputs a careful user might try. Generated from",
+        "What `mosaicsync deploy` (and `storage put`, `projects create`) does with inputs a",
+        "careful user might try. Generated from",
         "`tests/test_bad_inputs.py` (`python -m tests.test_bad_inputs`), whose one parametrized",
         "test runs every row against the local platform and checks the exit code, the message",
         "and what is left on the platform.",
