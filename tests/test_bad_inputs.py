@@ -782,6 +782,10 @@ def render_doc() -> str:
         "*not an error* deploy and are served byte for byte (names fetched with proper URL",
         "quoting).",
         "",
+        "Bodies only a raw API call can send get a 400 from the local platform that names the",
+        'field, never a 500 (`tests/test_local_hardening.py`): a lone surrogate (`"\\ud800"`) in',
+        "any string, an integer of more than 4,300 digits, a file or object name over 255 bytes.",
+        "",
         "| case | input | exit | message contains | left on the platform |",
         "|---|---|---|---|---|",
     ]
