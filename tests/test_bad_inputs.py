@@ -669,7 +669,7 @@ def diagnostics_not_writable(ctx: Ctx) -> None:
 # -- other commands --------------------------------------------------------------------------------
 
 
-@case("`storage put --name` with a folder name over 255 bytes of UTF-8", 5, "255-byte limit")
+@case("storage put with --name holding a folder name over 255 bytes", 5, "255-byte limit")
 def storage_put_name_over_255_bytes(ctx: Ctx) -> None:
     (ctx.project / "clip.mp4").write_bytes(b"\x00" * 64)
     ctx.args = ["storage", "put", "clip.mp4", "--name", "\u00e9" * 130 + "/clip.mp4", "--json"]
@@ -679,7 +679,7 @@ def storage_put_name_over_255_bytes(ctx: Ctx) -> None:
 NOT_UTF8_NAME = "My\udced\udca0\udc80App"
 
 
-@case("`projects create` with a name that is not UTF-8 (bytes ED A0 80)", 2, "not UTF-8 text")
+@case("projects create with a name that is not UTF-8 (bytes ED A0 80)", 2, "not UTF-8 text")
 def project_name_not_utf8(ctx: Ctx) -> None:
     ctx.args = ["projects", "create", NOT_UTF8_NAME, "--json"]
 
@@ -771,8 +771,8 @@ def render_doc() -> str:
     lines = [
         "# Bad inputs",
         "",
-        "What `mosaicsync deploy` (and `storage put`, `projects create`) does with inputs a",
-        "careful user might try. Generated from",
+        "What `mosaicsync deploy` (and the storage put and projects create commands) does with",
+        "inputs a careful user might try. Generated from",
         "`tests/test_bad_inputs.py` (`python -m tests.test_bad_inputs`), whose one parametrized",
         "test runs every row against the local platform and checks the exit code, the message",
         "and what is left on the platform.",

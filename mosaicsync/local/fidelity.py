@@ -107,7 +107,7 @@ GAPS: list[tuple[str, str]] = [
         "Name lengths",
         'A file or folder name (one segment between "/") of a site file or storage object is at '
         "most 255 bytes of UTF-8, the limit of the filesystem the local platform stores them on "
-        "(400 past it; mosaicsync refuses such a name before sending). Mosaic documents no limit "
+        "(400 past it; the client refuses such a name before sending). Mosaic documents no limit "
         "on a segment, only paths (1,024 characters, our reading).",
     ),
 ]
