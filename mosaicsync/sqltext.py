@@ -19,7 +19,9 @@ from pglast.parser import ParseError, parse_sql, scan
 BOM = "\ufeff"
 NO_TRANSACTION = "-- mosaicsync:no-transaction"
 _DIRECTIVE = re.compile(r"--\s*mosaicsync:\s*(\S*)\s*$", re.IGNORECASE)
-KNOWN_DIRECTIVES = ("no-transaction",)
+ALLOW_DESTRUCTIVE = "-- mosaicsync: allow-destructive"
+# `no-transaction` on line 1 only; `allow-destructive` above any statement (migrate/lint.py).
+KNOWN_DIRECTIVES = ("no-transaction", "allow-destructive")
 
 
 class SqlTextError(ValueError):
@@ -42,7 +44,10 @@ def checksum(text: str) -> str:
 
 
 def is_transactional(text: str) -> bool:
-    """False when the first line is `-- mosaicsync:no-transaction`; unknown directives raise."""
+    """False when the first line is `-- mosaicsync:no-transaction`; unknown directives raise.
+
+    `-- mosaicsync: allow-destructive` may stand on line 1 too, above the first statement.
+    """
     first = normalize(text).split("\n", 1)[0].strip()
     match = _DIRECTIVE.match(first)
     if match is None:
@@ -50,9 +55,11 @@ def is_transactional(text: str) -> bool:
     directive = match.group(1).lower()
     if directive not in KNOWN_DIRECTIVES:
         raise SqlTextError(
-            f"unknown directive {first!r} on line 1; the only one is {NO_TRANSACTION!r}", 0
+            f"unknown directive {first!r} on line 1; the known ones are {NO_TRANSACTION!r} "
+            f"(line 1) and {ALLOW_DESTRUCTIVE!r} (above a statement)",
+            0,
         )
-    return False
+    return directive != "no-transaction"
 
 
 # -- positions --------------------------------------------------------------------------------
