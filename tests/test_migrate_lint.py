@@ -246,10 +246,12 @@ def test_findings_carry_counts_severity_and_hint() -> None:
 def test_count_sql_quotes_names_and_reads_back() -> None:
     assert count_sql([]) is None
     sql = count_sql(["public.users", "app.O'Brien"], cap=10)
-    assert sql is not None and "'app.O''Brien'" in sql and "LIMIT 11" in sql
-    assert read_counts([{"name": "public.users", "n": 3}, {"name": "app.x", "n": None}]) == {
-        "public.users": 3
-    }
+    assert sql is not None and "'app.O''Brien'" in sql and "LIMIT %s) s', r.rel, 11)" in sql
+    assert sql.startswith("DO $ms$") and sql.count("$ms$") == 2
+    odd = count_sql(["public.a$ms$b"])
+    assert odd is not None and odd.startswith("DO $ms_$") and odd.count("$ms_$") == 2
+    assert read_counts([{"counts": '{"public.users": 3}'}]) == {"public.users": 3}
+    assert read_counts([{"counts": "not json"}]) == {}
 
 
 def test_the_directive_is_accepted_on_line_1_and_keeps_the_transaction(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ reviewed: it is reported, as a warning, and never stops a run.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -378,8 +379,13 @@ def _follow_rename(node: Any, created: _Created) -> None:
 
 
 def count_sql(tables: Iterable[str], cap: int = COUNT_CAP) -> str | None:
-    """One read-only request counting the rows of each `schema.name` (up to cap + 1); a table
-    that does not exist gets NULL rather than an error. None when there is nothing to count."""
+    """One read-only request counting the rows of each `schema.name` (up to cap + 1).
+
+    A table that does not exist is left out rather than failing the request. The counts come
+    back as one JSON text through a transaction-local setting: a DO block cannot return rows,
+    and this needs no object created and no XML support in the server. None when there is
+    nothing to count.
+    """
     names = sorted(set(tables))
     if not names:
         return None
@@ -388,24 +394,35 @@ def count_sql(tables: Iterable[str], cap: int = COUNT_CAP) -> str | None:
         f"{sql_literal(name.split('.', 1)[1])})"
         for name in names
     )
+    tag = "$ms$"
+    while tag in pairs:  # a table name holding the quote tag would end the block early
+        tag = tag[:-1] + "_$"
     return (
-        "SELECT t.name, CASE WHEN c.oid IS NULL THEN NULL ELSE "
-        "(xpath('/row/n/text()', query_to_xml(format("
-        f"'SELECT count(*) AS n FROM (SELECT 1 FROM %s LIMIT {cap + 1}) s', c.oid::regclass), "
-        "false, true, '')))[1]::text::bigint END AS n "
-        f"FROM (VALUES {pairs}) AS t(name, nsp, rel) "
-        "LEFT JOIN LATERAL (SELECT to_regclass(quote_ident(t.nsp) || '.' || quote_ident(t.rel)) "
-        "AS oid) c ON true"
+        f"DO {tag}\n"
+        "DECLARE r record; n bigint; counts jsonb := '{}';\nBEGIN\n"
+        "  FOR r IN SELECT t.name, to_regclass(quote_ident(t.nsp) || '.' || quote_ident(t.rel))"
+        f" AS rel FROM (VALUES {pairs}) AS t(name, nsp, rel) LOOP\n"
+        "    CONTINUE WHEN r.rel IS NULL;\n"
+        "    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT %s) s', r.rel, "
+        f"{cap + 1}) INTO n;\n"
+        "    counts := counts || jsonb_build_object(r.name, n);\n"
+        "  END LOOP;\n"
+        "  PERFORM set_config('mosaicsync.row_counts', counts::text, true);\n"
+        f"END {tag};\n"
+        "SELECT current_setting('mosaicsync.row_counts') AS counts"
     )
 
 
 def read_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     """`schema.name` -> rows, from the answer to `count_sql`; absent tables are left out."""
-    counts = {}
+    counts: dict[str, int] = {}
     for row in rows:
-        n = row.get("n")
-        if row.get("name") is not None and n is not None:
-            counts[str(row["name"])] = int(n)
+        try:
+            found = json.loads(row.get("counts") or "{}")
+        except (TypeError, ValueError):
+            continue
+        if isinstance(found, dict):
+            counts.update({str(k): int(v) for k, v in found.items() if isinstance(v, int)})
     return counts
 
 
