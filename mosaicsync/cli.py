@@ -264,8 +264,11 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
     out = session.output()
     project_id = session.project_id(config)
     options = DeployOptions(dry_run=dry_run, **opts)
+    confirm = _confirm_destructive(session)
     with session.client(config, out) as client:
-        result = Deployer(config, client, project_id, options, out.deploy_event).run()
+        result = Deployer(
+            config, client, project_id, options, out.deploy_event, confirm=confirm
+        ).run()
     data = result.to_json()
     seconds = result.duration_ms / 1000
     if dry_run:
@@ -294,6 +297,31 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
     out.result(data, human)
 
 
+def _confirm_destructive(session: Session) -> Callable[[list[Any]], bool] | None:
+    """On a terminal (not --json), a question before a migration that drops data; else None,
+    and such a migration needs --allow-destructive."""
+    if session.json_mode or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def confirm(found: list[Any]) -> bool:
+        from mosaicsync.findings import ordered
+
+        stopping = [f for f in ordered(found) if f.severity == "error"]
+        click.echo("These pending migrations lose data:", err=True)
+        for f in stopping:
+            click.echo(f"  {f.where}: {f.message}", err=True)
+        return click.confirm("Apply them?", default=False, err=True)
+
+    return confirm
+
+
+def _findings_lines(found: list[Any]) -> str:
+    """`file:line:col: severity: message` and the hint under it, errors first."""
+    from mosaicsync.findings import ordered
+
+    return "\n".join(f"{f.line_text()}\n  hint: {f.hint}" for f in ordered(found))
+
+
 def migration_safety_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--allow-changed", is_flag=True,
@@ -302,6 +330,10 @@ def migration_safety_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--allow-out-of-order", is_flag=True,
         help="Apply a pending migration older than the newest applied one.",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--allow-destructive", is_flag=True,
+        help="Apply migrations that drop data (DROP TABLE/COLUMN, TRUNCATE...) without asking.",
     )(func)  # fmt: skip
     func = click.option(
         "--lock-timeout", default=30.0, show_default=True,
@@ -585,9 +617,13 @@ def migrate_up(
     dry_run: bool,
     allow_changed: bool,
     allow_out_of_order: bool,
+    allow_destructive: bool,
     lock_timeout: float,
 ) -> None:
     """Apply pending migrations.
+
+    A migration that drops data stops the run before anything is applied, unless
+    --allow-destructive is given or, on a terminal, you answer yes.
 
     \b
     Example:
@@ -602,6 +638,8 @@ def migrate_up(
             dry_run=dry_run,
             allow_changed=allow_changed,
             allow_out_of_order=allow_out_of_order,
+            allow_destructive=allow_destructive,
+            confirm=_confirm_destructive(session),
         )
     data = result.to_json()
     if dry_run:
@@ -612,6 +650,41 @@ def migrate_up(
             f"\n  {a.version}_{a.name} ({a.ms} ms)" for a in result.applied
         )
     out.result(data, human)
+
+
+@migrate.command("lint")
+@common_options
+def migrate_lint(session: Session) -> None:
+    """Check the pending migrations for statements that drop data or break what is deployed.
+
+    Destructive statements (DROP TABLE/COLUMN, TRUNCATE, DELETE without WHERE...) fail
+    with exit 9 unless marked `-- mosaicsync: allow-destructive`; risky ones (renames,
+    SET NOT NULL) are warnings. Row counts come from the target's database. Applies nothing.
+
+    \b
+    Example:
+      mosaicsync migrate lint --json
+    """
+    from mosaicsync.errors import ChecksFailed
+    from mosaicsync.findings import ordered
+
+    out = session.output()
+    _, client, migrator = _migrator(session, out)
+    with client:
+        found = ordered(migrator.lint())
+    stopping = [f for f in found if f.severity == "error"]
+    if stopping:
+        if not session.json_mode:
+            click.echo(out.shown(_findings_lines(found)))
+        n = len(stopping)
+        raise ChecksFailed(
+            f"{n} destructive statement{'s' if n > 1 else ''} not marked as reviewed: "
+            + "; ".join(f"{f.where}: {f.message}" for f in stopping),
+            hint=stopping[0].hint,
+            findings=found,
+        )
+    data = {"findings": [f.to_json() for f in found]}
+    out.result(data, _findings_lines(found) or "No destructive or risky statements pending.")
 
 
 @migrate.command("repair")

@@ -44,6 +44,7 @@ class DeployOptions:
     migrate: bool = True
     allow_changed: bool = False
     allow_out_of_order: bool = False
+    allow_destructive: bool = False  # apply migrations that drop data (see migrate/lint.py)
     lock_timeout: float = 30.0
 
 
@@ -114,8 +115,10 @@ class Deployer:
         options: DeployOptions,
         on_event: Callable[[object], None] | None = None,
         manifest: Manifest | None = None,
+        confirm: Callable[[list[Finding]], bool] | None = None,
     ) -> None:
         self.config = config
+        self.confirm = confirm  # asked before a destructive migration; None: never asks
         self.client = client
         self.project_id = project_id
         self.options = options
@@ -248,6 +251,9 @@ class Deployer:
             dry_run=self.options.dry_run,
             allow_changed=self.options.allow_changed,
             allow_out_of_order=self.options.allow_out_of_order,
+            allow_destructive=self.options.allow_destructive,
+            confirm=self.confirm,
         )
+        result.findings.extend(up.findings)
         result.migrations_applied = len(up.applied)
         result.migrations_pending = [m.filename for m in up.planned] if up.dry_run else []

@@ -31,6 +31,7 @@ from mosaicsync.config import Config, load_config
 from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions
 from mosaicsync.errors import (
     AuthError,
+    ChecksFailed,
     ConfigError,
     LockTimeout,
     MosaicError,
@@ -755,10 +756,23 @@ class Watcher:
             return
         try:
             up = migrator.up(
-                allow_changed=True, allow_out_of_order=self.options.deploy.allow_out_of_order
+                allow_changed=True,
+                allow_out_of_order=self.options.deploy.allow_out_of_order,
+                allow_destructive=self.options.deploy.allow_destructive,
             )
         except (*_RETRIED, AuthError):
             raise
+        except ChecksFailed as exc:
+            # Never a prompt here: the watch goes on syncing files, migrations wait.
+            self.emit(
+                WatchWarning(
+                    "migration-destructive",
+                    f"migrations paused: {exc.message}",
+                    f"{exc.hint}; the watch tries again when a migration file changes, and "
+                    "applies it if the watch was started with --allow-destructive",
+                )
+            )
+            return
         except MosaicError as exc:
             self.emit(
                 WatchWarning(

@@ -22,6 +22,7 @@ from pglast.parser import get_postgresql_version as _pglast_pg_version
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient, SqlError
 from mosaicsync.errors import (
+    ChecksFailed,
     LeaseLost,
     MigrationError,
     MigrationFailed,
@@ -40,6 +41,8 @@ from mosaicsync.events import (
     Resuming,
     StatementApplied,
 )
+from mosaicsync.findings import Finding, ordered
+from mosaicsync.migrate import lint
 from mosaicsync.migrate.files import MigrationFile, analyze_migration, load_migrations
 from mosaicsync.migrate.history import (
     REPAIR,
@@ -104,6 +107,8 @@ class UpResult:
     not_atomic: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    # Destructive and risky statements of the pending migrations (migrate/lint.py), with counts.
+    findings: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +116,7 @@ class UpResult:
             "planned": [p.to_json() for p in self.planned],
             "not_atomic": self.not_atomic,
             "warnings": self.warnings,
+            "findings": [f.to_json() for f in ordered(self.findings)],
             "dry_run": self.dry_run,
         }
 
@@ -309,8 +315,15 @@ class Migrator:
         dry_run: bool = False,
         allow_changed: bool = False,
         allow_out_of_order: bool = False,
+        allow_destructive: bool = False,
+        confirm: Callable[[list[Finding]], bool] | None = None,
     ) -> UpResult:
-        """Apply pending migrations in version order, each exactly once; stop at the first error."""
+        """Apply pending migrations in version order, each exactly once; stop at the first error.
+
+        A pending statement that can lose data (migrate/lint.py) stops the run before anything
+        is applied (`ChecksFailed`, exit 9) unless `allow_destructive`, a `confirm` that answers
+        yes, or a `-- mosaicsync: allow-destructive` comment above it says it was reviewed.
+        """
         files = load_migrations(self.directory)
         held = self._held
         run = held or Run(str(uuid.uuid4()))
@@ -326,6 +339,8 @@ class Migrator:
                 allow_out_of_order=allow_out_of_order,
             )
             self._preflight(todo, snap.server_version_num, result)
+            result.findings = self._lint(todo)
+            self._show(result.findings)
             result.planned = todo
             for migration in todo:
                 result.sql.extend(self._planned_requests(migration, run, resumable))
@@ -348,6 +363,9 @@ class Migrator:
                 allow_out_of_order=allow_out_of_order,
             )
             self._preflight(todo, run.server_version_num, result)
+            result.findings = self._gate(
+                self._lint(todo), allow_destructive=allow_destructive, confirm=confirm
+            )
             self._warn_unsafe(todo, result)
             result.planned = todo
             for migration in todo:
@@ -372,6 +390,55 @@ class Migrator:
             if not lost and held is None:
                 self._lease.release(run)
         return result
+
+    def lint(self) -> list[Finding]:
+        """The findings `up` would act on, with row counts; reads the history, applies nothing."""
+        files = load_migrations(self.directory)
+        snap = self._read(create=False)
+        todo, _ = self._plan(files, snap, to=None, allow_changed=True, allow_out_of_order=True)
+        self._preflight(todo, snap.server_version_num, UpResult(dry_run=True))
+        return self._lint(todo)
+
+    def _lint(self, todo: Sequence[MigrationFile]) -> list[Finding]:
+        """Destructive and risky statements of `todo`, with the live row counts in one read."""
+        flagged = lint.classify(todo)
+        counts: dict[str, int] = {}
+        query = lint.count_sql(lint.tables_to_count(flagged))
+        if query is not None:
+            try:
+                counts = lint.read_counts(self._sql(query, idempotent=True))
+            except SqlError:
+                counts = {}  # e.g. no right to read a table: the findings go without counts
+        return lint.to_findings(flagged, counts)
+
+    def _gate(
+        self,
+        found: list[Finding],
+        *,
+        allow_destructive: bool,
+        confirm: Callable[[list[Finding]], bool] | None,
+    ) -> list[Finding]:
+        """Stop before anything is applied unless each destructive statement was allowed."""
+        stopping = [f for f in found if f.severity == "error"]
+        if stopping and not allow_destructive and not (confirm is not None and confirm(found)):
+            listed = "; ".join(f"{f.where}: {f.message}" for f in ordered(stopping))
+            n = len(stopping)
+            raise ChecksFailed(
+                f"{n} destructive statement{'s' if n > 1 else ''} in the pending migrations, "
+                f"so nothing was applied: {listed}",
+                hint=f"if losing this data is intended, run again with --allow-destructive, or "
+                f"put `{lint.ALLOW_COMMENT}` on the line above each statement; otherwise "
+                "rewrite the migration (e.g. keep the column and stop using it)",
+                findings=ordered(found),
+            )
+        allowed = [lint.allowed(f) for f in found]
+        self._show(allowed)
+        return allowed
+
+    def _show(self, found: Sequence[Finding]) -> None:
+        """Each finding as a warning line, before anything is applied."""
+        for f in ordered(found):
+            self._emit(PreflightWarning(f.file, f.line or 0, f.column or 0, f.message))
 
     def _warn_unsafe(self, todo: Sequence[MigrationFile], result: UpResult) -> None:
         for migration in todo:
