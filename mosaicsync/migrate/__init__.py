@@ -5,6 +5,7 @@
   requests.py  the SQL of every request, built by pure functions
   lease.py     the lease: take, renew, give back, take over from a dead holder, unlock
   runner.py    `Migrator`: status, up, repair and baseline under the lease
+  lint.py      destructive and risky statements of the pending migrations (pure), row counts
 
 The events a run reports live in mosaicsync.events, its errors (MigrationFailed, LockTimeout,
 LeaseLost) in mosaicsync.errors; both are importable from here as well.
