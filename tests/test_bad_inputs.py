@@ -496,6 +496,12 @@ def migration_syntax_error(ctx: Ctx) -> None:
     (ctx.migrations / "0002_typo.sql").write_text("CREATE TABEL typo (x int);\n")
 
 
+@case("a migration whose error quotes a huge value (`repeat('x', 1000000)::int`)", 7,
+      "[cut: 1,000,041 bytes in all; the first 4,096 characters are shown]")  # fmt: skip
+def migration_error_quotes_a_huge_value(ctx: Ctx) -> None:
+    (ctx.migrations / "0001_big.sql").write_text("SELECT repeat('x', 1000000)::int;\n")
+
+
 @case("two migrations with the same version", 7, "version 1 is also used by")
 def migration_duplicate_version(ctx: Ctx) -> None:
     (ctx.migrations / "0001_a.sql").write_text("CREATE TABLE a (x int);\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from mosaicsync.local.pg import sqlexec
 from mosaicsync.local.pg.cluster import Cluster
 from mosaicsync.local.pg.databases import Databases
 from mosaicsync.local.pg.pool import PoolExhaustedError
@@ -527,6 +528,41 @@ def test_byte_cap_counts_the_json_sent(
         assert info.value.code == "54000" and "--max-result-bytes" in info.value.message
     finally:
         tight.close()
+
+
+def test_byte_cap_refuses_text_past_twice_the_cap_before_decoding(
+    strict: Databases, strict_project: TenantCredentials
+) -> None:
+    # json keeps its whitespace; its compact JSON is what counts, up to twice the cap as text.
+    padded = "SELECT ('[' || repeat(' ', {}) || '1]')::json AS j"
+    assert strict.execute(strict_project, padded.format(3000)) == [{"j": [1]}]
+    with pytest.raises(SqlLimitError) as info:
+        strict.execute(strict_project, padded.format(4000))
+    assert info.value.code == "54000" and "--max-result-bytes" in info.value.message
+    assert strict.execute(strict_project, "SELECT 1 AS ok") == [{"ok": 1}]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["libpq", "copies"])
+def test_error_text_is_cut_with_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+    strict: Databases,
+    strict_project: TenantCredentials,
+    direct: bool,
+) -> None:
+    if not direct:  # no libpq of our own to call: the same result from psycopg's copies
+        monkeypatch.setattr(sqlexec, "_libpq", lambda: None)
+    with pytest.raises(SqlError) as info:
+        strict.execute(strict_project, "SELECT repeat('é', 5000)::int")
+    assert info.value.code == "22P02"
+    cut = info.value.message.split("… [cut: ")
+    assert cut[0] == 'invalid input syntax for type integer: "' + "é" * 4056
+    assert cut[1] == "10,041 bytes in all; the first 4,096 characters are shown]"
+    with pytest.raises(SqlError) as whole:
+        strict.execute(strict_project, "SELECT repeat('é', 4055)::int")
+    assert whole.value.message == 'invalid input syntax for type integer: "' + "é" * 4055 + '"'
+    with pytest.raises(SqlLimitError):
+        strict.execute(strict_project, "SELECT repeat('x', 5000)")
+    assert strict.execute(strict_project, "SELECT 1 AS ok") == [{"ok": 1}]
 
 
 def test_busy_project_is_a_server_side_error(

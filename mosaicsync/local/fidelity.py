@@ -28,8 +28,9 @@ GAPS: list[tuple[str, str]] = [
     (
         "SQL endpoint semantics",
         "Several statements in one query run as one implicit transaction and the response is the "
-        "last statement's result; the JSON type mapping, the statement timeout and the row and "
-        "byte caps are local choices, not documented Mosaic behaviour.",
+        "last statement's result; the JSON type mapping, the statement timeout, the row and "
+        "byte caps and the cut of long error text are local choices, not documented Mosaic "
+        "behaviour.",
     ),
     (
         "Emails are never sent",

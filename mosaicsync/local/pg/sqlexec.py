@@ -1,18 +1,23 @@
 """Running a query for the SQL endpoint: as the tenant, under a watchdog, within the caps.
 
 Tenant SQL always runs on a connection logged in *as* the tenant role (a superuser connection
-with SET ROLE can be escaped with RESET ROLE). Rows become JSON values as they stream in, so a
-huge result hits a cap before it fills our memory.
+with SET ROLE can be escaped with RESET ROLE). Rows arrive one at a time (libpq single-row mode)
+and each row's size as PostgreSQL sent it is checked before anything is decoded, so a huge
+result hits a cap while it holds at most one row of it: libpq keeps one receive buffer and one
+copy of a row, and our memory holds no Python copy of a value that is already over the cap.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import math
+import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +37,15 @@ from mosaicsync.local.pg.pool import TenantPool
 from mosaicsync.local.pg.tenants import TenantCredentials, TenantUnavailableError, admin_connection
 
 MAX_SAFE_INTEGER = 2**53 - 1  # beyond it a JSON number loses digits in JavaScript
-CHUNK_ROWS = 1000
 CANCEL_GRACE = 2.0  # seconds a cancelled query has to stop before its backend is terminated
+# Before decoding, a result is refused once the text PostgreSQL sent for it passes this many
+# times the JSON cap: json/jsonb can shrink when re-encoded compactly, all other types only grow.
+RAW_CAP_FACTOR = 2
+# libpq never shrinks a connection's receive buffer: after a row or an error this large the
+# connection is closed rather than pooled, and freed memory is handed back to the OS.
+LARGE_MESSAGE = 1024 * 1024
+# PostgreSQL's error message, detail and hint are cut to this many characters each.
+MAX_ERROR_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -147,13 +159,24 @@ class _ResultSet:
         self.size = 2  # the enclosing []
         self.exceeded: str | None = None
         self.first = True
+        self.raw = 0  # bytes of values as PostgreSQL sent them
+        self.largest = 0  # the largest row, as sent
 
     def add(self, res: PGresult) -> None:
+        if not res.ntuples:
+            return
         self.count += res.ntuples
-        if self.exceeded or not res.ntuples:
+        # The size PostgreSQL sent, before any value becomes a Python object.
+        raw = _raw_size(res)
+        self.largest = max(self.largest, raw)
+        self.raw += raw
+        if self.exceeded:
             return  # keep draining so the statements complete, without keeping rows
         if self.count > self.limits.max_rows:
             self.exceeded, self.rows = "rows", []
+            return
+        if self.raw > RAW_CAP_FACTOR * self.limits.max_result_bytes:
+            self.exceeded, self.rows = "bytes", []
             return
         if not self.first:
             self.tx.set_pgresult(res, set_loaders=False)
@@ -178,6 +201,7 @@ class _ResultSet:
 class _Outcome:
     result: _ResultSet | str | None = None  # the last statement's rows, or its command tag
     error: SqlError | None = None
+    large: bool = False  # a message over LARGE_MESSAGE grew libpq's receive buffer
 
 
 class SqlExecutor:
@@ -202,14 +226,18 @@ class SqlExecutor:
             raise SqlError("the query contains a NUL character, which SQL text cannot", "22021")
         conn = self.pool.checkout(creds, account)
         reusable = False
+        large = False
         try:
             outcome, cancelled, elapsed = self._run_watched(conn, query)
-            reusable = not cancelled
+            large = outcome.large
+            reusable = not cancelled and not large
             result = outcome.result
-            if reusable and isinstance(result, _ResultSet) and not result.exceeded:
+            if not cancelled and isinstance(result, _ResultSet) and not result.exceeded:
                 self._load_extension_arrays(conn, creds, result)
         finally:
             self.pool.checkin(creds, conn, reusable)
+            if large:
+                _release_memory()
         if outcome.error is not None:
             raise self._classify(outcome.error, cancelled, elapsed)
         result = outcome.result
@@ -298,13 +326,11 @@ class SqlExecutor:
         out = _Outcome()
         current: _ResultSet | None = None
         tag = ""
-        with conn.lock:
+        with conn.lock, _errors_by_field(pgconn):
             pgconn.send_query(data)
-            # Rows stream in chunks so a huge result cannot fill our memory before the caps.
-            if pq.version() >= 170000:
-                pgconn.set_chunked_rows_mode(CHUNK_ROWS)
-            else:
-                pgconn.set_single_row_mode()
+            # One row at a time (not chunks of rows): libpq holds a whole chunk before we can
+            # look at it, so only single rows bound what a huge result costs before the caps.
+            pgconn.set_single_row_mode()
             conn.wait(generators.send(pgconn))
             while (res := self._next_result(conn, out)) is not None:
                 status = res.status
@@ -313,6 +339,7 @@ class SqlExecutor:
                     if current is None:
                         current = _ResultSet(res, tx, encoding, self.limits)
                     current.add(res)
+                    out.large = out.large or current.largest > LARGE_MESSAGE
                 elif status == pq.ExecStatus.TUPLES_OK:
                     if current is None:  # a result with no rows
                         current = _ResultSet(res, tx, encoding, self.limits)
@@ -334,8 +361,11 @@ class SqlExecutor:
                         )
                     )
                 else:
-                    out.error = out.error or _sql_error(res, encoding)
+                    error, length = _sql_error(res, encoding)
+                    out.error = out.error or error
+                    out.large = out.large or length > LARGE_MESSAGE
                     current = None
+            tx.set_pgresult(None)  # let the last row's PGresult go now, not with the rows
         return out
 
     @staticmethod
@@ -396,23 +426,157 @@ class SqlExecutor:
             self._array_loaders[(database, int(oid))] = entry
 
 
-def _sql_error(res: PGresult, encoding: str) -> SqlError:
-    def field_text(code: pq.DiagnosticField) -> str | None:
-        value = res.error_field(code)
-        return value.decode(encoding, "replace") if value is not None else None
+def _sql_error(res: PGresult, encoding: str) -> tuple[SqlError, int]:
+    """The error PostgreSQL sent, each text cut to MAX_ERROR_TEXT; and its longest field's size.
+
+    A value in an error (`'xxx…'::int`) can make the message as large as the value: only a
+    prefix of each field is read, so a huge message is never copied whole.
+    """
+    longest = 0
+
+    def field_text(code: pq.DiagnosticField, limit: int = MAX_ERROR_TEXT) -> str | None:
+        nonlocal longest
+        found = _error_field_prefix(res, code, limit * 4)  # up to 4 bytes a character
+        if found is None:
+            return None
+        value, length = found
+        longest = max(longest, length)
+        return _cut(value.decode(encoding, "replace"), limit, length, len(value))
 
     fields = pq.DiagnosticField
-    position = field_text(fields.STATEMENT_POSITION)
+    position = field_text(fields.STATEMENT_POSITION, 20)
     message = field_text(fields.MESSAGE_PRIMARY)
     if message is None:
-        message = res.error_message.decode(encoding, "replace").strip() or "query failed"
-    return SqlError(
+        text = res.error_message
+        longest = max(longest, len(text))
+        message = (
+            _cut(
+                text[: MAX_ERROR_TEXT * 4].decode(encoding, "replace").strip(),
+                MAX_ERROR_TEXT,
+                len(text),
+                MAX_ERROR_TEXT * 4,
+            )
+            or "query failed"
+        )
+    error = SqlError(
         message,
-        code=field_text(fields.SQLSTATE),
+        code=field_text(fields.SQLSTATE, 5),
         position=int(position) if position and position.isdigit() else None,
         detail=field_text(fields.MESSAGE_DETAIL),
         hint=field_text(fields.MESSAGE_HINT),
     )
+    return error, longest
+
+
+def _cut(text: str, limit: int, length: int, read: int) -> str:
+    """`text` (the first `read` of `length` bytes) cut to `limit` characters, saying so."""
+    if len(text) <= limit and read >= length:
+        return text
+    return (
+        f"{text[:limit]}… [cut: {length:,} bytes in all; the first {limit:,} characters are shown]"
+    )
+
+
+# -- sizes read from libpq without copying values -------------------------------------------
+
+
+@functools.cache
+def _libpq() -> ctypes.CDLL | None:
+    """The libpq psycopg itself uses (ours to call with our own argument types), if found."""
+    path = None
+    if pq.__impl__ == "python":
+        from psycopg.pq import _pq_ctypes
+
+        path = _pq_ctypes.pq._name
+    else:
+        # Linux: the library mapped into this process (psycopg's wheel bundles its own).
+        found: set[str] = set()
+        with suppress(OSError), open("/proc/self/maps") as maps:
+            for line in maps:
+                name = line.rsplit(None, 1)[-1]
+                if "/libpq" in name and ".so" in name:
+                    found.add(name)
+        bundled = {name for name in found if "/psycopg" in name}
+        candidates = bundled or found
+        path = candidates.pop() if len(candidates) == 1 else None  # unsure: copy instead
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        lib.PQgetlength.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        lib.PQgetlength.restype = ctypes.c_int
+        lib.PQresultErrorField.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.PQresultErrorField.restype = ctypes.c_void_p
+        lib.PQsetErrorVerbosity.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.PQsetErrorVerbosity.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+PQERRORS_SQLSTATE = 3  # libpq's PGVerbosity: the whole-message text is just severity and code
+
+
+@contextmanager
+def _errors_by_field(pgconn: pq.abc.PGconn) -> Iterator[None]:
+    """While the tenant's query runs, libpq builds no whole-message text for an error.
+
+    We read an error's fields only; the whole message would be three more copies of a value
+    quoted in it (built, stored in the result, appended to the connection's error).
+    """
+    lib, ptr = _libpq(), pgconn.pgconn_ptr
+    if lib is None or not ptr:
+        yield
+        return
+    previous = lib.PQsetErrorVerbosity(ptr, PQERRORS_SQLSTATE)
+    try:
+        yield
+    finally:
+        if ptr := pgconn.pgconn_ptr:  # None once closed (COPY)
+            lib.PQsetErrorVerbosity(ptr, previous)
+
+
+def _raw_size(res: PGresult) -> int:
+    """Bytes of the result's values as PostgreSQL sent them, without extracting any."""
+    rows, cols = range(res.ntuples), range(res.nfields)
+    lib = _libpq()
+    if lib is not None and (ptr := res.pgresult_ptr):
+        return sum(lib.PQgetlength(ptr, r, c) for r in rows for c in cols)
+    return sum(len(res.get_value(r, c) or b"") for r in rows for c in cols)
+
+
+def _error_field_prefix(
+    res: PGresult, code: pq.DiagnosticField, limit: int
+) -> tuple[bytes, int] | None:
+    """At most `limit` bytes of an error field, and the field's whole length."""
+    lib = _libpq()
+    if lib is not None and (ptr := res.pgresult_ptr):
+        address = lib.PQresultErrorField(ptr, int(code))
+        if not address:
+            return None
+        length = _strlen(address)
+        return ctypes.string_at(address, min(length, limit)), length
+    value = res.error_field(code)
+    return None if value is None else (value[:limit], len(value))
+
+
+_libc = ctypes.CDLL(None) if sys.platform != "win32" else None
+if _libc is not None:
+    _libc.strlen.argtypes, _libc.strlen.restype = [ctypes.c_void_p], ctypes.c_size_t
+
+
+def _strlen(address: int) -> int:
+    if _libc is not None:
+        return int(_libc.strlen(address))
+    return len(ctypes.string_at(address))
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the OS where the allocator keeps it (glibc)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        with suppress(Exception):
+            trim(0)
 
 
 def _size(n: int) -> str:
