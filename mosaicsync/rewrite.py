@@ -6,6 +6,7 @@ offset in the original text, so nothing else moves. Rewritten: `src`, `href`, `p
 `xlink:href`, `<object data>`, their lazy-loading `data-` twins, `srcset`/`imagesrcset`,
 `style` attributes and `<style>` blocks (CSS `url()`, `@import "x"`, `image-set()` strings).
 Never touched: scripts (they can read `mosaic-assets.json`), comments, and any text.
+`references` lists what the rewrite considers a reference, for the broken-reference check.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from html.entities import html5
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import tinycss2
@@ -53,6 +54,36 @@ def resolve(ref: str, from_path: str) -> str | None:
     if normalized.startswith("../") or normalized == "..":
         return None
     return normalized
+
+
+class Reference(NamedTuple):
+    offset: int  # where the reference's text starts in the page
+    value: str  # as the browser reads it: character references and CSS escapes resolved
+
+
+def references(text: str, from_path: str) -> list[Reference]:
+    """Every reference in `text` that `rewrite` would consider, in order, local or not.
+
+    The same tokenizers and the same rules as the rewrite, so the two never disagree about what
+    a reference is: nothing inside scripts, comments or other text. A reference whose text
+    splits a character reference is placed at the start of its attribute's value.
+    """
+    if from_path.lower().endswith(".css"):
+        return [Reference(found.start, found.value) for found in _css_urls(text, stylesheet=True)]
+    found: list[Reference] = []
+
+    def wanted(tag: str, attrs: list[tuple[str, str | None]], raw: str) -> bool:
+        return tag == "style" or any(v and _attribute_kind(tag, n) for n, v in attrs)
+
+    for tag in _start_tags(text, wanted):
+        for attribute, value, kind in _attribute_values(text, tag):
+            for start, end, ref, _ in _references(value.text, kind):
+                span = value.raw_span(start, end)
+                found.append(Reference(attribute.start + (span[0] if span else 0), ref))
+        if tag.content_end is not None:  # a <style> block, after its tag's attributes
+            block = _css_urls(text[tag.end : tag.content_end], stylesheet=True)
+            found += (Reference(css.start + tag.end, css.value) for css in block)
+    return found
 
 
 def needs_rewrite(path: str) -> bool:
@@ -385,6 +416,7 @@ class _Tokenizer(HTMLParser):
         self.tags: list[_StartTag] = []
         self._lines = [0, *(m.end() for m in re.finditer("\n", text))]
         self._text_until = 0  # start tags before this offset are text to the browser
+        self._cdata_close: int | None = None  # where the last `]]>` starts, once needed
 
     def _offset(self) -> int:
         line, column = self.getpos()
@@ -407,24 +439,43 @@ class _Tokenizer(HTMLParser):
                 _StartTag(tag, attrs, start, end, content_end if tag == "style" else None)
             )
 
+    def parse_comment(self, i: int, report: int = 1) -> int:
+        start = self._offset()
+        if start >= self._text_until and _comment_end(self.text, start) is None:
+            raise _RestIsText  # a comment the browser ends only at the end of the file
+        return super().parse_comment(i, report)
+
     def handle_comment(self, data: str) -> None:
         start = self._offset()
-        self._text_until = max(self._text_until, _comment_end(self.text, start))
+        if start < self._text_until:  # text to the browser: not a comment, and ends known
+            return
+        end = _comment_end(self.text, start)
+        self._text_until = len(self.text) if end is None else end
 
     def parse_marked_section(self, i: int, report: int = 1) -> int:
-        # `<![foo[` outside SVG/MathML is a bogus comment to browsers; html.parser raises.
-        try:
-            return super().parse_marked_section(i, report)
-        except AssertionError:
-            return self.parse_bogus_comment(i, report)
+        # `<![CDATA[` ... `]]>` is text in SVG and MathML; any other `<![` is a bogus comment to
+        # browsers (html.parser raises on some). Searched once: an unclosed `<![CDATA[` is not
+        # looked for again at each one that follows.
+        if self.rawdata.startswith("<![CDATA[", i):
+            if self._cdata_close is None:
+                self._cdata_close = self.text.rfind("]]>")
+            if self._offset() + 9 <= self._cdata_close:
+                return self.rawdata.index("]]>", i + 9) + 3
+        return self.parse_bogus_comment(i, report)
+
+
+class _RestIsText(Exception):
+    """Raised by the tokenizer when the rest of the text holds no tag for the browser."""
 
 
 def _start_tags(text: str, wanted: _Wanted) -> list[_StartTag]:
     tokenizer = _Tokenizer(text, wanted)
+    # No tag ends after the last `>`: a browser drops a tag cut off by the end of the file. And
+    # html.parser rescans to the end for each `<` it cannot close, quadratic on `<a<a<a...`.
     try:
-        tokenizer.feed(text)
+        tokenizer.feed(text[: text.rfind(">") + 1])
         tokenizer.close()
-    except AssertionError:  # html.parser gives up on some malformed markup: keep what it found
+    except (AssertionError, _RestIsText):  # html.parser gave up, or nothing follows: keep them
         pass
     return tokenizer.tags
 
@@ -435,8 +486,8 @@ _SCRIPT_ESCAPED = re.compile(r"-->|</script[\t\n\f\r />]|<script[\t\n\f\r />]", 
 _SCRIPT_DOUBLE_ESCAPED = re.compile(r"-->|</script[\t\n\f\r />]", re.I)
 
 
-def _comment_end(text: str, start: int) -> int:
-    """Where the comment (or bogus comment) at `start` ends for a browser."""
+def _comment_end(text: str, start: int) -> int | None:
+    """Where the comment (or bogus comment) at `start` ends for a browser; None: at the end."""
     if text.startswith("<!--", start):
         body = start + 4
         if text.startswith(">", body):
@@ -444,9 +495,9 @@ def _comment_end(text: str, start: int) -> int:
         if text.startswith("->", body):
             return body + 2
         close = _COMMENT_CLOSE.search(text, body)
-        return close.end() if close else len(text)
+        return close.end() if close else None
     close_at = text.find(">", start)
-    return close_at + 1 if close_at >= 0 else len(text)
+    return close_at + 1 if close_at >= 0 else None
 
 
 def _raw_text_end(text: str, tag: str, start: int) -> int:
@@ -520,11 +571,13 @@ def _attributes(text: str, start: int, end: int) -> list[_Attribute]:
             found.append(_Attribute(name, "", value_start, i))
 
 
-def _attribute_edits(text: str, tag: _StartTag, lookup: _Lookup) -> list[_Edit]:
+def _attribute_values(
+    text: str, tag: _StartTag
+) -> Iterator[tuple[_Attribute, _AttributeValue, str]]:
+    """(attribute, decoded value, kind) of each attribute of `tag` that holds references."""
     attributes = _attributes(text, tag.start, tag.end)
     if [a.name for a in attributes] != [name for name, _ in tag.attrs]:
-        return []  # html.parser split this tag otherwise: leave it as it is
-    edits = []
+        return  # html.parser split this tag otherwise: leave it as it is
     for attribute, (_, parsed) in zip(attributes, tag.attrs, strict=True):
         kind = _attribute_kind(tag.name, attribute.name)
         if kind is None or attribute.quote is None:
@@ -533,6 +586,12 @@ def _attribute_edits(text: str, tag: _StartTag, lookup: _Lookup) -> list[_Edit]:
         value = _AttributeValue(raw)
         if parsed is not None and parsed not in (value.text, html.unescape(raw)):
             continue
+        yield attribute, value, kind
+
+
+def _attribute_edits(text: str, tag: _StartTag, lookup: _Lookup) -> list[_Edit]:
+    edits = []
+    for attribute, value, kind in _attribute_values(text, tag):
         edit = _attribute_edit(attribute, value, kind, lookup)
         if edit is not None:
             edits.append(edit)

@@ -6,10 +6,12 @@ import itertools
 import re
 from unittest.mock import patch
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mosaicsync.rewrite import resolve, rewrite
+from mosaicsync import rewrite as rewrite_module
+from mosaicsync.rewrite import references, resolve, rewrite
 
 URLS = {
     "fonts/brand.woff2": "http://s.example/p/fonts/brand.woff2",
@@ -321,3 +323,136 @@ def test_the_quick_pre_check_never_hides_a_reference(text: str, path: str) -> No
     with patch("mosaicsync.rewrite._may_reference", return_value=True):
         parsed = rewrite(text, path, urls)
     assert rewrite(text, path, urls) == parsed
+
+
+# -- `references` agrees with the rewrite ------------------------------------------------------
+
+CORPUS = [  # (text, path, storage URLs): the pages of the tests above
+    ('<video src="video/intro.mp4" poster="img/p.png"></video>'
+     '<img srcset="video/intro.mp4 2x, img/a.png 1x">'
+     "<style>@font-face{src:url(/fonts/brand.woff2)}</style>"
+     "<div style=\"background:url('fonts/brand.woff2')\"></div>", "index.html", URLS),
+    ("@font-face{src:url('../fonts/brand.woff2') format('woff2')}\n"
+     'b{background:url( ../fonts/brand.woff2 )}', "css/site.css", URLS),
+    ("<video src=clip.mp4 poster=p.png></video><img src=a.avif alt=x>", "index.html",
+     {"clip.mp4": "u", "a.avif": "u"}),
+    ('@import "big.css";\n@import url(big.css) screen;\n@IMPORT url("big.css");\n'
+     '.h{background-image:image-set("hero.avif" 1x, url(hero.avif) 2x)}\n'
+     '/* url(hero.avif) */ .q{content:"hero.avif"}', "css/site.css",
+     {"css/big.css": "u", "css/hero.avif": "u"}),
+    ('<img src="a.avif?v=1&amp;w=2"><img src=\'&#97;.avif\'>'
+     '<div style="background:url(&quot;b.avif&quot;)"></div><img src="%62.avif">', "index.html",
+     {"a.avif": "u", "b.avif": "u"}),
+    (".a{background:url(\\61 .avif)} .b{background:url('a\\2e avif')}", "site.css",
+     {"a.avif": "u"}),
+    ('<IMG SRC="a.avif"><Video Poster=a.avif></Video><object data="a.avif"></object>'
+     '<div data="a.avif"></div><img data-src="a.avif" data-srcset="a.avif 2x">'
+     '<link rel=preload as=image imagesrcset="a.avif 1x, b.png 2x">'
+     '<svg><image xlink:href="a.avif"/></svg>', "index.html", {"a.avif": "u"}),
+    ('<picture><source srcset=" a.avif 1x ,b.avif 2x,c.png">'
+     '<img srcset="x,y.png 1x, a.avif"></picture>', "index.html", {"a.avif": "u", "b.avif": "u"}),
+    ('<img src="a.av\nif"><img src="a.av&#x69;f"><img src="a&period;avif">'
+     '<img src="a&percnt;2eavif"><div style="background:url(a&bsol;2e avif)"></div>',
+     "index.html", {"a.avif": "u"}),
+    ('<script>const u = "font.woff2"; el.innerHTML = \'<img src="font.woff2">\'</script>'
+     '<!-- <link href="font.woff2"> src="font.woff2" --><pre>src="font.woff2"</pre>'
+     '<textarea><img src="font.woff2"></textarea><title>src="font.woff2"</title>'
+     "<p>url(font.woff2) src='font.woff2'</p><style>/* url(font.woff2) */</style>"
+     '<script><!-- document.write("<script></script>"); <img src="font.woff2"> --></script>'
+     '<!-- a -- > <img src="font.woff2"> --><style>a{}</style ><p>url(font.woff2)</p>',
+     "index.html", FONT),
+]  # fmt: skip
+
+
+def assert_references_match_the_rewrite(text: str, path: str, urls: dict[str, str]) -> None:
+    """Each edit of the rewrite holds exactly the references to stored files, at its place."""
+    edits: list[rewrite_module._Edit] = []
+    splice = rewrite_module._splice
+
+    def capture(text: str, found: list[rewrite_module._Edit]) -> rewrite_module.Rewritten:
+        edits.extend(found)
+        return splice(text, found)
+
+    with patch("mosaicsync.rewrite._splice", capture):
+        rewrite(text, path, urls)
+    stored = [ref for ref in references(text, path) if resolve(ref.value, path) in urls]
+    for edit in edits:
+        inside = [ref for ref in stored if edit.start <= ref.offset < max(edit.end, edit.start + 1)]
+        assert [resolve(ref.value, path) for ref in inside] == list(edit.targets), (text, edit)
+        for ref in inside:  # the reference's text starts at its offset (escapes aside)
+            raw = text[ref.offset : edit.end]
+            decoded = rewrite_module._AttributeValue(raw).text
+            if "\\" not in decoded:  # not a CSS escape
+                assert raw.startswith(ref.value) or decoded.startswith(ref.value), (text, ref)
+    covered = [
+        r for r in stored if any(e.start <= r.offset < max(e.end, e.start + 1) for e in edits)
+    ]
+    assert covered == stored, (text, edits, stored)
+
+
+def test_references_are_where_the_rewrite_rewrites() -> None:
+    for text, path, urls in CORPUS:
+        assert_references_match_the_rewrite(text, path, urls)
+    got = [(r.offset, r.value) for r in references(CORPUS[-1][0], "index.html")]
+    assert got == []  # scripts, comments, raw text: nothing
+
+
+@given(pages)
+def test_references_agree_with_the_rewrite_on_generated_pages(pieces: list[Piece]) -> None:
+    assert_references_match_the_rewrite(page_text(pieces), "index.html", STORED)
+
+
+@given(ESCAPY, st.sampled_from(["index.html", "x/y.css"]))
+def test_references_agree_with_the_rewrite_on_escapes(text: str, path: str) -> None:
+    urls = {"a.avif": "http://s/a.avif", "x/a.avif": "http://s/x/a.avif"}
+    assert_references_match_the_rewrite(text, path, urls)
+
+
+def test_references_report_what_the_browser_reads() -> None:
+    html = (
+        '<img src=" a&amp;b.png " srcset="x.png 1x, y.png 2x">'
+        "<style>@import 's.css'; a{b:url(q\\2e png)}</style>"
+        '<div style="background:url(&quot;c.png&quot;)"></div>'
+    )
+    got = references(html, "index.html")
+    assert [r.value for r in got] == ["a&b.png", "x.png", "y.png", "s.css", "q.png", "c.png"]
+    assert [html[r.offset : r.offset + 5] for r in got] == [
+        "a&amp", "x.png", "y.png", "s.css", "q\\2e ", "c.png",
+    ]  # fmt: skip
+
+
+# Each takes minutes when every `<` rescans to the end of the text (html.parser on its own).
+PATHOLOGICAL = [  # (text, whether the browser sees the `<img>` after it)
+    ("<a" * 100_000, True),  # one long tag name: `<a<a...<img` is a tag with `src`
+    ("</" * 100_000, False),
+    ("<!--x>" * 60_000, False),
+    ("<!-- -- >" * 60_000, False),
+    ("<![CDATA[x>" * 60_000, True),
+    ("<!-- -- >" * 30_000 + "-->", True),
+    ("<a b='x>" * 60_000, True),  # quoted values pair up: `<a b='x><a b='x>`
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("text", "seen"), PATHOLOGICAL, ids=lambda text: str(text)[:12])
+def test_malformed_markup_takes_linear_time(text: str, seen: bool) -> None:
+    page = text + '<img src="a.avif">'
+    assert [r.value for r in references(page, "index.html")] == (["a.avif"] if seen else [])
+    rewritten = rewrite(page, "index.html", {"a.avif": "http://s/a.avif"}).text
+    assert (rewritten != page) is seen
+
+
+def test_what_follows_an_unclosed_comment_or_tag_is_no_reference() -> None:
+    assert references('<img src="a.png"><!-- <img src="b.png">', "i.html") == [(10, "a.png")]
+    assert references('<img src="a.png"><img src="b.png"', "i.html") == [(10, "a.png")]
+    assert [r.value for r in references('<![CDATA[<img src="a.png">]]><img src=b.png>', "i")] == [
+        "b.png"
+    ]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("text", ["<a" * 100_000, "</" * 100_000, "<?" * 100_000])
+def test_markup_cut_off_by_the_end_of_the_file_takes_linear_time(text: str) -> None:
+    page = '<img src="a.avif">' + text  # no `>` after: a browser drops the unfinished tag
+    assert references(page, "index.html") == [(10, "a.avif")]
+    assert rewrite(page, "index.html", {"a.avif": "u"}).text == '<img src="u">' + text
