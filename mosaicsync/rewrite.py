@@ -68,9 +68,10 @@ def references(text: str, from_path: str) -> list[Reference]:
     a reference is: nothing inside scripts, comments or other text. A reference whose text
     splits a character reference is placed at the start of its attribute's value.
     """
-    if from_path.lower().endswith(".css"):
-        return [Reference(found.start, found.value) for found in _css_urls(text, stylesheet=True)]
     found: list[Reference] = []
+    if from_path.lower().endswith(".css"):
+        found += (Reference(css.start, css.value) for css in _css_urls(text, stylesheet=True))
+        return sorted(found)  # the CSS scan visits nested blocks last
 
     def wanted(tag: str, attrs: list[tuple[str, str | None]], raw: str) -> bool:
         return tag == "style" or any(v and _attribute_kind(tag, n) for n, v in attrs)
@@ -83,7 +84,7 @@ def references(text: str, from_path: str) -> list[Reference]:
         if tag.content_end is not None:  # a <style> block, after its tag's attributes
             block = _css_urls(text[tag.end : tag.content_end], stylesheet=True)
             found += (Reference(css.start + tag.end, css.value) for css in block)
-    return found
+    return sorted(found)
 
 
 def needs_rewrite(path: str) -> bool:
