@@ -354,6 +354,14 @@ def _parse(text: str, file_name: str) -> dict[str, Any]:
             redact(f"{file_name}: {where}: invalid TOML: {problem}; fix the syntax there"),
             hint="TOML's syntax is described at https://toml.io",
         ) from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables; a few thousand
+        # levels exhaust Python's stack. No configuration needs more than a handful.
+        raise ConfigError(
+            f"{file_name}: values nested too deeply (TOML nested thousands of levels); "
+            "flatten the arrays and tables",
+            hint="TOML's syntax is described at https://toml.io",
+        ) from None
 
 
 def _find_secrets(doc: dict[str, Any], check: _Checker) -> set[tuple[str, ...]]:

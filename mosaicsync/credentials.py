@@ -165,7 +165,7 @@ def _read_keys(path: Path, *, check_private: bool) -> dict[str, str]:
     )
     try:
         doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         # The parser's message may quote the file, and the file holds keys: say only where.
         raise broken from None
     table = doc.get("keys", {})

@@ -252,6 +252,11 @@ def toml_not_utf8(ctx: Ctx) -> None:
     ctx.config.write_bytes(b'[app]\nname = "caf\xe9"\n')
 
 
+@case("mosaic.toml nested 5,000 levels deep", 2, "nested too deeply")
+def toml_nested_too_deep(ctx: Ctx) -> None:
+    ctx.toml("x = " + "[" * 5000 + "]" * 5000 + "\n")
+
+
 @case("an API key pasted into mosaic.toml", 2, "looks like an API key")
 def toml_holds_a_key(ctx: Ctx) -> None:
     ctx.toml(app='token = "mk_pasted_by_mistake"')
@@ -805,6 +810,12 @@ def render_doc() -> str:
 
 def test_docs_table_is_in_sync() -> None:
     assert DOC.read_text() == render_doc(), "run `python -m tests.test_bad_inputs` to regenerate"
+
+
+def test_readme_counts_the_cases() -> None:
+    errors = sum(1 for c in CASES if c.exit_code)
+    line = f"{len(CASES)} cases, {errors} errors and {len(CASES) - errors} unusual but valid inputs"
+    assert line in (ROOT / "README.md").read_text()
 
 
 if __name__ == "__main__":

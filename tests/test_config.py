@@ -618,3 +618,21 @@ def test_set_project_id_on_generated_documents(
             after = after[key]
         assert after["project_id"] == project_id
         assert os.listdir(folder) == [CONFIG_NAME]
+
+
+# -- nesting and byte order marks ------------------------------------------------------------------
+
+DEEP = "x = " + "[" * 5000 + "]" * 5000 + "\n"
+
+
+@pytest.mark.parametrize(
+    "text", [DEEP, "x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n"], ids=["arrays", "tables"]
+)
+def test_a_file_nested_thousands_deep_is_a_config_error(tmp_path: Path, text: str) -> None:
+    # tomllib recurses once per level and hits Python's recursion limit (RecursionError).
+    path = write(tmp_path, text)
+    assert problems(path) == ["mosaic.toml: values nested too deeply (TOML nested thousands "
+                              "of levels); flatten the arrays and tables"]  # fmt: skip
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        set_project_id(path, "pod-16f")
+    assert path.read_text() == text

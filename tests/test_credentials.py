@@ -279,3 +279,14 @@ def test_redaction_of_long_literals_costs_linear_time() -> None:
         redact("x 1.ab2+postgres://u:pw@h/db y")
         == f"x 1.ab2+postgres://u:{credentials.MASK}@h/db y"
     )
+
+
+def test_a_credentials_file_nested_thousands_deep_is_a_broken_file() -> None:
+    # tomllib recurses once per level: 5,000 levels raised RecursionError, a traceback.
+    path = credentials_path()
+    path.parent.mkdir(parents=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, ("x = " + "[" * 5000 + "]" * 5000 + "\n").encode())
+    os.close(fd)
+    with pytest.raises(ConfigError, match="is not a valid credentials file"):
+        resolve_api_key(DEFAULT_API_URL)
