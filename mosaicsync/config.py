@@ -53,6 +53,9 @@ _TARGET_SCHEMA: dict[str, str] = {
     "project_id": 'project_id = "wave-x7k"',
 }
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+# Notepad and other Windows editors start UTF-8 files with a byte order mark; TOML does not allow
+# one, but a user who saved the file that way expects it to load: it is skipped, and kept on edit.
+_BOM = "\ufeff"
 _SECRET_PREFIX = "mk_"
 
 
@@ -237,6 +240,8 @@ def set_project_id(path: Path, project_id: str, *, target: str | None = None) ->
     real = Path(path).resolve()  # a symlinked mosaic.toml is edited where it lives
     text = _read_text(real)
     doc = _parse(text, Path(path).name)
+    bom = _BOM if text.startswith(_BOM) else ""
+    text = text.removeprefix(_BOM)
 
     # Imported here: only the commands that edit the file pay for it.
     from tomlkit.exceptions import TOMLKitError
@@ -259,7 +264,7 @@ def set_project_id(path: Path, project_id: str, *, target: str | None = None) ->
             "the file was not changed",
             hint=f"add {_assign('project_id', project_id)} to {where} in {path} by hand",
         )
-    write_atomic(real, edited)
+    write_atomic(real, bom + edited)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -344,7 +349,7 @@ def _read_text(path: Path) -> str:
 
 def _parse(text: str, file_name: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix(_BOM))
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)" or "(at end of document)".
         found = re.fullmatch(r"(.*) \(at (line \d+, column \d+|end of document)\)", str(exc))

@@ -257,6 +257,11 @@ def toml_nested_too_deep(ctx: Ctx) -> None:
     ctx.toml("x = " + "[" * 5000 + "]" * 5000 + "\n")
 
 
+@case("mosaic.toml saved with a UTF-8 byte order mark (Notepad)", 0, '"status": "ok"', SERVED)
+def toml_with_a_bom(ctx: Ctx) -> None:
+    ctx.config.write_bytes(b"\xef\xbb\xbf" + ctx.config.read_bytes())
+
+
 @case("an API key pasted into mosaic.toml", 2, "looks like an API key")
 def toml_holds_a_key(ctx: Ctx) -> None:
     ctx.toml(app='token = "mk_pasted_by_mistake"')

@@ -636,3 +636,25 @@ def test_a_file_nested_thousands_deep_is_a_config_error(tmp_path: Path, text: st
     with pytest.raises(ConfigError, match="nested too deeply"):
         set_project_id(path, "pod-16f")
     assert path.read_text() == text
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    # Notepad and other Windows editors start UTF-8 files with EF BB BF; tomllib refused it with
+    # "line 1, column 1: Invalid statement".
+    path = write(tmp_path, "\ufeff" + EXAMPLE)
+    config = load_config(path)
+    assert (config.name, config.project_id) == ("My App", "pod-16f")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_set_project_id_keeps_the_byte_order_mark(tmp_path: Path, newline: str) -> None:
+    (tmp_path / "public").mkdir()
+    path = tmp_path / CONFIG_NAME
+    path.write_bytes(("\ufeff" + EXAMPLE).replace("\n", newline).encode())
+    set_project_id(path, "new-42x")
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and data.count(b"\xef\xbb\xbf") == 1
+    assert data.decode("utf-8-sig") == EXAMPLE.replace('"pod-16f"', '"new-42x"').replace(
+        "\n", newline
+    )
+    assert load_config(path).project_id == "new-42x"
