@@ -822,7 +822,9 @@ def projects_delete(session: Session, project_id: str, yes: bool) -> None:
 
 @cli.command()
 @click.argument("query", required=False)
-@click.option("-f", "--file", "sql_file", type=click.File("r"), help="Read the query from a file.")
+@click.option(
+    "-f", "--file", "sql_file", type=click.File("rb"), help="Read the query from a UTF-8 file."
+)
 @common_options
 def sql(session: Session, query: str | None, sql_file: Any) -> None:
     """Run SQL on the project's database: a table on a terminal, JSON otherwise.
@@ -837,7 +839,7 @@ def sql(session: Session, query: str | None, sql_file: Any) -> None:
     from mosaicsync.output import render_table
 
     if sql_file is not None:
-        query = sql_file.read()
+        query = _sql_text(sql_file.read(), sql_file.name)
     if not query:
         raise click.UsageError("give a QUERY or -f FILE")
     config = session.config_or_none()
@@ -848,6 +850,18 @@ def sql(session: Session, query: str | None, sql_file: Any) -> None:
         click.echo(out.redact(json.dumps(rows, ensure_ascii=False)))
     else:
         out.text(render_table(rows))
+
+
+def _sql_text(raw: bytes, name: str) -> str:
+    """The query in a `-f` file: UTF-8, a leading byte order mark skipped (Notepad writes one)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{Path(name).name}: not UTF-8 text (byte {exc.start}, line {line}); save it as UTF-8",
+            hint="convert it, e.g. `iconv -f latin1 -t utf-8`, or save it as UTF-8 in the editor",
+        ) from None
 
 
 @cli.group()

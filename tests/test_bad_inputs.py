@@ -538,6 +538,15 @@ def migration_not_utf8(ctx: Ctx) -> None:
     (ctx.migrations / "0001_latin.sql").write_bytes(b"INSERT INTO t VALUES ('caf\xe9');\n")
 
 
+@case("`mosaicsync sql -f FILE --json` on a file that is not UTF-8", 2,
+      "latin.sql: not UTF-8 text (byte 59, line 2)")  # fmt: skip
+def sql_file_not_utf8(ctx: Ctx) -> None:
+    (ctx.project / "latin.sql").write_bytes(
+        b"CREATE TABLE notes (x text);\nINSERT INTO notes VALUES ('caf\xe9');\n"
+    )
+    ctx.args = ["sql", "-f", "latin.sql", "--json"]
+
+
 @case("`COMMIT;` in the middle of a migration", 7, "top-level COMMIT")
 def migration_with_commit(ctx: Ctx) -> None:
     (ctx.migrations / "0001_c.sql").write_text("CREATE TABLE c (x int);\nCOMMIT;\nSELECT 1/0;\n")

@@ -68,6 +68,38 @@ def test_sql_json_and_table(tmp_path: Path, local_server: LocalServer, project: 
     assert json.loads(bad.stdout)["error"]["code"] == "sql"
 
 
+@pytest.mark.parametrize("json_flag", [["--json"], []], ids=["json", "text"])
+def test_sql_file_that_is_not_utf8_is_a_clear_error(
+    tmp_path: Path, local_server: LocalServer, project: str, json_flag: list[str]
+) -> None:
+    # It was a UnicodeDecodeError traceback, exit 1, with nothing on stdout under --json.
+    query = tmp_path / "latin.sql"
+    query.write_bytes(b"select 1;\nselect 'caf\xe9' as x;\n")
+    out = run_cli(
+        ["sql", "-f", str(query), *json_flag, "--project", project],
+        tmp_path,
+        local_server,
+        check=False,
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr
+    message = "latin.sql: not UTF-8 text (byte 21, line 2); save it as UTF-8"
+    if json_flag:
+        error = json.loads(out.stdout)["error"]
+        assert (error["error"], error["code"], error["exit_code"]) == (message, "config", 2)
+    else:
+        assert out.stdout == "" and message in out.stderr
+
+
+def test_sql_file_with_a_byte_order_mark(
+    tmp_path: Path, local_server: LocalServer, project: str
+) -> None:
+    query = tmp_path / "bom.sql"
+    query.write_bytes(b"\xef\xbb\xbfselect 1 as x")
+    out = run_cli(["sql", "-f", str(query), "--json", "--project", project], tmp_path, local_server)
+    assert json.loads(out.stdout) == [{"x": 1}]
+
+
 def test_db_url_masks_the_password(tmp_path: Path, local_server: LocalServer, project: str):
     with httpx.Client(base_url=local_server.api, headers={"X-API-Key": KEY_A}) as api:
         password = api.get(f"/{project}/database").json()["password"]
