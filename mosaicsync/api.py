@@ -28,6 +28,7 @@ from mosaicsync.errors import (
     MosaicError,
     NotFoundError,
     PlatformError,
+    ScanError,
     UnavailableError,
 )
 
@@ -414,13 +415,41 @@ class MosaicClient:
             expect=("upload_url",),
         )
 
-    def put_presigned(self, upload_url: str, path: Path, size: int) -> httpx.Response:
-        """Stream a file from disk to a presigned URL (never whole in memory); retried whole."""
+    def put_presigned(
+        self,
+        upload_url: str,
+        path: Path,
+        size: int,
+        *,
+        name: str | None = None,
+        command: str = "the command",
+    ) -> httpx.Response:
+        """Stream a file from disk to a presigned URL (never whole in memory); retried whole.
+
+        The URL was signed for `size`, the size measured before. A file that grows or shrinks
+        while it is read (a build still writing it) raises `ScanError` naming `name`, before the
+        platform has a whole body: the chunk that would complete the declared length is held
+        back until the file is known to end there. Not retried: the file is likely to change
+        again, and the next run measures it afresh (and may route it elsewhere).
+        """
+
+        def changed(detail: str) -> ScanError:
+            return ScanError(
+                f"{name or path.name} changed while it was uploaded ({detail}); "
+                f"run {command} again",
+                hint="wait until whatever writes the file (a build, an editor) has finished",
+            )
 
         def chunks() -> Iterator[bytes]:
+            sent = 0
             with open(path, "rb") as f:
                 while chunk := f.read(1024 * 1024):
+                    sent += len(chunk)
+                    if sent > size or (sent == size and f.read(1)):
+                        raise changed(f"it grew past the {size} bytes it had when measured")
                     yield chunk
+            if sent != size:
+                raise changed(f"{sent} bytes instead of {size} when measured")
 
         return self._send(
             "PUT",

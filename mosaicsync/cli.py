@@ -990,7 +990,9 @@ def storage_put(session: Session, file: Path, name: str | None) -> None:
     with session.client(config, out) as client:
         project_id = session.project_id(config)
         signed = client.upload_url(project_id, object_name, size)
-        client.put_presigned(signed["upload_url"], file, size)
+        client.put_presigned(
+            signed["upload_url"], file, size, name=str(file), command="storage put"
+        )
         listing = client.list_storage(project_id)
     url = next((f["url"] for f in listing["files"] if f["filename"] == object_name), None)
     out.result(

@@ -189,7 +189,10 @@ class Publisher:
     ) -> None:
         f = upload.file
         signed = self.client.upload_url(self.project_id, f.path, f.size)
-        self.client.put_presigned(signed["upload_url"], f.abs_path, f.size)
+        # A file that changes size meanwhile stops the run and gets no manifest row.
+        self.client.put_presigned(
+            signed["upload_url"], f.abs_path, f.size, name=f.path, command="deploy"
+        )
         writer.add(ManifestRow(f.path, f.sha256, f.size, "storage"))
         self._arrived(f, "storage", f.size, counter, result)
 

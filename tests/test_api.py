@@ -10,7 +10,13 @@ from starlette.routing import Match
 
 from mosaicsync.api import ROUTES, MosaicClient, RetryPolicy, SqlError
 from mosaicsync.contract import API_PREFIX, API_ROUTES
-from mosaicsync.errors import AuthError, NotFoundError, PlatformError, UnavailableError
+from mosaicsync.errors import (
+    AuthError,
+    NotFoundError,
+    PlatformError,
+    ScanError,
+    UnavailableError,
+)
 from mosaicsync.local.app import API_ENDPOINTS
 from mosaicsync.local.app import routes as local_routes
 
@@ -221,3 +227,67 @@ def test_auto_concurrency_hides_the_round_trip() -> None:
     assert auto_concurrency(0.8) == 8  # loopback: the client's CPU is the limit
     assert auto_concurrency(51) == 32  # a 50 ms link
     assert auto_concurrency(1000) == 64
+
+
+class _ReadingServer(httpx.BaseTransport):
+    """Reads a request body chunk by chunk, as a server would, calling `after_chunk` after each:
+    a file can be changed at a known point of its upload, without a race."""
+
+    def __init__(self, after_chunk) -> None:
+        self.after_chunk = after_chunk
+        self.received = 0
+        self.requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        for n, chunk in enumerate(request.stream, 1):
+            self.received += len(chunk)
+            self.after_chunk(n)
+        return httpx.Response(200, json={})
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("size", "change", "detail"),
+    [
+        # 3 MiB, cut to 1.5 MiB after the first MiB went out: the body would end short.
+        (3 * MIB, lambda f: f.truncate(MIB + MIB // 2), "1572864 bytes instead of 3145728"),
+        # 2 MiB, grown after the first MiB: the second MiB would complete the declared length
+        # with the file not at its end, so it is held back and the platform never gets a
+        # whole body.
+        (2 * MIB, lambda f: f.write(b"more"), "it grew past the 2097152 bytes"),
+        # Grown past the declared length inside one chunk.
+        (MIB // 2, lambda f: f.write(b"more"), "it grew past the 524288 bytes"),
+    ],
+    ids=["shrinks", "grows-at-the-last-chunk", "grows-within-a-chunk"],
+)
+def test_presigned_put_stops_when_the_file_changes_while_it_is_read(
+    tmp_path, size, change, detail
+) -> None:
+    # It was h11's LocalProtocolError ("Too much/little data for declared Content-Length")
+    # from deep inside httpx: a traceback, exit 1.
+    payload = tmp_path / "clip.mp4"
+    payload.write_bytes(b"z" * size)
+
+    def after_chunk(n: int) -> None:
+        if n == 1:
+            with open(payload, "r+b") as f:
+                f.seek(0, 2)
+                change(f)
+
+    server = _ReadingServer(after_chunk if size > MIB else lambda n: None)
+    if size <= MIB:
+        with open(payload, "ab") as f:  # changed before the first read: after the presign
+            f.write(b"more")
+    client = MosaicClient("http://platform.test/v1/project", KEY, transport=server)
+    with pytest.raises(ScanError) as info:
+        client.put_presigned(
+            "http://platform.test/_storage/p/clip.mp4?sig=x", payload, size, command="deploy"
+        )
+    assert info.value.exit_code == 2
+    assert info.value.message.startswith("clip.mp4 changed while it was uploaded (")
+    assert detail in info.value.message and info.value.message.endswith("; run deploy again")
+    assert server.received < size  # the declared length never arrived: nothing complete
+    assert server.requests == 1  # not retried: the next run scans it again

@@ -638,6 +638,39 @@ def too_large_midway(ctx: Ctx) -> None:
     ctx.proxy(cap)
 
 
+@case("a storage file that grows after its size was sent, before it is read", 2,
+      "clip.mp4 changed while it was uploaded", CONSISTENT)  # fmt: skip
+def storage_file_grows_while_uploaded(ctx: Ctx) -> None:
+    many_files(ctx, 5)
+    (ctx.public / "a-first.woff2").write_bytes(os.urandom(3000))
+    (ctx.public / "media").mkdir()
+    (ctx.public / "media" / "clip.mp4").write_bytes(os.urandom(2000))
+    ctx.args = ["deploy", "--json", "--concurrency", "1"]
+
+    def grow(request: Request) -> Reply | str:
+        # The presign carries the size the scan measured; the build then appends to the file.
+        if request.path.endswith("/storage/upload-url") and b"clip.mp4" in request.body:
+            with open(ctx.public / "media" / "clip.mp4", "ab") as f:
+                f.write(b"appended by a build")
+        return "pass"
+
+    ctx.proxy(grow)
+
+
+@case("a storage file that shrinks after its size was sent, before it is read", 2,
+      "clip.mp4 changed while it was uploaded", CONSISTENT)  # fmt: skip
+def storage_file_shrinks_while_uploaded(ctx: Ctx) -> None:
+    many_files(ctx, 5)
+    (ctx.public / "clip.mp4").write_bytes(os.urandom(2000))
+
+    def shrink(request: Request) -> Reply | str:
+        if request.path.endswith("/storage/upload-url") and b"clip.mp4" in request.body:
+            os.truncate(ctx.public / "clip.mp4", 500)
+        return "pass"
+
+    ctx.proxy(shrink)
+
+
 @case("connection refused (nothing listens)", 6, "cannot connect")
 def connection_refused(ctx: Ctx) -> None:
     with socket.socket() as probe:
