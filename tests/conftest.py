@@ -115,6 +115,9 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
             "3",
             "--rate-limit",
             "0",
+            # The whole suite is one account; the cap itself is tested on its own platform.
+            "--projects-per-account",
+            "0",
         ],
     )
     server.start()
