@@ -9,8 +9,7 @@ so `deploy`, `status`, `watch`, `dev`, `migrate up` and `check` print and serial
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from mosaicsync.errors import ChecksFailed
 
@@ -24,9 +23,9 @@ BROKEN_REFERENCE = "broken-reference"
 SKIPPED = "not-checked"  # a file a check could not read or parse; said, never silent
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One problem a check found; `message` never holds a secret, only a masked preview."""
+class Finding(NamedTuple):
+    """One problem a check found; `message` never holds a secret, only a masked preview.
+    (A named tuple: as immutable as a dataclass, and cheaper to create at start-up.)"""
 
     kind: str
     file: str  # relative to the static root, or a migration's file name
@@ -53,7 +52,7 @@ class Finding:
         }
 
     def as_error(self) -> Finding:
-        return replace(self, severity="error")
+        return self._replace(severity="error")
 
     def line_text(self) -> str:
         """`file:line:col: severity: message` as compilers print it, for editors and people."""

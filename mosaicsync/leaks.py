@@ -13,12 +13,12 @@ the value itself never reaches output, a log or JSON.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from mosaicsync.findings import SECRET, Finding
 
@@ -38,20 +38,30 @@ BINARY_EXTENSIONS = frozenset(_BINARY.split())
 
 # Each pattern starts with a literal, so that the regex engine skips ahead with a fast search;
 # what must not come before a match is checked afterwards (`_starts_a_word`).
-_KEY = re.compile(rb"mk_[A-Za-z0-9_\-]{20,200}")
-_PEM = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----")
-_URL = re.compile(rb"postgres(?:ql)?://[^\s:/@\"'<>`]{1,200}:([^\s@\"'<>`/]{1,200})@")
-_PATTERNS = ((b"mk_", _KEY), (b"-----BEGIN", _PEM), (b"postgres", _URL))
+_KEY = rb"mk_[A-Za-z0-9_\-]{20,200}"
+_PEM = rb"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----"
+_URL = rb"postgres(?:ql)?://[^\s:/@\"'<>`]{1,200}:([^\s@\"'<>`/]{1,200})@"
 # Passwords that documentation writes in example URLs; publishing them leaks nothing.
-_PLACEHOLDER = re.compile(
+_PLACEHOLDER = (
     rb"(?i)(?:pass(?:word)?|secret|changeme|example|xxx+|\*+|\.\.\.+|(?:your|my)[_\-]?\w*)"
     rb"|.*[$<{%].*"
 )
-_WORD = re.compile(rb"[A-Za-z0-9_\-+.]")
+_WORD_CHARACTER = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+.")
+
+
+@functools.cache
+def _patterns() -> tuple[tuple[bytes, re.Pattern[bytes]], ...]:
+    """Compiled on first use: a deploy that reads no file never pays for them."""
+    return tuple((p[:3], re.compile(p)) for p in (_KEY, _PEM, _URL))
+
+
+@functools.cache
+def _placeholder() -> re.Pattern[bytes]:
+    return re.compile(_PLACEHOLDER)
 
 
 def _starts_a_word(data: bytes, at: int) -> bool:
-    return at == 0 or not _WORD.match(data, at - 1)
+    return at == 0 or data[at - 1] not in _WORD_CHARACTER
 
 
 HINT = (
@@ -66,8 +76,7 @@ KEY_IN_USE_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class Secret:
+class Secret(NamedTuple):
     """An exact value to look for, what to call it, and whether --allow-secret may pass it."""
 
     value: str
@@ -75,20 +84,19 @@ class Secret:
     allowable: bool = True
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     offset: int  # in bytes
     label: str
     preview: str
     allowable: bool
 
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:)[^@]*(@[^/?#]*)")
+_USERINFO = r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:)[^@]*(@[^/?#]*)"
 
 
 def mask(value: str) -> str:
     """`mk_Ab…9z`: enough to tell two keys apart, never enough to use one."""
-    url = _USERINFO.match(value)
+    url = re.match(_USERINFO, value)
     if url:
         return f"{url.group(1)}…{url.group(2)}"
     if value.startswith("mk_") and len(value) >= 12:
@@ -129,7 +137,7 @@ class Searcher:
                     found[at] = Hit(base + at, secret.label, mask(secret.value), secret.allowable)
                     covered.append((at, at + len(value)))
                 at = data.find(value, at + 1)
-        for literal, pattern in _PATTERNS:
+        for literal, pattern in _patterns():
             if literal not in data:
                 continue
             for match in pattern.finditer(data):
@@ -151,7 +159,7 @@ class Searcher:
             return "a string shaped like a Mosaic API key", mask(text.decode("ascii")), True
         if text.startswith(b"-----BEGIN"):
             return "a PEM private key", text.decode("ascii"), True
-        if _PLACEHOLDER.fullmatch(match.group(1) or b""):
+        if _placeholder().fullmatch(match.group(1) or b""):
             return None
         shown = text[: match.start(1) - match.start()].decode("utf-8", "replace")
         return "a PostgreSQL URL with a password", f"{shown}…@", True

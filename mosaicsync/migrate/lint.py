@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -457,7 +457,7 @@ def allowed(finding: Finding) -> Finding:
     """A destructive finding the run was told to go on with: kept, as a warning."""
     if finding.severity != "error":
         return finding
-    return replace(finding, severity="warning", message=finding.message + " (allowed)")
+    return finding._replace(severity="warning", message=finding.message + " (allowed)")
 
 
 def tables_to_count(flagged: Iterable[Flagged]) -> list[str]:
