@@ -169,6 +169,11 @@ class MosaicClient:
             follow_redirects=False,
         )
 
+    def api_key_for_checks(self) -> str:
+        """The key itself, for the one caller that must search for it: the check that a page
+        about to be published does not hold it. Never printed, logged or stored."""
+        return self._key
+
     def with_retry(self, retry: RetryPolicy, sleep: Callable[[float], None]) -> MosaicClient:
         """This client (same connections, key and request log) with its own retry policy and
         sleep, for a caller that owns its backoff; the client it came from is unchanged."""

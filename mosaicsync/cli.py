@@ -257,13 +257,13 @@ def link(session: Session, project_id: str | None, create_name: str | None) -> N
 
 
 def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
-    from mosaicsync.deploy import Deployer, DeployOptions
+    from mosaicsync.deploy import Deployer
     from mosaicsync.output import human_size
 
     config = session.config()
     out = session.output()
     project_id = session.project_id(config)
-    options = DeployOptions(dry_run=dry_run, **opts)
+    options = _deploy_options(config, opts, dry_run=dry_run)
     confirm = _confirm_destructive(session)
     with session.client(config, out) as client:
         result = Deployer(
@@ -281,6 +281,9 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
         lines += [f"  prune   {p['path']}  ({p['target']})" for p in plan.get("prune", [])]
         lines.append(f"  unchanged {plan.get('unchanged', 0)}")
         lines += [f"  migrate {name}" for name in result.migrations_pending]
+        stopping = [f for f in result.findings if f.severity == "error"]
+        if stopping:
+            lines.append(f"  deploy would stop here: {len(stopping)} error(s) found (above)")
         human = "\n".join(lines)
     else:
         storage = f", {len(result.storage)} in storage" if result.storage else ""
@@ -313,13 +316,6 @@ def _confirm_destructive(session: Session) -> Callable[[list[Any]], bool] | None
         return click.confirm("Apply them?", default=False, err=True)
 
     return confirm
-
-
-def _findings_lines(found: list[Any]) -> str:
-    """`file:line:col: severity: message` and the hint under it, errors first."""
-    from mosaicsync.findings import ordered
-
-    return "\n".join(f"{f.line_text()}\n  hint: {f.hint}" for f in ordered(found))
 
 
 def migration_safety_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -365,7 +361,26 @@ def deploy_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--allow-secrets", is_flag=True,
         help="Let .mosaicignore re-include files the safe defaults exclude (.env, keys).",
     )(func)  # fmt: skip
+    func = click.option(
+        "--allow-secret", "allow_secret", multiple=True, metavar="PATH",
+        help="Publish this reviewed file despite a secret found in it (never the key in use).",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--strict", is_flag=True,
+        help="Broken references stop the deploy (default: [check] strict, else warnings).",
+    )(func)  # fmt: skip
     return func
+
+
+def _deploy_options(config: Any, opts: dict[str, Any], **more: Any) -> Any:
+    """DeployOptions from the flags and mosaic.toml, the same for deploy, status, watch, dev."""
+    from mosaicsync.deploy import DeployOptions
+    from mosaicsync.preflight import allowed_paths
+
+    merged = {**opts, **more}
+    merged["strict"] = bool(merged.get("strict")) or config.check_strict
+    merged["allow_secret"] = allowed_paths(config.static_root, merged.get("allow_secret", ()))
+    return DeployOptions(**merged)
 
 
 @cli.command()
@@ -399,6 +414,58 @@ def status(session: Session, **opts: Any) -> None:
     _deploy(session, True, **opts)
 
 
+@cli.command()
+@click.option(
+    "--allow-secret", "allow_secret", multiple=True, metavar="PATH",
+    help="A reviewed file whose secret findings pass (never the key in use).",
+)  # fmt: skip
+@click.option("--allow-secrets", is_flag=True, help="As for deploy: re-included secret files.")
+@common_options
+def check(session: Session, allow_secret: tuple[str, ...], allow_secrets: bool) -> None:
+    """Run the preflight checks alone: secrets in what would be published, broken references,
+    destructive or risky pending migrations. Changes nothing.
+
+    Exit 0 when nothing was found (risky migrations are warnings), 9 otherwise.
+
+    \b
+    Example:
+      mosaicsync check
+      mosaicsync check --json
+    """
+    from mosaicsync.deploy import Deployer
+    from mosaicsync.errors import ChecksFailed
+    from mosaicsync.findings import ordered
+
+    config = session.config()
+    out = session.output()
+    project_id = session.project_id(config)
+    options = _deploy_options(
+        config, {"allow_secret": allow_secret, "allow_secrets": allow_secrets}, dry_run=True
+    )
+    with session.client(config, out) as client:
+        report = Deployer(config, client, project_id, options).check_all()
+    found = ordered(report.findings)
+    out.findings(found)
+    errors = sum(f.severity == "error" for f in found)
+    summary = (
+        f"checked {report.files} files and {report.migrations} pending migration(s): "
+        f"{errors} error(s), {len(found) - errors} warning(s)"
+    )
+    if errors:
+        raise ChecksFailed(
+            summary.capitalize(),
+            hint="fix each error above (file:line:column), then run `mosaicsync check` again",
+            findings=found,
+        )
+    data = {
+        "files": report.files,
+        "files_read": report.files_read,
+        "migrations": report.migrations,
+        "findings": [f.to_json() for f in found],
+    }
+    out.result(data, summary.capitalize())
+
+
 # -- watch and dev ---------------------------------------------------------------------------------
 
 
@@ -424,12 +491,11 @@ def _run_watch(
     force_polling: bool,
     opts: dict[str, Any],
 ) -> None:
-    from mosaicsync.deploy import DeployOptions
     from mosaicsync.watch import Watcher, WatchOptions
 
     options = WatchOptions(
         debounce_ms=debounce_ms,
-        deploy=DeployOptions(**opts),
+        deploy=_deploy_options(config, opts),
         force_polling=force_polling,
         target=target,
     )
@@ -493,7 +559,6 @@ def dev(
       mosaicsync dev
       mosaicsync dev --port 0 --json
     """
-    from mosaicsync.deploy import DeployOptions
     from mosaicsync.dev import Dev
     from mosaicsync.local.server import default_data_dir
     from mosaicsync.watch import WatchOptions
@@ -506,7 +571,7 @@ def dev(
     out = session.output()
     options = WatchOptions(
         debounce_ms=debounce_ms,
-        deploy=DeployOptions(**opts),
+        deploy=_deploy_options(config, opts),
         force_polling=force_polling,
         target="local",
     )
@@ -671,11 +736,11 @@ def migrate_lint(session: Session) -> None:
     out = session.output()
     _, client, migrator = _migrator(session, out)
     with client:
-        found = ordered(migrator.lint())
+        linted = migrator.lint()
+    found = ordered(linted.findings)
+    out.findings(found)
     stopping = [f for f in found if f.severity == "error"]
     if stopping:
-        if not session.json_mode:
-            click.echo(out.shown(_findings_lines(found)))
         n = len(stopping)
         raise ChecksFailed(
             f"{n} destructive statement{'s' if n > 1 else ''} not marked as reviewed: "
@@ -683,8 +748,9 @@ def migrate_lint(session: Session) -> None:
             hint=stopping[0].hint,
             findings=found,
         )
-    data = {"findings": [f.to_json() for f in found]}
-    out.result(data, _findings_lines(found) or "No destructive or risky statements pending.")
+    data = {"pending": linted.pending, "findings": [f.to_json() for f in found]}
+    warned = f"{len(found)} warning(s)" if found else "no destructive or risky statement"
+    out.result(data, f"Linted {linted.pending} pending migration(s): {warned}.")
 
 
 @migrate.command("repair")

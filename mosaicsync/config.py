@@ -8,6 +8,7 @@ one ConfigError, one line each, as `mosaic.toml: [static] root: <problem>; <fix>
 - `[static] ignore`: none (`.mosaicignore` and the safe defaults still apply).
 - `[migrations] dir`: "migrations", which need not exist; like `[static] root`, it must resolve
   inside the project folder (symlinks followed).
+- `[check] strict`: false; true makes broken references stop a deploy, as `--strict` does.
 - `[targets.NAME]`: none; a target never borrows `[app] project_id`, because a project on one
   platform does not exist on another.
 """
@@ -47,6 +48,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "app": {"name": 'name = "My App"', "project_id": 'project_id = "pod-16f"'},
     "static": {"root": 'root = "public"', "ignore": 'ignore = ["drafts/", "*.psd"]'},
     "migrations": {"dir": 'dir = "migrations"'},
+    "check": {"strict": "strict = true"},
 }
 _TARGET_SCHEMA: dict[str, str] = {
     "api_url": f'api_url = "{LOCAL_API_URL}"',
@@ -80,6 +82,7 @@ class Config:
     static_ignore: tuple[str, ...]
     migrations_dir: Path
     targets: Mapping[str, Target]
+    check_strict: bool = False
 
     def target(self, name: str | None) -> Target:
         """The target called `name`; None is the default platform with `[app] project_id`."""
@@ -178,6 +181,17 @@ def load_config(path: Path) -> Config:
         inside = migrations_dir.relative_to(static_root).as_posix()
         ignore.append("/" + re.sub(r"([*?\[\\])", r"\\\1", inside) + "/")
 
+    checks = _table(doc, "check")
+    strict = checks.get("strict", False)
+    if not isinstance(strict, bool):
+        check.add(
+            "[check] strict",
+            f"expected true or false, got {_type_name(strict)}",
+            "write strict = true",
+        )
+        strict = False
+    check.unknown_keys(checks, ("check",), _SCHEMA["check"], secrets)
+
     targets = _targets(check, doc, secrets)
     check.raise_if_any(path)
     return Config(
@@ -189,6 +203,7 @@ def load_config(path: Path) -> Config:
         static_ignore=tuple(ignore),
         migrations_dir=migrations_dir,
         targets=MappingProxyType(targets),
+        check_strict=strict,
     )
 
 
@@ -311,7 +326,10 @@ class _Checker:
                 problem += f" (did you mean [{homes[0]}] {name}?)"
         if len(key) == 1:
             where = f"[{_toml_key(name)}]" if is_table else _toml_key(name)
-            fix = f"the tables of {CONFIG_NAME} are [app], [static], [migrations], [targets.NAME]"
+            fix = (
+                f"the tables of {CONFIG_NAME} are [app], [static], [migrations], [check], "
+                "[targets.NAME]"
+            )
         else:
             where = _where(key)
             table = f"[{_toml_key(key[0])}]" if len(key) == 2 else _where(key[:-1])

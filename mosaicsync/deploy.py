@@ -18,12 +18,13 @@ from mosaicsync import __version__
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
 from mosaicsync.errors import ConfigError
-from mosaicsync.events import Planned, Scanned
-from mosaicsync.findings import Finding, ordered
+from mosaicsync.events import Checked, Planned, Scanned
+from mosaicsync.findings import BROKEN_REFERENCE, Finding, ordered, raise_for, strictened
 from mosaicsync.hashcache import HashCache
-from mosaicsync.ignore import load_ignore_rules
+from mosaicsync.ignore import IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import Manifest, local_digest
 from mosaicsync.plan import Plan, plan_deploy, route
+from mosaicsync.preflight import Preflight, Secrets
 from mosaicsync.scan import LocalFile, ScanResult, scan
 from mosaicsync.selection import user_at_host
 from mosaicsync.upload import Publisher
@@ -41,6 +42,8 @@ class DeployOptions:
     dry_run: bool = False
     rewrite: bool = True
     allow_secrets: bool = False
+    allow_secret: tuple[str, ...] = ()  # files whose secret findings were reviewed (not the key)
+    strict: bool = False  # broken references stop the deploy
     migrate: bool = True
     allow_changed: bool = False
     allow_out_of_order: bool = False
@@ -84,11 +87,28 @@ class DeployResult:
         }
 
 
-def scan_project(config: Config, *, allow_secrets: bool = False) -> ScanResult:
-    """Scan the static root with the project's ignore rules and its hash cache."""
-    rules = load_ignore_rules(
+def project_rules(config: Config, *, allow_secrets: bool = False) -> IgnoreRules:
+    """The ignore rules every command applies to this project's static root."""
+    return load_ignore_rules(
         config.static_root, config.project_dir, config.static_ignore, allow_secrets=allow_secrets
     )
+
+
+@dataclass
+class CheckReport:
+    """What `check` found: every finding of the content checks and of the pending migrations."""
+
+    findings: list[Finding]
+    files: int
+    files_read: int
+    migrations: int
+
+
+def scan_project(
+    config: Config, *, allow_secrets: bool = False, rules: IgnoreRules | None = None
+) -> ScanResult:
+    """Scan the static root with the project's ignore rules and its hash cache."""
+    rules = rules or project_rules(config, allow_secrets=allow_secrets)
     cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
     result = scan(config.static_root, rules, cache)
     cache.save()
@@ -126,6 +146,8 @@ class Deployer:
         self._event_lock = threading.Lock()
         self.manifest = manifest or Manifest(client, project_id)
         self.scanned: ScanResult | None = None  # what `run` scanned, for a watch to go on from
+        self.rules: IgnoreRules | None = None
+        self._preflight: Preflight | None = None
 
     def emit(self, event: object) -> None:
         if self._on_event:
@@ -144,6 +166,50 @@ class Deployer:
             on_event=self.emit,
         )
 
+    def preflight(self) -> Preflight:
+        """The content checks of this project, with the secrets of this client and project."""
+        if self._preflight is None:
+            from mosaicsync.credentials import all_stored_keys
+
+            secrets = Secrets(
+                key_in_use=self.client.api_key_for_checks(),
+                stored_keys=all_stored_keys(),
+                database=lambda: self.client.database(self.project_id),
+            )
+            self._preflight = Preflight(
+                self.config.project_dir / CACHE_DIR, secrets, allow_secret=self.options.allow_secret
+            )
+        return self._preflight
+
+    def check(self, scanned: ScanResult, *, only: Sequence[str] | None = None) -> list[Finding]:
+        """Run the content checks on what is about to be published; stop on an error."""
+        assert self.rules is not None
+        report = self.preflight().check(scanned.files, scanned.skipped, self.rules, only=only)
+        found = report.findings
+        if self.options.strict:
+            found = strictened(found, [BROKEN_REFERENCE])
+        self.emit(Checked(found, report.files_read, report.ms))
+        if not self.options.dry_run:  # a dry run reports what would stop the deploy
+            raise_for(found)
+        return found
+
+    def check_all(self) -> CheckReport:
+        """The checks alone, on what a deploy would publish and apply now; changes nothing.
+        Broken references count as errors here: `check` is the gate a CI runs."""
+        self.rules = project_rules(self.config, allow_secrets=self.options.allow_secrets)
+        scanned = self.scanned = scan_project(self.config, rules=self.rules)
+        report = self.preflight().check(scanned.files, scanned.skipped, self.rules)
+        found = strictened(report.findings, [BROKEN_REFERENCE])
+        migrations = 0
+        if self._has_migrations():
+            from mosaicsync.migrate import Migrator
+
+            migrator = Migrator(self.client, self.project_id, self.config.migrations_dir)
+            linted = migrator.lint()
+            found += linted.findings
+            migrations = linted.pending
+        return CheckReport(found, len(scanned.files), report.files_read, migrations)
+
     def run(self) -> DeployResult:
         started = time.time()
         t0 = time.perf_counter()
@@ -152,7 +218,8 @@ class Deployer:
             project = self.client.wait_until_running(self.project_id)
         result = DeployResult(self.project_id, project.get("url", ""), dry_run=self.options.dry_run)
 
-        scanned = self.scanned = scan_project(self.config, allow_secrets=self.options.allow_secrets)
+        self.rules = project_rules(self.config, allow_secrets=self.options.allow_secrets)
+        scanned = self.scanned = scan_project(self.config, rules=self.rules)
         result.skipped = [s.path for s in scanned.skipped]
         self.emit(
             Scanned(
@@ -160,6 +227,8 @@ class Deployer:
                 (time.perf_counter() - t0) * 1000,
             )
         )  # fmt: skip
+        # Before anything is sent: a page holding the key is never published, not even in part.
+        result.findings = self.check(scanned)
         files = scanned.files
         targets = {f.path: route(f.path, f.size) for f in files}
         mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)

@@ -100,6 +100,16 @@ class Output:
             if exc.hint:
                 print(self.shown(f"Hint: {exc.hint}"), file=sys.stderr)
 
+    def findings(self, findings: list[Any]) -> None:
+        """Each finding as `file:line:col: severity: message`, as compilers print, then its hint
+        (once per distinct hint); logs on stderr, so stdout stays the result."""
+        hints: set[str] = set()
+        for finding in findings:
+            self.info(finding.line_text())
+            if finding.hint not in hints:
+                hints.add(finding.hint)
+                self.info(f"  hint: {finding.hint}")
+
     def request(self, event: RequestEvent) -> None:
         if self.verbose:
             status = event.status if event.status is not None else event.error
@@ -121,6 +131,8 @@ class Output:
                 shown = ", ".join(event.skipped[:8])
                 more = f" and {len(event.skipped) - 8} more" if len(event.skipped) > 8 else ""
                 self.info(f"Skipped (never uploaded): {shown}{more}")
+        elif isinstance(event, ev.Checked):
+            self.findings(event.findings)
         elif isinstance(event, ev.Planned):
             if event.noop:
                 self.info("Nothing changed since the last deploy.")
@@ -232,6 +244,15 @@ class Output:
                 f"{clock()}  Warning: {event.message}{hint}",
                 log=True,
             )
+        elif isinstance(event, ev.Checked):
+            for finding in event.findings:
+                hint = f"\nHint: {finding.hint}"
+                self.event_line(
+                    "finding",
+                    finding.to_json(),
+                    f"{clock()}  {finding.severity.capitalize()}: {finding.line_text()}{hint}",
+                    log=True,
+                )
         elif isinstance(event, ev.ConfigReloaded):
             self.event_line(
                 "config",

@@ -61,7 +61,7 @@ def read_text(path: Path, rel: str, limit: int = MAX_CHECKED_BYTES) -> str | Fin
     """
     try:
         if path.stat().st_size > limit:
-            return _too_big(rel, limit)
+            return too_big(rel, limit)
         data = path.read_bytes()
     except OSError as exc:
         return not_checked(
@@ -73,7 +73,7 @@ def read_text(path: Path, rel: str, limit: int = MAX_CHECKED_BYTES) -> str | Fin
 def decode(data: bytes, rel: str, limit: int = MAX_CHECKED_BYTES) -> str | Finding:
     """`data` as text (UTF-8, a BOM dropped), or why the file at `rel` is not checked."""
     if len(data) > limit:
-        return _too_big(rel, limit)
+        return too_big(rel, limit)
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return not_checked(rel, "not UTF-8 (it is UTF-16)", _SAVE_AS_UTF8)
     if b"\x00" in data:
@@ -106,7 +106,7 @@ def not_checked(rel: str, why: str, hint: str) -> Finding:
     )
 
 
-def _too_big(rel: str, limit: int) -> Finding:
+def too_big(rel: str, limit: int) -> Finding:
     return not_checked(
         rel,
         f"over {limit / 2**20:g} MB",

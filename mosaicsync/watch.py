@@ -28,7 +28,7 @@ from watchfiles import Change
 
 from mosaicsync.api import MosaicClient, RetryPolicy
 from mosaicsync.config import Config, load_config
-from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions
+from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions, project_rules
 from mosaicsync.errors import (
     AuthError,
     ChecksFailed,
@@ -40,6 +40,7 @@ from mosaicsync.errors import (
     UnavailableError,
 )
 from mosaicsync.events import (
+    Checked,
     ConfigReloaded,
     Deployed,
     LockWaiting,
@@ -50,13 +51,15 @@ from mosaicsync.events import (
     Watching,
     WatchWarning,
 )
+from mosaicsync.findings import BROKEN_REFERENCE, strictened
 from mosaicsync.hashcache import HashCache
-from mosaicsync.ignore import IGNORE_FILE, IgnoreRules, load_ignore_rules
+from mosaicsync.ignore import IGNORE_FILE, IgnoreRules
 from mosaicsync.manifest import MirroredManifest
 from mosaicsync.notify import Notifier
 from mosaicsync.plan import plan_sync
+from mosaicsync.preflight import Preflight
 from mosaicsync.retry import Backoff
-from mosaicsync.scan import LocalFile, scan_paths
+from mosaicsync.scan import LocalFile, Skipped, scan_paths
 
 DEFAULT_DEBOUNCE_MS = 30
 MAX_WAIT_MS = 1000  # a never-ending stream of changes still syncs this often
@@ -306,6 +309,8 @@ class Watcher:
         self.sorter = ChangeSorter(config, self.rules)
         self.cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
         self.local: dict[str, LocalFile] = {}
+        self.skipped: list[Skipped] = []  # what the last full scan left out, for the checks
+        self._preflight: Preflight | None = None
         self.url = ""
         self.coalescer = Coalescer(self.options.debounce_ms / 1000, self.options.max_wait_ms / 1000)
         self.backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S, jitter=0.2)
@@ -340,12 +345,22 @@ class Watcher:
             raise _Stopping
 
     def _rules(self, config: Config) -> IgnoreRules:
-        return load_ignore_rules(
-            config.static_root,
-            config.project_dir,
-            config.static_ignore,
-            allow_secrets=self.options.deploy.allow_secrets,
-        )
+        return project_rules(config, allow_secrets=self.options.deploy.allow_secrets)
+
+    def _check(self, found: dict[str, LocalFile]) -> set[str]:
+        """The content checks on the changed files, before they are sent: reports what they
+        find, and returns the paths that must not be synced (a secret in them)."""
+        published = list({**self.local, **found}.values())
+        if self._preflight is None:
+            self._preflight = self._deployer().preflight()
+        report = self._preflight.check(published, self.skipped, self.rules, only=list(found))
+        if not report.findings:
+            return set()
+        findings = report.findings
+        if self.options.deploy.strict:
+            findings = strictened(findings, [BROKEN_REFERENCE])
+        self.emit(Checked(findings, report.files_read, report.ms))
+        return {f.file for f in findings if f.severity == "error"}
 
     def _deployer(self) -> Deployer:
         options = replace(self.options.deploy, migrate=False, dry_run=False)
@@ -548,6 +563,7 @@ class Watcher:
         scanned = deployer.scanned
         assert scanned is not None
         self.local = {f.path: f for f in scanned.files}
+        self.skipped = scanned.skipped
         if self._polling:
             # Files written in the last moments share their mtime's second with a save to come;
             # None makes the first check look at them again (a no-op when they did not change).
@@ -574,6 +590,13 @@ class Watcher:
             self.coalescer.add(time.monotonic(), [("file", rel) for rel in unstable])
         found = {f.path: f for f in files}
         dirty = set(rels) - unstable
+        if not dirty:
+            return
+        # A file that fails a check stays as it was on the site until it is fixed and saved.
+        for path in self._check(found):
+            found.pop(path, None)
+            dirty.discard(path)
+        files = list(found.values())
         if not dirty:
             return
         # A dirty path that is not a file now may be a directory (renamed, moved, deleted):

@@ -101,7 +101,7 @@ def test_migrate_lint_and_dry_run_report_findings_with_counts(
     ]
     human = run_cli(["migrate", "lint"], site, local_server, check=False)
     assert human.returncode == 9
-    assert "0002_reshape.sql:2:1: error: truncates public.todos (3 rows)" in human.stdout
+    assert "0002_reshape.sql:2:1: error: truncates public.todos (3 rows)" in human.stderr
 
     plan = json.loads(run_cli(["migrate", "up", "--dry-run", "--json"], site, local_server).stdout)
     assert plan["dry_run"] is True

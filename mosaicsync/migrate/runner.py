@@ -91,6 +91,13 @@ MAX_ATTEMPTS = 5
 # -- results ---------------------------------------------------------------------------------------
 
 
+class Linted(NamedTuple):
+    """What `lint` found in the pending migrations, and how many were pending."""
+
+    findings: list[Finding]
+    pending: int
+
+
 class AppliedInfo(NamedTuple):
     version: int
     name: str
@@ -391,13 +398,13 @@ class Migrator:
                 self._lease.release(run)
         return result
 
-    def lint(self) -> list[Finding]:
+    def lint(self) -> Linted:
         """The findings `up` would act on, with row counts; reads the history, applies nothing."""
         files = load_migrations(self.directory)
         snap = self._read(create=False)
         todo, _ = self._plan(files, snap, to=None, allow_changed=True, allow_out_of_order=True)
         self._preflight(todo, snap.server_version_num, UpResult(dry_run=True))
-        return self._lint(todo)
+        return Linted(self._lint(todo), len(todo))
 
     def _lint(self, todo: Sequence[MigrationFile]) -> list[Finding]:
         """Destructive and risky statements of `todo`, with the live row counts in one read."""
