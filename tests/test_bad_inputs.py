@@ -570,6 +570,57 @@ def non_sql_files_in_migrations(ctx: Ctx) -> None:
     (ctx.migrations / "0001_real.sql").write_text("CREATE TABLE real_one (x int);\n")
 
 
+@case(
+    "a migration that drops a column with rows in it, without a terminal",
+    9,
+    "drops column public.notes.body (2 rows)",
+    UNCHANGED,
+)
+def migration_destructive(ctx: Ctx) -> None:
+    (ctx.migrations / "0001_notes.sql").write_text(
+        "CREATE TABLE notes (id int, body text);\nINSERT INTO notes VALUES (1, 'a'), (2, 'b');\n"
+    )
+    ctx.deploy_first()
+    (ctx.migrations / "0002_drop.sql").write_text("ALTER TABLE notes DROP COLUMN body;\n")
+
+
+# -- what the pages hold ---------------------------------------------------------------------------
+
+
+@case("the API key in use pasted into app.js", 9, "the API key in use (mk_")
+def key_in_app_js(ctx: Ctx) -> None:
+    (ctx.public / "app.js").write_text(
+        f"fetch('/v1/project', {{headers: {{'X-API-Key': '{ctx.key}'}}}});\n"
+    )
+
+
+@case("a private key block in a published text file", 9, "a PEM private key")
+def pem_in_a_text_file(ctx: Ctx) -> None:
+    (ctx.public / "notes.txt").write_text("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n")
+
+
+@case("a page with the key, after a good deploy", 9, "app.js:2:", UNCHANGED)
+def key_after_a_deploy(ctx: Ctx) -> None:
+    ctx.deploy_first()
+    (ctx.public / "app.js").write_text(f"// config\nconst key = '{ctx.key}';\n")
+    (ctx.public / "style.css").write_text("body { color: blue; }\n")
+
+
+@case("a binary file named `.html` (not parsed, still published)", 0, "not-checked", SERVED)
+def binary_html(ctx: Ctx) -> None:
+    (ctx.public / "blob.html").write_bytes(b"\x00\x01\x02<html>\xff\xfe" * 10)
+
+
+@case("a page that is not UTF-8 (not parsed, still published)", 0, "not UTF-8", SERVED)
+def latin1_page(ctx: Ctx) -> None:
+    (ctx.public / "old.html").write_bytes(b"<p>caf\xe9</p><img src='missing.png'>\n")
+
+
+@case("a reference above the site root (`../../x.css`)", 0, "above the site root", SERVED)
+def reference_above_root(ctx: Ctx) -> None:
+    (ctx.public / "up.html").write_text('<link rel="stylesheet" href="../../x.css">\n')
+
+
 # -- the platform and the network ------------------------------------------------------------------
 
 
