@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -175,7 +176,9 @@ class Bench:
         if self.fast_db:
             env["MOSAIC_LOCAL_FAST_DB"] = "1"
         self.platform = LocalProcess(
-            self.tmp / "platform", ["--api-key", KEY, "--rate-limit", "0"], env=env
+            self.tmp / "platform",
+            ["--api-key", KEY, "--rate-limit", "0", "--projects-per-account", "0"],
+            env=env,
         )
         started = time.perf_counter()
         self.platform.start(timeout=180)
@@ -659,6 +662,60 @@ class Bench:
             )
         )
 
+    def checks(self) -> None:
+        """The preflight checks must not slow a cold deploy by more than a tenth: a cold deploy
+        (CLI) of the 10k site against the same deploy minus what its checks cost, measured on
+        the same tree with nothing cached (what that deploy's checks had to do)."""
+        from mosaicsync.config import load_config
+        from mosaicsync.deploy import project_rules
+        from mosaicsync.preflight import Preflight, Secrets
+
+        n = 10_000
+        folder = self.tmp / "projects" / "checks"
+        generate_site(folder / "public", n, seed=7)
+        cold_s: list[float] = []
+        check_s: list[float] = []
+        read: list[int] = []
+        for i in range(self.sizes.runs):
+            project_id = self.new_project(f"checks-{i}")
+            self.link(folder, project_id)
+            shutil.rmtree(folder / ".mosaicsync", ignore_errors=True)
+            run = self.deploy(folder)
+            cold_s.append(run.wall)
+            if run.json()["findings"] and any(
+                f["severity"] == "error" for f in run.json()["findings"]
+            ):
+                raise RuntimeError(f"the bench site has findings: {run.json()['findings'][:3]}")
+            config = load_config(folder / "mosaic.toml")
+            assert self.client is not None
+            rules = project_rules(config)
+            scanned = scan(config.static_root, rules, None)
+            secrets = Secrets(KEY, (), functools.partial(self.client.database, project_id))
+            preflight = Preflight(self.tmp, secrets, use_cache=False)  # nothing cached
+            started = time.perf_counter()
+            report = preflight.check(scanned.files, scanned.skipped, rules)
+            check_s.append(time.perf_counter() - started)
+            read.append(report.files_read)
+            self.drop_project(project_id)
+        without = [c - k for c, k in zip(cold_s, check_s, strict=True)]
+        self.add(
+            Scenario(
+                "preflight checks, cold deploy of 10k files",
+                "cold deploy of the 10k mixed site (CLI), checks included",
+                "the same deploy minus its checks' own time (secrets and references, cold)",
+                median(cold_s),
+                median(without),
+                "s",
+                median(cold_s) / median(without),
+                "<=",
+                1.10,
+                cold_s,
+                without,
+                extra={"checks_s": median(check_s), "files_read": max(read)},
+            )
+        )
+        shutil.rmtree(folder)
+
     def hashing(self, public: Path) -> None:
         """A cold scan reads every byte; it should keep up with coreutils on the same files."""
         rules = load_ignore_rules(public, public.parent)
@@ -928,7 +985,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="sample hot paths with py-spy")
     parser.add_argument("--runs", type=int, help="runs per scenario (median; default 5)")
     parser.add_argument("--fast-db", action="store_true", help="PostgreSQL without fsync")
-    parser.add_argument("--only", help="comma-separated: capacity,small,sites,big,migrations,watch")
+    parser.add_argument(
+        "--only", help="comma-separated: capacity,small,sites,big,migrations,checks,watch"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.profile and not (Path(PY).parent / "py-spy").exists():
@@ -955,6 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
             ("sites", bench.sites),
             ("big", bench.big_file),
             ("migrations", bench.migrations),
+            ("checks", bench.checks),
             ("watch", lambda: bench.watch(args.quick)),
         ]
         for name, step in steps:
