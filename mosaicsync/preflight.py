@@ -98,31 +98,59 @@ class Report(NamedTuple):
 
 
 class _Cache:
-    """Verdicts by content hash: clean of secrets, and the references an HTML/CSS file holds."""
+    """Verdicts by content hash (clean of secrets; the references an HTML/CSS file holds), and
+    the state and findings of the last full run. Two files: the small one, read by every run,
+    and the verdicts, read only when a file changed (a no-op deploy never parses them)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = path  # the verdicts; the last run's state sits beside it
         self.salt = os.urandom(16).hex()
         self.fingerprint = ""
         self.last_state = ""
         self.last_findings: list[dict[str, Any]] = []
-        self.clean: set[str] = set()
-        self.refs: dict[str, list[list[Any]]] = {}
+        self._clean: set[str] | None = None
+        self._refs: dict[str, list[list[Any]]] | None = None
         self.dirty = False
+
+    @property
+    def _last_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-last")
 
     @classmethod
     def load(cls, path: Path) -> _Cache:
         cache = cls(path)
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            data = json.loads(path.read_bytes())
+            data = json.loads(cache._last_path.read_bytes())
             if data["version"] == _VERSION:
                 cache.salt = str(data["salt"])
                 cache.fingerprint = str(data["fingerprint"])
                 cache.last_state = str(data["last_state"])
                 cache.last_findings = list(data["last_findings"])
-                cache.clean = set(data["clean"])
-                cache.refs = dict(data["refs"])
         return cache
+
+    def _load_verdicts(self) -> None:
+        clean: set[str] = set()
+        refs: dict[str, list[list[Any]]] = {}
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            data = json.loads(self.path.read_bytes())
+            # Verdicts made under another salt belong to another state file: not trusted.
+            if data["version"] == _VERSION and data["salt"] == self.salt:
+                clean, refs = set(data["clean"]), dict(data["refs"])
+        self._clean, self._refs = clean, refs
+
+    @property
+    def clean(self) -> set[str]:
+        if self._clean is None:
+            self._load_verdicts()
+        assert self._clean is not None
+        return self._clean
+
+    @property
+    def refs(self) -> dict[str, list[list[Any]]]:
+        if self._refs is None:
+            self._load_verdicts()
+        assert self._refs is not None
+        return self._refs
 
     def digest(self, values: Iterable[str]) -> str:
         h = hashlib.sha256(self.salt.encode())
@@ -131,7 +159,7 @@ class _Cache:
         return h.hexdigest()
 
     def trust(self, fingerprint: str) -> None:
-        """Drop every verdict made against other local secrets."""
+        """Drop every secrets verdict made against other local secrets."""
         if fingerprint != self.fingerprint:
             self.fingerprint, self.last_state = fingerprint, ""
             self.clean.clear()
@@ -140,25 +168,32 @@ class _Cache:
     def retain(self, hashes: set[str]) -> None:
         """Forget the verdicts of content no longer in the folder, so the file stays small."""
         if len(self.clean) > 2 * len(hashes) + 1000:
-            self.clean &= hashes
-            self.refs = {h: r for h, r in self.refs.items() if h in hashes}
+            self._clean = self.clean & hashes
+            self._refs = {h: r for h, r in self.refs.items() if h in hashes}
             self.dirty = True
 
     def save(self) -> None:
         if not self.dirty:
             return
-        data = {
+        last = {
             "version": _VERSION,
             "salt": self.salt,
             "fingerprint": self.fingerprint,
             "last_state": self.last_state,
             "last_findings": self.last_findings,
-            "clean": sorted(self.clean),
-            "refs": self.refs,
         }
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(data, separators=(",", ":")), mode=0o600)
+            if self._clean is not None:  # loaded, so maybe changed: written first
+                verdicts = {
+                    "version": _VERSION,
+                    "salt": self.salt,
+                    "clean": sorted(self._clean),
+                    "refs": self._refs,
+                }
+                write_atomic(self.path, json.dumps(verdicts, separators=(",", ":")), mode=0o600)
+            write_atomic(self._last_path, json.dumps(last, separators=(",", ":")), mode=0o600)
+        self.dirty = False
 
 
 class Preflight:
