@@ -139,7 +139,9 @@ def test_a_deploy_started_while_a_watch_holds_the_lease_waits_and_both_end_true(
         watcher.stop()
         watching.join(timeout=30)
     deploying.join(timeout=60)
-    assert results and results[0].uploaded >= 1  # type: ignore[attr-defined]
+    # The watch sees the save of app.js too and may sync it before it is stopped: which of the
+    # two sends it is a race, so what is checked is that the deploy ended and the site is true.
+    assert results, "the deploy never finished"
     on_disk = {p.name: p.read_text() for p in (site / "public").glob("*.*")}
     for name, text in on_disk.items():
         assert served(local_server, pid, name, text), name
