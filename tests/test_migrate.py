@@ -590,6 +590,42 @@ def test_a_no_transaction_migration_resumes_after_an_interruption(
     assert any(isinstance(e, Resuming) and e.from_statement == 3 for e in events)
 
 
+@pytest.mark.integration
+def test_a_resume_gets_through_when_every_first_attempt_is_lost(
+    local_server: LocalServer, project_id: str, tmp_path: Path
+) -> None:
+    """Seen in the fault suite under load: the claim that resumes a partial migration was sent
+    again and again as `attempt=1`, so a link that loses first attempts lost every one of them
+    and no later run could ever finish the migration."""
+    write(
+        tmp_path,
+        "0001_index.sql",
+        "-- mosaicsync:no-transaction\n"
+        "CREATE TABLE IF NOT EXISTS big (x int, y int);\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_x ON big (x);\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_y ON big (y);\n",
+    )
+    step3 = FaultyTransport(
+        lambda sql: (
+            "drop_before" if sql.startswith("/* mosaicsync run=") and " step=3 " in sql else None
+        )
+    )
+    with MosaicClient(local_server.api, KEY_A, transport=step3) as c:
+        with pytest.raises(MigrationError, match="statement 3 got no answer"):
+            Migrator(c, project_id, tmp_path, max_attempts=2).up()
+        assert history(c, project_id)[0]["state"] == "partial"
+
+    first_attempts = FaultyTransport(
+        lambda sql: "drop_before" if re.search(r" v=1(?: step=\d+)? attempt=1 ", sql) else None
+    )
+    events: list = []
+    with MosaicClient(local_server.api, KEY_A, transport=first_attempts) as c:
+        Migrator(c, project_id, tmp_path, on_event=events.append).up()
+        assert history(c, project_id)[0]["state"] == "applied"
+        assert table_exists(c, project_id, "big_y")
+    assert any(isinstance(e, Resuming) and e.from_statement == 3 for e in events)
+
+
 # -- files (no server) -----------------------------------------------------------------------------
 
 

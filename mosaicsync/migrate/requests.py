@@ -314,8 +314,11 @@ def probe_sql(run_id: str, version: int, step: int | None = None) -> str:
 
 def claim_sql(migration: MigrationFile, *, run_id: str, fence: int, ttl: float) -> str:
     """Make a partially applied migration this run's, to resume it under this run's fence."""
+    # Tagged as a claim, not as attempt 1 of a statement: the client resends it as it is (it
+    # is idempotent), and a resend that calls itself a first attempt misleads whoever reads
+    # the requests (pg_stat_activity, a proxy).
     return (
-        _tag(run_id, migration.version, 1, 0)
+        f"/* mosaicsync run={run_id} v={migration.version} claim */\n"
         + renew_lease_sql(run_id, fence, ttl)
         + f"UPDATE mosaicsync.migrations SET run_id = '{run_id}', fence = {fence}\n"
         f"WHERE version = {migration.version} AND state = 'partial' "
