@@ -98,7 +98,10 @@ def postgres_running_for(data_dir: Path) -> bool:
             if not pid.isdigit():
                 continue
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                # Any process's arguments, including a test's CLI run given bytes that are not
+                # UTF-8 on purpose: never a decode error here.
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                cmd = raw.decode("utf-8", "surrogateescape")
             except OSError:
                 continue
             if "postgres" in cmd and needle in cmd:
