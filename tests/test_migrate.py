@@ -92,6 +92,15 @@ class FaultyTransport(httpx.BaseTransport):
         self.inner.close()
 
 
+# A no-transaction migration of three statements, each safe to run again.
+TWO_INDEXES = (
+    "-- mosaicsync:no-transaction\n"
+    "CREATE TABLE IF NOT EXISTS big (x int, y int);\n"
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_x ON big (x);\n"
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_y ON big (y);\n"
+)
+
+
 @pytest.fixture
 def project_id(local_server: LocalServer) -> str:
     """A fresh project per test: each test starts from an empty database."""
@@ -554,14 +563,7 @@ def test_a_late_duplicate_of_a_batch_is_refused_by_the_guard(
 def test_a_no_transaction_migration_resumes_after_an_interruption(
     local_server: LocalServer, project_id: str, tmp_path: Path
 ) -> None:
-    write(
-        tmp_path,
-        "0001_index.sql",
-        "-- mosaicsync:no-transaction\n"
-        "CREATE TABLE IF NOT EXISTS big (x int, y int);\n"
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_x ON big (x);\n"
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_y ON big (y);\n",
-    )
+    write(tmp_path, "0001_index.sql", TWO_INDEXES)
 
     def decide(sql: str) -> str | None:
         # Statement 3 itself never arrives; probes and other steps do.
@@ -597,14 +599,7 @@ def test_a_resume_gets_through_when_every_first_attempt_is_lost(
     """Seen in the fault suite under load: the claim that resumes a partial migration was sent
     again and again as `attempt=1`, so a link that loses first attempts lost every one of them
     and no later run could ever finish the migration."""
-    write(
-        tmp_path,
-        "0001_index.sql",
-        "-- mosaicsync:no-transaction\n"
-        "CREATE TABLE IF NOT EXISTS big (x int, y int);\n"
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_x ON big (x);\n"
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS big_y ON big (y);\n",
-    )
+    write(tmp_path, "0001_index.sql", TWO_INDEXES)
     step3 = FaultyTransport(
         lambda sql: (
             "drop_before" if sql.startswith("/* mosaicsync run=") and " step=3 " in sql else None
