@@ -433,8 +433,7 @@ def check(session: Session, allow_secret: tuple[str, ...], allow_secrets: bool) 
       mosaicsync check --json
     """
     from mosaicsync.deploy import Deployer
-    from mosaicsync.errors import ChecksFailed
-    from mosaicsync.findings import ordered
+    from mosaicsync.findings import ordered, raise_for
 
     config = session.config()
     out = session.output()
@@ -451,12 +450,11 @@ def check(session: Session, allow_secret: tuple[str, ...], allow_secrets: bool) 
         f"checked {report.files} files and {report.migrations} pending migration(s): "
         f"{errors} error(s), {len(found) - errors} warning(s)"
     )
-    if errors:
-        raise ChecksFailed(
-            summary.capitalize(),
-            hint="fix each error above (file:line:column), then run `mosaicsync check` again",
-            findings=found,
-        )
+    raise_for(
+        found,
+        headline=summary.capitalize(),
+        hint="fix each error above (file:line:column), then run `mosaicsync check` again",
+    )
     data = {
         "files": report.files,
         "files_read": report.files_read,
@@ -730,8 +728,7 @@ def migrate_lint(session: Session) -> None:
     Example:
       mosaicsync migrate lint --json
     """
-    from mosaicsync.errors import ChecksFailed
-    from mosaicsync.findings import ordered
+    from mosaicsync.findings import ordered, raise_for
 
     out = session.output()
     _, client, migrator = _migrator(session, out)
@@ -739,15 +736,10 @@ def migrate_lint(session: Session) -> None:
         linted = migrator.lint()
     found = ordered(linted.findings)
     out.findings(found)
-    stopping = [f for f in found if f.severity == "error"]
-    if stopping:
-        n = len(stopping)
-        raise ChecksFailed(
-            f"{n} destructive statement{'s' if n > 1 else ''} not marked as reviewed: "
-            + "; ".join(f"{f.where}: {f.message}" for f in stopping),
-            hint=stopping[0].hint,
-            findings=found,
-        )
+    n = sum(f.severity == "error" for f in found)
+    raise_for(
+        found, headline=f"{n} destructive statement{'s' if n > 1 else ''} not marked as reviewed"
+    )
     data = {"pending": linted.pending, "findings": [f.to_json() for f in found]}
     warned = f"{len(found)} warning(s)" if found else "no destructive or risky statement"
     out.result(data, f"Linted {linted.pending} pending migration(s): {warned}.")
@@ -1039,15 +1031,22 @@ def storage_ls(session: Session) -> None:
 @storage.command("put")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Object name (default: the file's name).")
+@click.option(
+    "--allow-secret", is_flag=True,
+    help="Upload it despite a secret found in it, once reviewed (never the key in use).",
+)  # fmt: skip
 @common_options
-def storage_put(session: Session, file: Path, name: str | None) -> None:
+def storage_put(session: Session, file: Path, name: str | None, allow_secret: bool) -> None:
     """Upload a file to storage through a presigned URL, streamed from disk.
 
     \b
     Example:
       mosaicsync storage put backup.tar.gz --name backups/2026-11-25.tar.gz
     """
+    from mosaicsync.credentials import all_stored_keys
+    from mosaicsync.findings import raise_for
     from mosaicsync.output import human_size
+    from mosaicsync.preflight import Preflight, Secrets
 
     config = session.config_or_none()
     out = session.output()
@@ -1055,6 +1054,18 @@ def storage_put(session: Session, file: Path, name: str | None) -> None:
     size = file.stat().st_size
     with session.client(config, out) as client:
         project_id = session.project_id(config)
+        # What a deploy refuses to publish, storage put refuses too: the same secret search.
+        secrets = Secrets(
+            client.api_key_for_checks(),
+            all_stored_keys(),
+            lambda: client.database(project_id),
+        )
+        allowed = [object_name] if allow_secret else []
+        found = Preflight(Path(), secrets, allow_secret=allowed, use_cache=False).secrets_in(
+            file, object_name
+        )
+        out.findings(found)
+        raise_for(found, outcome="nothing was uploaded")
         signed = client.upload_url(project_id, object_name, size)
         client.put_presigned(
             signed["upload_url"], file, size, name=str(file), command="storage put"

@@ -24,8 +24,8 @@ from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import Manifest, local_digest
 from mosaicsync.plan import Plan, plan_deploy, route
-from mosaicsync.preflight import Preflight, Secrets
-from mosaicsync.scan import LocalFile, ScanResult, scan
+from mosaicsync.preflight import Preflight, Report, Secrets
+from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
 from mosaicsync.selection import user_at_host
 from mosaicsync.upload import Publisher
 
@@ -148,6 +148,7 @@ class Deployer:
         self.scanned: ScanResult | None = None  # what `run` scanned, for a watch to go on from
         self.rules: IgnoreRules | None = None
         self._preflight: Preflight | None = None
+        self.checked: Report | None = None  # the last run of the content checks
 
     def emit(self, event: object) -> None:
         if self._on_event:
@@ -181,16 +182,26 @@ class Deployer:
             )
         return self._preflight
 
-    def check(self, scanned: ScanResult, *, only: Sequence[str] | None = None) -> list[Finding]:
-        """Run the content checks on what is about to be published; stop on an error."""
+    def check(
+        self,
+        files: Sequence[LocalFile],
+        skipped: Sequence[Skipped],
+        *,
+        only: Sequence[str] | None = None,
+        stop: bool = True,
+        strict: bool | None = None,
+    ) -> list[Finding]:
+        """The content checks on what is about to be published (`files`; with `only`, a watch's
+        changed paths among them), reported as one `Checked` event; with `stop`, an error
+        finding raises ChecksFailed. The one place deploy, status, watch, dev and check call."""
         assert self.rules is not None
-        report = self.preflight().check(scanned.files, scanned.skipped, self.rules, only=only)
+        report = self.checked = self.preflight().check(files, skipped, self.rules, only=only)
         found = report.findings
-        if self.options.strict:
+        if self.options.strict if strict is None else strict:
             found = strictened(found, [BROKEN_REFERENCE])
         self.emit(Checked(found, report.files_read, report.ms))
-        if not self.options.dry_run:  # a dry run reports what would stop the deploy
-            raise_for(found)
+        if stop:
+            raise_for(found, outcome="this deploy was stopped before anything was sent")
         return found
 
     def check_all(self) -> CheckReport:
@@ -198,8 +209,7 @@ class Deployer:
         Broken references count as errors here: `check` is the gate a CI runs."""
         self.rules = project_rules(self.config, allow_secrets=self.options.allow_secrets)
         scanned = self.scanned = scan_project(self.config, rules=self.rules)
-        report = self.preflight().check(scanned.files, scanned.skipped, self.rules)
-        found = strictened(report.findings, [BROKEN_REFERENCE])
+        found = self.check(scanned.files, scanned.skipped, stop=False, strict=True)
         migrations = 0
         if self._has_migrations():
             from mosaicsync.migrate import Migrator
@@ -208,7 +218,8 @@ class Deployer:
             linted = migrator.lint()
             found += linted.findings
             migrations = linted.pending
-        return CheckReport(found, len(scanned.files), report.files_read, migrations)
+        assert self.checked is not None
+        return CheckReport(found, len(scanned.files), self.checked.files_read, migrations)
 
     def run(self) -> DeployResult:
         started = time.time()
@@ -228,7 +239,8 @@ class Deployer:
             )
         )  # fmt: skip
         # Before anything is sent: a page holding the key is never published, not even in part.
-        result.findings = self.check(scanned)
+        # (A dry run reports what would stop the deploy instead.)
+        result.findings = self.check(scanned.files, scanned.skipped, stop=not self.options.dry_run)
         files = scanned.files
         targets = {f.path: route(f.path, f.size) for f in files}
         mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)

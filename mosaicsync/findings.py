@@ -77,15 +77,30 @@ def errors(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity == "error"]
 
 
-def raise_for(findings: Sequence[Finding], *, what: str = "this deploy") -> None:
-    """Stop with `ChecksFailed` (exit 9) if any finding is an error; warnings pass."""
+_LISTED = 5  # errors named in the message; all of them are in `findings` (and --json)
+
+
+def raise_for(
+    findings: Sequence[Finding],
+    *,
+    headline: str | None = None,
+    outcome: str | None = None,
+    hint: str | None = None,
+) -> None:
+    """Stop with `ChecksFailed` (exit 9) if any finding is an error; warnings pass. The one way
+    every check stops a run: `headline: file:line:col: message; ...; outcome`."""
     stopping = ordered(errors(findings))
     if not stopping:
         return
-    first = stopping[0]
-    more = f" (and {len(stopping) - 1} more)" if len(stopping) > 1 else ""
+    n = len(stopping)
+    shown = "; ".join(f"{f.where}: {f.message}" for f in stopping[:_LISTED])
+    if n > _LISTED:
+        shown += f"; and {n - _LISTED} more"
+    if headline is None:
+        headline = f"{n} error{'s' if n > 1 else ''} found"
+    text = f"{headline}: {shown}"
     raise ChecksFailed(
-        f"{first.where}: {first.message}{more}; {what} was stopped before anything was sent",
-        hint=first.hint,
+        text + (f"; {outcome}" if outcome else ""),
+        hint=hint or stopping[0].hint,
         findings=ordered(findings),
     )

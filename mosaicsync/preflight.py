@@ -273,6 +273,15 @@ class Preflight:
             cache.save()
         return Report(found, read, (time.perf_counter() - t0) * 1000)
 
+    def secrets_in(self, source: Path, name: str) -> list[Finding]:
+        """The secret findings of one file published by name (`storage put`): the same search
+        as a deploy's, media and archives skipped alike."""
+        if not leaks.worth_reading(name):
+            return []
+        with source.open("rb") as stream:
+            hits = list(self._search().search(stream))
+        return leaks.findings_for(name, source, hits, allowed=name in self.allow_secret)
+
     def _state(self, files: Sequence[LocalFile], skipped: Sequence[Skipped]) -> str:
         """A digest of everything a full run's findings depend on."""
         parts = [f"v{_VERSION}", *(f"a\t{p}" for p in self.allow_secret)]

@@ -40,7 +40,6 @@ from mosaicsync.errors import (
     UnavailableError,
 )
 from mosaicsync.events import (
-    Checked,
     ConfigReloaded,
     Deployed,
     LockWaiting,
@@ -51,13 +50,11 @@ from mosaicsync.events import (
     Watching,
     WatchWarning,
 )
-from mosaicsync.findings import BROKEN_REFERENCE, strictened
 from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules
 from mosaicsync.manifest import MirroredManifest
 from mosaicsync.notify import Notifier
 from mosaicsync.plan import plan_sync
-from mosaicsync.preflight import Preflight
 from mosaicsync.retry import Backoff
 from mosaicsync.scan import LocalFile, Skipped, scan_paths
 
@@ -310,7 +307,7 @@ class Watcher:
         self.cache = HashCache.load(config.project_dir / CACHE_DIR / "hashes")
         self.local: dict[str, LocalFile] = {}
         self.skipped: list[Skipped] = []  # what the last full scan left out, for the checks
-        self._preflight: Preflight | None = None
+        self._checker: Deployer | None = None  # its content checks and their cache, kept
         self.url = ""
         self.coalescer = Coalescer(self.options.debounce_ms / 1000, self.options.max_wait_ms / 1000)
         self.backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S, jitter=0.2)
@@ -348,18 +345,13 @@ class Watcher:
         return project_rules(config, allow_secrets=self.options.deploy.allow_secrets)
 
     def _check(self, found: dict[str, LocalFile]) -> set[str]:
-        """The content checks on the changed files, before they are sent: reports what they
-        find, and returns the paths that must not be synced (a secret in them)."""
+        """The deploy's content checks on the changed files, before they are sent: reports what
+        they find, and returns the paths that must not be synced (an error in them)."""
+        if self._checker is None:
+            self._checker = self._deployer()
+            self._checker.rules = self.rules
         published = list({**self.local, **found}.values())
-        if self._preflight is None:
-            self._preflight = self._deployer().preflight()
-        report = self._preflight.check(published, self.skipped, self.rules, only=list(found))
-        if not report.findings:
-            return set()
-        findings = report.findings
-        if self.options.deploy.strict:
-            findings = strictened(findings, [BROKEN_REFERENCE])
-        self.emit(Checked(findings, report.files_read, report.ms))
+        findings = self._checker.check(published, self.skipped, only=list(found), stop=False)
         return {f.file for f in findings if f.severity == "error"}
 
     def _deployer(self) -> Deployer:
@@ -848,6 +840,7 @@ class Watcher:
         roots_changed = roots != (_real(old.static_root), _real(old.migrations_dir))
         self.config = new
         self.rules = rules
+        self._checker = None  # made again with the new rules and config
         self.sorter = ChangeSorter(new, rules)
         if roots_changed:
             self._restart_watching()

@@ -173,3 +173,30 @@ def test_watch_never_syncs_a_save_holding_the_key(tmp_path: Path, local_server: 
     finally:
         run.stop()
     assert KEY_A not in json.dumps(run.events) + run.log.read_text()
+
+
+def test_storage_put_runs_the_same_secret_search(
+    project_dir: Path,  # noqa: F811
+    local_server: LocalServer,
+) -> None:
+    dump = project_dir / "dump.sql"
+    dump.write_text(f"-- key: {KEY_A}\nINSERT INTO t VALUES (1);\n")
+    refused = run_cli(
+        ["storage", "put", str(dump), "--json"], project_dir, local_server, check=False
+    )
+    assert refused.returncode == EXIT_CHECKS
+    assert json.loads(refused.stdout)["error"]["findings"][0]["line"] == 1
+    again = run_cli(
+        ["storage", "put", str(dump), "--allow-secret"], project_dir, local_server, check=False
+    )
+    assert again.returncode == EXIT_CHECKS  # never the key in use
+
+    notes = project_dir / "notes.txt"
+    notes.write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n")
+    assert (
+        run_cli(["storage", "put", str(notes)], project_dir, local_server, check=False).returncode
+        == EXIT_CHECKS
+    )
+    run_cli(["storage", "put", str(notes), "--allow-secret"], project_dir, local_server)
+    listed = run_cli(["storage", "ls", "--json"], project_dir, local_server)
+    assert [f["filename"] for f in json.loads(listed.stdout)["files"]] == ["notes.txt"]

@@ -22,7 +22,6 @@ from pglast.parser import get_postgresql_version as _pglast_pg_version
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient, SqlError
 from mosaicsync.errors import (
-    ChecksFailed,
     LeaseLost,
     MigrationError,
     MigrationFailed,
@@ -41,7 +40,7 @@ from mosaicsync.events import (
     Resuming,
     StatementApplied,
 )
-from mosaicsync.findings import Finding, ordered
+from mosaicsync.findings import Finding, ordered, raise_for
 from mosaicsync.migrate import lint
 from mosaicsync.migrate.files import MigrationFile, analyze_migration, load_migrations
 from mosaicsync.migrate.history import (
@@ -428,15 +427,15 @@ class Migrator:
         """Stop before anything is applied unless each destructive statement was allowed."""
         stopping = [f for f in found if f.severity == "error"]
         if stopping and not allow_destructive and not (confirm is not None and confirm(found)):
-            listed = "; ".join(f"{f.where}: {f.message}" for f in ordered(stopping))
             n = len(stopping)
-            raise ChecksFailed(
-                f"{n} destructive statement{'s' if n > 1 else ''} in the pending migrations, "
-                f"so nothing was applied: {listed}",
+            raise_for(
+                found,
+                headline=f"{n} destructive statement{'s' if n > 1 else ''} in the pending "
+                "migrations",
+                outcome="nothing was applied",
                 hint=f"if losing this data is intended, run again with --allow-destructive, or "
                 f"put `{lint.ALLOW_COMMENT}` on the line above each statement; otherwise "
                 "rewrite the migration (e.g. keep the column and stop using it)",
-                findings=ordered(found),
             )
         allowed = [lint.allowed(f) for f in found]
         self._show(allowed)
