@@ -106,12 +106,21 @@ class HashCache:
         payload = "\0".join(itertools.chain.from_iterable(self._entries.items())).encode("utf-8")
         header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, zlib.crc32(payload))
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_cache_dir(self.path.parent)
             # No fsync: a cache cut short by a power loss fails its checksum and is rebuilt.
             write_atomic(self.path, header + payload, durable=False)
         except OSError:
             return
         self._dirty = False
+
+
+def ensure_cache_dir(folder: Path) -> None:
+    """Create the project's cache folder with a `.gitignore` of its own (as pytest and ruff do),
+    so git never lists it: not in commits, not as what makes a deploy's work tree dirty."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# mosaicsync's local cache: never committed\n*\n")
 
 
 def _parse_cache(data: bytes) -> dict[str, str] | None:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from mosaicsync import leaks
 from mosaicsync.atomic import write_atomic
 from mosaicsync.findings import SKIPPED, Finding, ordered
+from mosaicsync.hashcache import ensure_cache_dir
 from mosaicsync.ignore import IgnoreRules
 from mosaicsync.scan import LocalFile, Skipped
 
@@ -183,7 +184,7 @@ class _Cache:
             "last_findings": self.last_findings,
         }
         with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_cache_dir(self.path.parent)
             if self._clean is not None:  # loaded, so maybe changed: written first
                 verdicts = {
                     "version": _VERSION,
