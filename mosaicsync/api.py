@@ -9,6 +9,7 @@ local platform.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import random
 import time
@@ -463,6 +464,60 @@ class MosaicClient:
             headers={"Content-Length": str(size)},
             content_factory=chunks,
         )
+
+    def read_object(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The bytes of a public storage object, or of its range [start, end) when given.
+
+        Asks for the range (as S3 honours it); a server that ignores it and sends the whole
+        object (200) is answered from that. The API key is never sent: storage URLs are public
+        and may live on another host.
+        """
+        ranged = start is not None and end is not None
+        if ranged and end <= start:  # type: ignore[operator]
+            return b""
+        headers = {"Range": f"bytes={start}-{end - 1}"} if ranged else {}  # type: ignore[operator]
+        response = self._send("GET", url, safe=True, headers=headers)
+        data = response.content
+        if not ranged or response.status_code == 206:
+            if ranged and len(data) != end - start:  # type: ignore[operator]
+                raise UnavailableError(
+                    f"GET {_redacted_path(httpx.URL(url))}: asked for {end - start} bytes, "  # type: ignore[operator]
+                    f"received {len(data)}",
+                    hint="retry; if it persists the stored object is shorter than recorded",
+                )
+            return data
+        return data[start:end]
+
+    def download_object(self, url: str, dest: Path) -> tuple[int, str]:
+        """Stream a public storage object to `dest` (never whole in memory): (size, sha256)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with self.http.stream("GET", url) as response, open(dest, "wb") as out:
+                    if response.status_code >= 400:
+                        response.read()
+                        if response.status_code in RETRYABLE_STATUS and (
+                            attempt < self.retry.attempts
+                        ):
+                            self.sleep(self.retry.delay(attempt, None, self.rng))
+                            continue
+                        raise self._error(response.request, response, attempt)
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                return size, digest.hexdigest()
+            except httpx.TransportError as exc:
+                if attempt >= self.retry.attempts:
+                    raise UnavailableError(
+                        f"GET {_redacted_path(httpx.URL(url))}: {_describe(exc)} "
+                        f"(after {attempt} attempts)",
+                        hint=f"check that {self.api_url} is reachable",
+                    ) from None
+                self.sleep(self.retry.delay(attempt, None, self.rng))
 
     def list_storage(self, project_id: str) -> dict[str, Any]:
         return self.call("list_storage", project_id=project_id, expect=("files",))

@@ -281,6 +281,8 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
         lines += [f"  prune   {p['path']}  ({p['target']})" for p in plan.get("prune", [])]
         lines.append(f"  unchanged {plan.get('unchanged', 0)}")
         lines += [f"  migrate {name}" for name in result.migrations_pending]
+        if result.live:
+            lines.append(f"  live now: {_live_text(result.live)}")
         stopping = [f for f in result.findings if f.severity == "error"]
         if stopping:
             lines.append(f"  deploy would stop here: {len(stopping)} error(s) found (above)")
@@ -293,11 +295,36 @@ def _deploy(session: Session, dry_run: bool, **opts: Any) -> None:
             f"{f', migrations {result.migrations_applied}' if result.migrations_applied else ''} "
             f"in {seconds:.2f} s\n{result.url}/"
         )
+        if result.deploy_id is None and result.live:
+            human += f"\nNothing changed; live: {_live_text(result.live)}"
+        if result.deploy_id is not None:
+            replaced = f", replacing {result.replaces.describe()}" if result.replaces else ""
+            human += f"\nRecorded as deploy #{result.deploy_id}{replaced}"
+            kept = result.history
+            if kept and kept.missing:
+                human += (
+                    f" (not restorable: {len(kept.missing)} file(s) changed before their bytes "
+                    "were kept)"
+                )
         if result.storage:
             shown = ", ".join(result.storage[:10])
             more = f" and {len(result.storage) - 10} more" if len(result.storage) > 10 else ""
             human += f"\nIn storage (mapped in mosaic-assets.json): {shown}{more}"
     out.result(data, human)
+
+
+def _live_text(live: dict[str, Any]) -> str:
+    """`#7 (rollback to #5) "message"`: the live deploy as the manifest's digest read it."""
+    from mosaicsync.output import printable
+
+    text = f"deploy #{live['id']}"
+    if live.get("kind") == "rollback" and live.get("rollback_of") is not None:
+        text += f" (rollback to #{live['rollback_of']})"
+    elif live.get("kind") == "watch":
+        text += " (watch)"
+    if live.get("message"):
+        text += f' "{printable(str(live["message"]))}"'
+    return text
 
 
 def _confirm_destructive(session: Session) -> Callable[[list[Any]], bool] | None:
@@ -385,6 +412,7 @@ def _deploy_options(config: Any, opts: dict[str, Any], **more: Any) -> Any:
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("-m", "--message", metavar="TEXT", help="A note kept with this deploy in `deploys`.")
 @deploy_options
 @common_options
 def deploy(session: Session, dry_run: bool, **opts: Any) -> None:
@@ -785,6 +813,214 @@ def migrate_unlock(session: Session) -> None:
         {"previous": previous.to_json() if previous else None},
         f"Unlocked (was held by {previous.describe()})" if previous else "The lock was free.",
     )
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+def _history_session(session: Session) -> tuple[Any, Any, str]:
+    config = session.config()
+    return config, session.output(), session.project_id(config)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@common_options
+@click.pass_context
+def deploys(ctx: click.Context, session: Session, limit: int) -> None:
+    """List recorded deploys, newest first, and which one is live.
+
+    \b
+    Example:
+      mosaicsync deploys --json
+      mosaicsync deploys show 7
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mosaicsync.history import History, live_entry
+    from mosaicsync.output import human_size, printable
+
+    config, out, project_id = _history_session(session)
+    with session.client(config, out) as client:
+        history = History(client, project_id, config.history_keep)
+        entries = history.entries(limit=None)
+        used = history.used_bytes()
+    live = live_entry(entries)
+    shown = entries[:limit]
+    data = {
+        "project_id": project_id,
+        "keep": config.history_keep,
+        "live": live.id if live else None,
+        "history_bytes": used,
+        "deploys": [e.to_json(live.id if live else None) for e in shown],
+    }
+    lines = []
+    for e in shown:
+        mark = "*" if live and e.id == live.id else " "
+        git = ""
+        if e.git_commit:
+            git = f" {e.git_commit[:8]}{'+dirty' if e.git_dirty else ''}"
+        what = f"rollback to #{e.restores}" if e.kind == "rollback" else e.kind
+        note = printable(e.message or "")
+        lines.append(
+            f"{mark} #{e.id:<4} {e.started_at}  {e.state:<11} {what:<15} "
+            f"+{e.uploaded} -{e.pruned} {human_size(e.bytes):>9} {e.files} files"
+            f"{git}  {printable(e.who)}  {note}".rstrip()
+        )
+    newer = [e for e in entries if live and e.id > live.id and e.state != "running"]
+    if newer:
+        lines.append(
+            f"! {newer[0].describe()} {newer[0].state} after the live deploy: the site may "
+            "mix both; deploy again or roll back"
+        )
+    head = (
+        f"Deploys of {project_id} (* live; history keeps {config.history_keep}, "
+        f"{human_size(used)} in storage):"
+        if config.history_keep
+        else f"Deploys of {project_id} (history is off: [history] keep = 0):"
+    )
+    out.result(data, "\n".join([head, *lines]) if lines else "No deploys recorded yet.")
+
+
+@deploys.command("show")
+@click.argument("deploy_id", type=int)
+@common_options
+def deploys_show(session: Session, deploy_id: int) -> None:
+    """The files a deploy changed (compared with the deploy it replaced) and its file set.
+
+    \b
+    Example:
+      mosaicsync deploys show 7 --json
+    """
+    from mosaicsync.errors import HistoryError
+    from mosaicsync.history import History
+    from mosaicsync.output import printable
+    from mosaicsync.restore import plan_restore
+
+    config, out, project_id = _history_session(session)
+    with session.client(config, out) as client:
+        history = History(client, project_id, config.history_keep)
+        entry = history.entry(deploy_id)
+        if entry is None:
+            ids = ", ".join(f"#{e.id}" for e in history.entries()) or "none"
+            raise HistoryError(
+                f"no deploy #{deploy_id} in this project's history; recorded: {ids}",
+                hint="`mosaicsync deploys` lists them",
+            )
+        files = history.files(deploy_id) if entry.restorable else {}
+        before = (
+            history.files(entry.replaces)
+            if entry.replaces is not None and history.entry(entry.replaces) is not None
+            else {}
+        )
+    changes = plan_restore(files, before) if files else None
+    added = [r.path for r in changes.puts if r.path not in before] if changes else []
+    changed = [r.path for r in changes.puts if r.path in before] if changes else []
+    removed = [r.path for r in changes.prune if r.path not in files] if changes else []
+    data = {
+        "deploy": entry.to_json(),
+        "compared_with": entry.replaces if before else None,
+        "added": added,
+        "changed": changed,
+        "removed": removed,
+        "files": [
+            {"path": r.path, "sha256": r.sha256, "size": r.size, "target": r.target}
+            for r in files.values()
+        ],
+    }
+    lines = [f"Deploy {entry.describe()}: {entry.state}, {printable(entry.message or '')}"]
+    if not entry.restorable:
+        lines.append("  its file set was not kept (not restorable)")
+    elif not before:
+        lines.append(f"  {len(files)} files (no earlier deploy kept to compare with)")
+    lines += [f"  + {printable(p)}" for p in added]
+    lines += [f"  ~ {printable(p)}" for p in changed]
+    lines += [f"  - {printable(p)}" for p in removed]
+    out.result(data, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("deploy_id", type=int, required=False)
+@click.option("--dry-run", is_flag=True, help="Print what would be restored; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal).")
+@click.option(
+    "--lock-timeout", default=30.0, show_default=True,
+    help="Seconds to wait for a deploy that holds the lease.",
+)  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel uploads.")
+@common_options
+def rollback(
+    session: Session,
+    deploy_id: int | None,
+    dry_run: bool,
+    yes: bool,
+    lock_timeout: float,
+    concurrency: int | None,
+) -> None:
+    """Make the site byte-identical to an earlier deploy (default: the one before the live one).
+
+    Site files, storage files and mosaic-assets.json come back exactly as they were published.
+    The database schema is never rolled back: migrations applied since are listed.
+
+    \b
+    Example:
+      mosaicsync rollback --dry-run
+      mosaicsync rollback 7 --yes --json
+    """
+    from mosaicsync.deploy import Deployer, DeployOptions
+    from mosaicsync.output import human_size, printable
+    from mosaicsync.restore import Restorer
+
+    if not yes and not dry_run and (session.json_mode or not sys.stdin.isatty()):
+        raise ConfigError(
+            "rollback changes the live site and nobody is at a terminal to confirm it, so "
+            "pass --yes",
+            hint="`mosaicsync rollback --dry-run` shows what it would do",
+        )
+    config, out, project_id = _history_session(session)
+    options = DeployOptions(concurrency=concurrency, lock_timeout=lock_timeout)
+    with session.client(config, out) as client:
+        deployer = Deployer(config, client, project_id, options, out.deploy_event)
+        restorer = Restorer(deployer)
+        if not yes and not dry_run:
+            preview = restorer.run(deploy_id, dry_run=True)
+            plan = preview.plan
+            assert plan is not None
+            click.confirm(
+                f"Roll {project_id} back to {preview.target.describe()} "
+                f"({printable(preview.target.message or 'no message')}): restore "
+                f"{len(plan.puts)} file(s), delete {len(plan.prune)}?",
+                abort=True,
+                err=True,
+            )
+            deploy_id = preview.target.id
+        result = restorer.run(deploy_id, dry_run=dry_run)
+    data = result.to_json()
+    target = result.target.describe()
+    plan = result.plan
+    if dry_run and plan is not None:
+        lines = [f"Rollback of {project_id} to {target} (dry run, nothing changed):"]
+        lines += [f"  restore {printable(r.path)}  ({r.target})" for r in plan.puts]
+        lines += [f"  delete  {printable(r.path)}  ({r.target})" for r in plan.prune]
+        lines.append(f"  unchanged {plan.unchanged}")
+    else:
+        replaced = f", replacing {result.replaces.describe()}" if result.replaces else ""
+        lines = [
+            f"Rolled {project_id} back to {target}: restored {result.restored} "
+            f"({human_size(result.bytes)}), deleted {result.pruned}, unchanged "
+            f"{result.unchanged} in {result.duration_ms / 1000:.2f} s",
+            f"Recorded as deploy #{result.deploy_id}{replaced}",
+            f"{result.url}/",
+        ]
+    if result.migrations_after:
+        names = ", ".join(
+            f"{m['version']} {printable(str(m['name']))}" for m in result.migrations_after
+        )
+        lines.append(
+            f"The schema was not rolled back: migrations applied after {target} stay "
+            f"applied: {names}"
+        )
+    out.result(data, "\n".join(lines))
 
 
 # -- the platform at the command line ----------------------------------------------------------

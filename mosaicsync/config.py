@@ -9,6 +9,7 @@ one ConfigError, one line each, as `mosaic.toml: [static] root: <problem>; <fix>
 - `[migrations] dir`: "migrations", which need not exist; like `[static] root`, it must resolve
   inside the project folder (symlinks followed).
 - `[check] strict`: false; true makes broken references stop a deploy, as `--strict` does.
+- `[history] keep`: 20 deploys kept restorable by `rollback` (0 turns history off).
 - `[targets.NAME]`: none; a target never borrows `[app] project_id`, because a project on one
   platform does not exist on another.
 """
@@ -42,6 +43,8 @@ CONFIG_NAME = "mosaic.toml"
 TARGET_ENV = "MOSAIC_TARGET"
 DEFAULT_STATIC_ROOT = "public"
 DEFAULT_MIGRATIONS_DIR = "migrations"
+DEFAULT_HISTORY_KEEP = 20
+MAX_HISTORY_KEEP = 1000
 
 # The keys of each table, with an example line used in the fixes.
 _SCHEMA: dict[str, dict[str, str]] = {
@@ -49,6 +52,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "static": {"root": 'root = "public"', "ignore": 'ignore = ["drafts/", "*.psd"]'},
     "migrations": {"dir": 'dir = "migrations"'},
     "check": {"strict": "strict = true"},
+    "history": {"keep": "keep = 20"},
 }
 _TARGET_SCHEMA: dict[str, str] = {
     "api_url": f'api_url = "{LOCAL_API_URL}"',
@@ -83,6 +87,7 @@ class Config:
     migrations_dir: Path
     targets: Mapping[str, Target]
     check_strict: bool = False
+    history_keep: int = DEFAULT_HISTORY_KEEP
 
     def target(self, name: str | None) -> Target:
         """The target called `name`; None is the default platform with `[app] project_id`."""
@@ -192,6 +197,18 @@ def load_config(path: Path) -> Config:
         strict = False
     check.unknown_keys(checks, ("check",), _SCHEMA["check"], secrets)
 
+    history = _table(doc, "history")
+    keep = history.get("keep", DEFAULT_HISTORY_KEEP)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= MAX_HISTORY_KEEP:
+        shown = _type_name(keep) if not isinstance(keep, int) or isinstance(keep, bool) else keep
+        check.add(
+            "[history] keep",
+            f"expected a whole number of deploys from 0 to {MAX_HISTORY_KEEP}, got {shown}",
+            "write keep = 20 (0 turns deploy history and rollback off)",
+        )
+        keep = DEFAULT_HISTORY_KEEP
+    check.unknown_keys(history, ("history",), _SCHEMA["history"], secrets)
+
     targets = _targets(check, doc, secrets)
     check.raise_if_any(path)
     return Config(
@@ -204,6 +221,7 @@ def load_config(path: Path) -> Config:
         migrations_dir=migrations_dir,
         targets=MappingProxyType(targets),
         check_strict=strict,
+        history_keep=keep,
     )
 
 
@@ -328,7 +346,7 @@ class _Checker:
             where = f"[{_toml_key(name)}]" if is_table else _toml_key(name)
             fix = (
                 f"the tables of {CONFIG_NAME} are [app], [static], [migrations], [check], "
-                "[targets.NAME]"
+                "[history], [targets.NAME]"
             )
         else:
             where = _where(key)

@@ -8,9 +8,10 @@ meet an old schema), plan, publish through `upload.Publisher` (the one upload pa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,18 +22,33 @@ from mosaicsync.errors import ConfigError
 from mosaicsync.events import Checked, Planned, Scanned
 from mosaicsync.findings import BROKEN_REFERENCE, Finding, ordered, raise_for, strictened
 from mosaicsync.hashcache import HashCache
+from mosaicsync.history import Entry, Finished, History, Packer, git_state
 from mosaicsync.ignore import IgnoreRules, load_ignore_rules
-from mosaicsync.manifest import Manifest, local_digest
+from mosaicsync.manifest import Manifest, ManifestRow, local_digest
 from mosaicsync.plan import Plan, plan_deploy, route
 from mosaicsync.preflight import Preflight, Report, Secrets
 from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
 from mosaicsync.selection import user_at_host
-from mosaicsync.upload import Publisher
+from mosaicsync.upload import Publisher, assets_json, sent_bytes
 
 if TYPE_CHECKING:
     from mosaicsync.migrate import Migrator
 
 CACHE_DIR = ".mosaicsync"
+
+
+@contextlib.contextmanager
+def ended_on_error(history: History, deploy_id: int | None) -> Iterator[None]:
+    """A run that stops leaves its history entry failed (an error) or interrupted (Ctrl-C,
+    SIGTERM); a SIGKILL leaves it running, and the next run under the lease marks it."""
+    try:
+        yield
+    except BaseException as exc:
+        if deploy_id is not None:
+            state = "failed" if isinstance(exc, Exception) else "interrupted"
+            with contextlib.suppress(Exception):
+                history.end(deploy_id, state)
+        raise
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class DeployOptions:
     allow_out_of_order: bool = False
     allow_destructive: bool = False  # apply migrations that drop data (see migrate/lint.py)
     lock_timeout: float = 30.0
+    message: str | None = None  # recorded in the deploy history (`deploy -m`)
 
 
 @dataclass
@@ -67,10 +84,26 @@ class DeployResult:
     dry_run: bool = False
     plan: dict[str, Any] | None = None
     findings: list[Finding] = field(default_factory=list)  # the preflight checks' warnings
+    live: dict[str, Any] | None = None  # the live deploy before this run (id, kind, ...)
+    deploy_id: int | None = None  # its entry in the deploy history (None: nothing recorded)
+    replaces: Entry | None = None  # the deploy that was live before this one
+    history: Finished | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "project_id": self.project_id,
+            "live": self.live,
+            "deploy_id": self.deploy_id,
+            "replaces": self.replaces.to_json() if self.replaces else None,
+            "history": None
+            if self.history is None
+            else {
+                "packed_files": self.history.packed_files,
+                "packed_bytes": self.history.packed_bytes,
+                "not_kept": list(self.history.missing),
+                "pruned_deploys": self.history.pruned_deploys,
+                "used_bytes": self.history.used_bytes,
+            },
             "url": self.url,
             "uploaded": self.uploaded,
             "unchanged": self.unchanged,
@@ -155,8 +188,9 @@ class Deployer:
             with self._event_lock:
                 self._on_event(event)
 
-    def publisher(self) -> Publisher:
-        """The upload path this deploy publishes through (a watch's syncs use the same one)."""
+    def publisher(self, history: History | None = None, packer: Packer | None = None) -> Publisher:
+        """The upload path this deploy publishes through (a watch's syncs and a rollback use the
+        same one), keeping what the history needs when it is given."""
         return Publisher(
             self.client,
             self.project_id,
@@ -165,7 +199,45 @@ class Deployer:
             rewrite=self.options.rewrite,
             prune=self.options.prune,
             on_event=self.emit,
+            keep=packer.add if packer else None,
+            before_replace=history.before_replace if history and history.enabled else None,
         )
+
+    def history(self) -> History:
+        return History(self.client, self.project_id, self.config.history_keep)
+
+    def reproduce(self, row: ManifestRow, blob: str) -> bytes | None:
+        """The bytes `row` was published as, rebuilt from the folder (for a deploy that resumes
+        one stopped before its history was written); None when the folder no longer has them."""
+        if row.generated:
+            _, rows = self.manifest.fetch()
+            urls = {p: r.url for p, r in rows.items() if r.target == "storage" and r.url}
+            return assets_json(dict(sorted(urls.items())))  # type: ignore[arg-type]
+        try:
+            source = (self.config.static_root / row.path).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(source).hexdigest() == blob:
+            return source
+        _, rows = self.manifest.fetch()
+        urls = {p: r.url for p, r in rows.items() if r.target == "storage" and r.url}
+        return sent_bytes(row.path, source, dict(sorted(urls.items())))  # type: ignore[arg-type]
+
+    def record(self, kind: str, result: DeployResult, *, restores: int | None = None) -> History:
+        """Open this run's history entry (under the lease)."""
+        history = self.history()
+        message = self.options.message
+        if kind == "rollback" and message is None:
+            message = f"rollback to #{restores}"
+        result.deploy_id, result.replaces = history.begin(
+            kind=kind,
+            who=user_at_host(),
+            tool_version=__version__,
+            message=message,
+            git=git_state(self.config.project_dir),
+            restores=restores,
+        )
+        return history
 
     def preflight(self) -> Preflight:
         """The content checks of this project, with the secrets of this client and project."""
@@ -222,7 +294,6 @@ class Deployer:
         return CheckReport(found, len(scanned.files), self.checked.files_read, migrations)
 
     def run(self) -> DeployResult:
-        started = time.time()
         t0 = time.perf_counter()
         project = self.client.get_project(self.project_id)
         if project.get("status") != "running":
@@ -279,6 +350,7 @@ class Deployer:
             if not checked and self.manifest.ensure()[0] == mine:
                 return self._noop(result, files, targets, t0)
 
+            result.live = self.manifest.live
             remote, rows = self.manifest.fetch()
             plan = plan_deploy(files, remote, prune=self.options.prune)
             self.emit(Planned(plan, noop=False))
@@ -292,26 +364,33 @@ class Deployer:
                 result.duration_ms = int((time.perf_counter() - t0) * 1000)
                 return result
 
-            published = self.publisher().publish(plan, files, rows)
-            result.uploaded, result.pruned = published.uploaded, published.pruned
-            result.bytes = published.bytes
-
-            result.duration_ms = int((time.perf_counter() - t0) * 1000)
-            self.manifest.record_deploy(
-                started_at=started,
-                uploaded=result.uploaded,
-                pruned=result.pruned,
-                bytes_uploaded=result.bytes,
-                files=len(files),
-                duration_ms=result.duration_ms,
-                deployed_by=user_at_host(),
-                tool_version=__version__,
-            )
+            history = self.record("deploy", result)
+            packer = Packer() if history.enabled else None
+            try:
+                with ended_on_error(history, result.deploy_id):
+                    published = self.publisher(history, packer).publish(plan, files, rows)
+                    result.uploaded, result.pruned = published.uploaded, published.pruned
+                    result.bytes = published.bytes
+                    result.duration_ms = int((time.perf_counter() - t0) * 1000)
+                    result.history = history.finish(
+                        result.deploy_id,  # type: ignore[arg-type]
+                        packer=packer,
+                        reproduce=self.reproduce,
+                        uploaded=result.uploaded,
+                        pruned=result.pruned,
+                        bytes_sent=result.bytes,
+                        files=len(files),
+                        duration_ms=result.duration_ms,
+                    )
+            finally:
+                if packer:
+                    packer.close()
         return result
 
     def _noop(
         self, result: DeployResult, files: Sequence[LocalFile], targets: dict[str, str], t0: float
     ) -> DeployResult:
+        result.live = self.manifest.live
         plan = Plan(uploads=[], prune=[], unchanged=list(files))
         self.emit(Planned(plan, noop=True))
         result.unchanged = len(files)

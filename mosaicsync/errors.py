@@ -13,7 +13,9 @@ MosaicError                 exit 1   anything we anticipated that has no better 
  |    +-- LeaseLost                   the lease was taken away mid-run; nothing more was applied
  +-- LocalPlatformError     exit 8   `mosaicsync local` cannot start
  +-- ChecksFailed           exit 9   a preflight check stopped the run: a secret in content, a
-                                     destructive migration not allowed, a broken reference (strict)
+ |                                   destructive migration not allowed, a broken reference (strict)
+ +-- HistoryError           exit 10  a deploy to restore is unknown or pruned, or bytes it needs
+                                     are gone from storage; nothing was changed
 Usage errors from click exit 2 as well; Ctrl-C exits 130.
 """
 
@@ -106,6 +108,13 @@ class ChecksFailed(MosaicError):
 
     def to_json(self) -> dict[str, object]:
         return {**super().to_json(), "findings": [f.to_json() for f in self.findings]}
+
+
+class HistoryError(MosaicError):
+    """When: `rollback` cannot restore a deploy (unknown, pruned, bytes gone); nothing changed."""
+
+    exit_code = 10
+    reference = "history"
 
 
 class ScanError(ConfigError):

@@ -121,7 +121,7 @@ class MigrationsApplied(NamedTuple):
 class WatchWarning(NamedTuple):
     """Event: something the user must act on; watching goes on."""
 
-    kind: str  # migration-edited, migration-failed, config, skipped, watcher
+    kind: str  # migration-edited, migration-failed, config, skipped, watcher, history
     message: str
     hint: str | None = None
 

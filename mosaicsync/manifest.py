@@ -46,7 +46,11 @@ DIGEST_SQL = """
 SELECT encode(sha256(convert_to(coalesce(string_agg(
     path || E'\\t' || sha256 || E'\\t' || target, E'\\n' ORDER BY path COLLATE "C"), ''),
     'UTF8')), 'hex') AS digest,
-    count(*) AS files
+    count(*) AS files,
+    (SELECT json_build_object('id', d.id, 'kind', coalesce(to_jsonb(d) ->> 'kind', 'deploy'),
+        'rollback_of', (to_jsonb(d) ->> 'restores')::bigint, 'message', to_jsonb(d) ->> 'message')
+     FROM mosaicsync.deploys d WHERE coalesce(to_jsonb(d) ->> 'state', 'complete') = 'complete'
+     ORDER BY d.id DESC LIMIT 1) AS live
 FROM mosaicsync.files WHERE NOT generated
 """
 
@@ -94,6 +98,9 @@ class Manifest:
     def __init__(self, client: MosaicClient, project_id: str) -> None:
         self.client = client
         self.project_id = project_id
+        # The live deploy of the history as `ensure` last read it (id, kind, rollback_of,
+        # message), in the same request: `status` and a no-op deploy say what is live for free.
+        self.live: dict | None = None
 
     def _sql(self, query: str) -> list[dict]:
         return self.client.sql(self.project_id, query, idempotent=True)
@@ -101,6 +108,7 @@ class Manifest:
     def ensure(self) -> tuple[str, int]:
         """Create the schema if needed and return (digest, file count) in the same request."""
         rows = self._sql(SCHEMA_SQL + DIGEST_SQL)
+        self.live = rows[0].get("live")
         return rows[0]["digest"], int(rows[0]["files"])
 
     def fetch(self) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
@@ -172,31 +180,6 @@ class Manifest:
                 + ", ".join(sql_literal(p) for p in batch)
                 + ")"
             )
-
-    def record_deploy(
-        self,
-        *,
-        started_at: float,
-        uploaded: int,
-        pruned: int,
-        bytes_uploaded: int,
-        files: int,
-        duration_ms: int,
-        deployed_by: str,
-        tool_version: str,
-    ) -> None:
-        # Everything has arrived by now, so a 5xx or a lost answer here must not fail the deploy:
-        # the row is keyed by its start time and author, which makes a resend a no-op.
-        started = f"to_timestamp({started_at:.3f})"
-        self.client.sql(
-            self.project_id,
-            "INSERT INTO mosaicsync.deploys (started_at, uploaded, pruned, bytes, files, "
-            f"duration_ms, deployed_by, tool_version) SELECT {started}, {uploaded}, {pruned}, "
-            f"{bytes_uploaded}, {files}, {duration_ms}, {sql_literal(deployed_by)}, "
-            f"{sql_literal(tool_version)} WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.deploys "
-            f"WHERE started_at = {started} AND deployed_by = {sql_literal(deployed_by)})",
-            idempotent=True,
-        )
 
 
 class MirroredManifest(Manifest):

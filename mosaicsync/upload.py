@@ -9,7 +9,6 @@ publish through `Publisher.publish`: one upload path, whatever the command.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import posixpath
@@ -17,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.contract import TEXT_EXTENSIONS
@@ -82,8 +82,15 @@ class Publisher:
         rewrite: bool = True,
         prune: bool = True,
         on_event: Callable[[object], None] | None = None,
+        keep: Callable[[bytes], None] | None = None,
+        before_replace: Callable[[ManifestRow], None] | None = None,
     ) -> None:
         self.client = client
+        # Deploy history's two hooks (history.py): `keep` is handed the bytes of every site file
+        # as published, `before_replace` each deployed storage object about to be overwritten or
+        # deleted, so that its bytes stay restorable.
+        self.keep = keep
+        self.before_replace = before_replace
         self.project_id = project_id
         self.manifest = manifest
         self.concurrency = concurrency
@@ -128,7 +135,9 @@ class Publisher:
     ) -> None:
         # 1. Storage objects.
         storage_uploads = plan.storage_uploads
-        self._parallel(storage_uploads, lambda u: self._put_storage(u, writer, counter, result))
+        self._parallel(
+            storage_uploads, lambda u: self._put_storage(u, rows, writer, counter, result)
+        )
         writer.flush()
 
         # 2. The storage URL map, then site assets (CSS rewritten), then HTML.
@@ -162,7 +171,84 @@ class Publisher:
         writer.flush()
 
         # 3. Prune only after everything else arrived, and only what we deployed.
-        self._prune(plan.prune, files, rows, storage_urls, result)
+        prune = list(plan.prune)
+        old_assets = rows.get(ASSETS_FILE)
+        if old_assets and old_assets.generated and not storage_urls and self.prune:
+            prune.append(RemoteEntry(ASSETS_FILE, old_assets.sha256, old_assets.size, "site"))
+        self._prune(prune, {f.path for f in files}, rows, result)
+
+    def restore(
+        self, puts: Sequence[Stored], prune: Sequence[ManifestRow], rows: dict[str, ManifestRow]
+    ) -> Published:
+        """Publish stored bytes exactly as they were (a rollback), in the order and with the
+        manifest rule of `publish`: storage objects, the assets map and site assets, pages, then
+        prune; each row recorded once its file arrived, so a stopped restore resumes."""
+        result = Published()
+        writer = _ManifestWriter(self.manifest)
+        counter = _Counter(len(puts))
+        storage = [p for p in puts if p.row.target == "storage"]
+        generated = [p for p in puts if p.row.target == "site" and p.row.generated]
+        site = [p for p in puts if p.row.target == "site" and not p.row.generated]
+        assets = [p for p in site if not p.row.path.lower().endswith(".html")]
+        pages = [p for p in site if p.row.path.lower().endswith(".html")]
+        try:
+            self._parallel(
+                storage, lambda p: self._restore_storage(p, rows, writer, counter, result)
+            )
+            writer.flush()
+            for p in generated:  # its row comes after the pages, as in `publish`
+                self._restore_site(p, None, counter, result)
+            self._parallel(assets, lambda p: self._restore_site(p, writer, counter, result))
+            writer.flush()
+            self._parallel(pages, lambda p: self._restore_site(p, writer, counter, result))
+            for p in generated:
+                writer.add(p.row)
+            writer.flush()
+            self._prune(
+                [RemoteEntry(r.path, r.sha256, r.size, r.target, r.url) for r in prune],  # type: ignore[arg-type]
+                {p.row.path for p in puts} | (set(rows) - {r.path for r in prune}),
+                rows,
+                result,
+            )
+        finally:
+            writer.flush()
+        return result
+
+    def _restore_storage(
+        self,
+        p: Stored,
+        rows: dict[str, ManifestRow],
+        writer: _ManifestWriter,
+        counter: _Counter,
+        result: Published,
+    ) -> None:
+        assert p.path is not None
+        row = p.row
+        old = rows.get(row.path)
+        if self.before_replace and old and old.target == "storage" and old.sha256 != row.sha256:
+            self.before_replace(old)
+        signed = self.client.upload_url(self.project_id, row.path, row.size)
+        self.client.put_presigned(
+            signed["upload_url"], p.path, row.size, name=row.path, command="rollback"
+        )
+        writer.add(row)
+        self._restored(row, row.size, counter, result)
+
+    def _restore_site(
+        self, p: Stored, writer: _ManifestWriter | None, counter: _Counter, result: Published
+    ) -> None:
+        assert p.data is not None
+        self._send_site_bytes(p.row.path, p.data)
+        if writer:
+            writer.add(p.row)
+        self._restored(p.row, len(p.data), counter, result)
+
+    def _restored(self, row: ManifestRow, size: int, counter: _Counter, result: Published) -> None:
+        done = counter.next()
+        with self._event_lock:
+            result.uploaded += 1
+            result.bytes += size
+        self.emit(Transferred(row.path, row.target, size, done, counter.total))
 
     # -- execution -------------------------------------------------------------------------------
 
@@ -185,9 +271,17 @@ class Publisher:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _put_storage(
-        self, upload: Upload, writer: _ManifestWriter, counter: _Counter, result: Published
+        self,
+        upload: Upload,
+        rows: dict[str, ManifestRow],
+        writer: _ManifestWriter,
+        counter: _Counter,
+        result: Published,
     ) -> None:
         f = upload.file
+        old = rows.get(f.path)
+        if self.before_replace and old and old.target == "storage" and old.sha256 != f.sha256:
+            self.before_replace(old)
         signed = self.client.upload_url(self.project_id, f.path, f.size)
         # A file that changes size meanwhile stops the run and gets no manifest row.
         self.client.put_presigned(
@@ -205,28 +299,17 @@ class Publisher:
         result: Published,
     ) -> None:
         f = upload.file
-        data = f.abs_path.read_bytes()
+        source = f.abs_path.read_bytes()
         # The manifest records the source that arrived (if the file changed since the scan, the
         # new bytes): its hash and size, never those of a rewritten copy, which the planner
         # would otherwise see as a change on every later deploy.
-        source_sha = hashlib.sha256(data).hexdigest()
-        source_size = len(data)
-        uploaded_sha = None
-        if storage_urls:
-            # The HTML and CSS parsers load only when a deploy has storage files to point at.
-            from mosaicsync.rewrite import needs_rewrite, rewrite
-
-            text = None
-            if needs_rewrite(f.path):
-                with contextlib.suppress(UnicodeDecodeError):  # not text: sent as it is
-                    text = data.decode("utf-8")
-            if text is not None:
-                out = rewrite(text, f.path, storage_urls)
-                if out.references:
-                    data = out.text.encode("utf-8")
-                    uploaded_sha = hashlib.sha256(data).hexdigest()
+        source_sha = hashlib.sha256(source).hexdigest()
+        data = sent_bytes(f.path, source, storage_urls)
+        uploaded_sha = hashlib.sha256(data).hexdigest() if data is not source else None
         self._send_site_bytes(f.path, data)
-        writer.add(ManifestRow(f.path, source_sha, source_size, "site", None, uploaded_sha))
+        if self.keep:
+            self.keep(data)
+        writer.add(ManifestRow(f.path, source_sha, len(source), "site", None, uploaded_sha))
         self._arrived(f, "site", len(data), counter, result)
 
     def _send_site_bytes(self, path: str, data: bytes) -> None:
@@ -313,6 +396,8 @@ class Publisher:
         """Upload mosaic-assets.json before the pages that may read it (its row comes later)."""
         data = _assets_json(storage_urls)
         self.client.upload_file(self.project_id, ASSETS_FILE, data.decode())
+        if self.keep:
+            self.keep(data)
         with self._event_lock:
             result.uploaded += 1
             result.bytes += len(data)
@@ -321,20 +406,20 @@ class Publisher:
     def _prune(
         self,
         prune: Iterable[RemoteEntry],
-        files: Sequence[LocalFile],
+        local_paths: set[str],
         rows: dict[str, ManifestRow],
-        storage_urls: dict[str, str],
         result: Published,
     ) -> None:
-        local_paths = {f.path for f in files}
+        """Delete what we deployed and the new state no longer has (`local_paths` stay in the
+        manifest: their copy in the other target was already replaced)."""
         targets = list(prune)
-        assets_row = rows.get(ASSETS_FILE)
-        if assets_row and assets_row.generated and not storage_urls and self.prune:
-            targets.append(RemoteEntry(ASSETS_FILE, assets_row.sha256, assets_row.size, "site"))
         gone: list[str] = []
         for entry in targets:
             try:
                 if entry.target == "storage":
+                    row = rows.get(entry.path)
+                    if self.before_replace and row and row.target == "storage":
+                        self.before_replace(row)
                     self.client.delete_object(self.project_id, entry.path)
                 else:
                     self.client.delete_file(self.project_id, entry.path)
@@ -348,6 +433,39 @@ class Publisher:
             )
         if gone:
             self.manifest.remove(gone)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One file of a restore: its manifest row as it was, and its bytes as they were published
+    (in memory for a site file, a temporary file for a storage object)."""
+
+    row: ManifestRow
+    data: bytes | None = None
+    path: Path | None = None
+
+
+def sent_bytes(path: str, source: bytes, storage_urls: dict[str, str]) -> bytes:
+    """The bytes a site file is published as: HTML and CSS pointing at storage-routed files get
+    their public URLs (see rewrite.py); anything else, `source` itself (the same object)."""
+    if not storage_urls:
+        return source
+    # The HTML and CSS parsers load only when a deploy has storage files to point at.
+    from mosaicsync.rewrite import needs_rewrite, rewrite
+
+    if not needs_rewrite(path):
+        return source
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError:  # not text: sent as it is
+        return source
+    out = rewrite(text, path, storage_urls)
+    return out.text.encode("utf-8") if out.references else source
+
+
+def assets_json(storage_urls: dict[str, str]) -> bytes:
+    """mosaic-assets.json for this storage map."""
+    return _assets_json(storage_urls)
 
 
 def _assets_json(storage_urls: dict[str, str]) -> bytes:

@@ -28,7 +28,7 @@ from watchfiles import Change
 
 from mosaicsync.api import MosaicClient, RetryPolicy
 from mosaicsync.config import Config, load_config
-from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions, project_rules
+from mosaicsync.deploy import CACHE_DIR, Deployer, DeployOptions, DeployResult, project_rules
 from mosaicsync.errors import (
     AuthError,
     ChecksFailed,
@@ -51,6 +51,7 @@ from mosaicsync.events import (
     WatchWarning,
 )
 from mosaicsync.hashcache import HashCache
+from mosaicsync.history import History, Packer
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules
 from mosaicsync.manifest import MirroredManifest
 from mosaicsync.notify import Notifier
@@ -325,6 +326,9 @@ class Watcher:
         self._held_lease: contextlib.ExitStack | None = None  # while a burst of syncs holds it
         self._lease_run_id = str(uuid.uuid4())  # one holder id for every take by this watch
         self._lease_until = 0.0  # monotonic time at which an idle held lease is given back
+        # This watch run's entry in the deploy history and its totals (see _record_sync).
+        self._entry: int | None = None
+        self._totals = [0, 0, 0]  # uploaded, pruned, bytes
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -608,13 +612,16 @@ class Watcher:
         plan = plan_sync(files, affected, others, prune=self.options.deploy.prune)
         if plan.is_noop:
             return
+        deployer = self._deployer()
+        history = deployer.history()
+        packer = Packer() if history.enabled else None
         try:
-            published = (
-                self._deployer()
-                .publisher()
-                .publish(plan, list(self.local.values()), self.manifest.snapshot())
+            published = deployer.publisher(history, packer).publish(
+                plan, list(self.local.values()), self.manifest.snapshot()
             )
         except (*_RETRIED, AuthError, _Stopping):
+            if packer:
+                packer.close()
             raise
         except MosaicError as exc:
             refused = exc
@@ -629,6 +636,44 @@ class Watcher:
         paths = sorted({u.file.path for u in plan.uploads} | {e.path for e in plan.prune})
         ms = (time.perf_counter() - t0) * 1000
         self.emit(Synced(started, published.uploaded, published.pruned, published.bytes, ms, paths))
+        try:
+            self._record_sync(deployer, history, packer, published)
+        finally:
+            if packer:
+                packer.close()
+
+    def _record_sync(
+        self, deployer: Deployer, history: History, packer: Packer | None, published: Any
+    ) -> None:
+        """One history entry per watch run, finished again after each sync (so it always holds
+        the site as the last sync left it); a new one when another deploy came in between.
+        After the sync is reported: the history costs the next save, not this one."""
+        try:
+            if self._entry is None or (live := history.live()) is None or live.id != self._entry:
+                result = DeployResult(self.project_id, self.url)
+                deployer.record("watch", result)
+                self._entry, self._totals = result.deploy_id, [0, 0, 0]
+            self._totals = [
+                self._totals[0] + published.uploaded,
+                self._totals[1] + published.pruned,
+                self._totals[2] + published.bytes,
+            ]
+            history.finish(
+                self._entry,  # type: ignore[arg-type]
+                packer=packer,
+                reproduce=deployer.reproduce,
+                uploaded=self._totals[0],
+                pruned=self._totals[1],
+                bytes_sent=self._totals[2],
+                files=len(self.local),
+                duration_ms=0,
+            )
+        except MosaicError as exc:
+            self.emit(
+                WatchWarning(
+                    "history", f"the deploy history was not updated: {exc.message}", exc.hint
+                )
+            )
 
     def _hold_lease(self) -> None:
         """Hold the lease `deploy` holds from its migrations to its last prune, until the syncs

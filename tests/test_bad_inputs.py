@@ -262,6 +262,12 @@ def toml_with_a_bom(ctx: Ctx) -> None:
     ctx.config.write_bytes(b"\xef\xbb\xbf" + ctx.config.read_bytes())
 
 
+@case("a history length that is not one: `[history] keep = -1`", 2,
+      "expected a whole number of deploys from 0 to 1000, got -1")  # fmt: skip
+def toml_bad_history_keep(ctx: Ctx) -> None:
+    ctx.toml("[history]\nkeep = -1\n")
+
+
 @case("an API key pasted into mosaic.toml", 2, "looks like an API key")
 def toml_holds_a_key(ctx: Ctx) -> None:
     ctx.toml(app='token = "mk_pasted_by_mistake"')
@@ -791,6 +797,26 @@ NOT_UTF8_NAME = "My\udced\udca0\udc80App"
 @case("projects create with a name that is not UTF-8 (bytes ED A0 80)", 2, "not UTF-8 text")
 def project_name_not_utf8(ctx: Ctx) -> None:
     ctx.args = ["projects", "create", NOT_UTF8_NAME, "--json"]
+
+
+@case("rollback to a deploy id that is not in the history", 10, "no deploy #999", UNCHANGED)
+def rollback_unknown_id(ctx: Ctx) -> None:
+    ctx.deploy_first()
+    ctx.args = ["rollback", "999", "--yes", "--json"]
+
+
+@case("rollback with no terminal and no --yes", 2, "so pass --yes", UNCHANGED)
+def rollback_without_yes(ctx: Ctx) -> None:
+    ctx.deploy_first()
+    ctx.args = ["rollback", "--json"]
+
+
+@case("rollback with history switched off (`[history] keep = 0`)", 2, "deploy history is off",
+      UNCHANGED)  # fmt: skip
+def rollback_history_off(ctx: Ctx) -> None:
+    ctx.toml("[history]\nkeep = 0\n")
+    ctx.deploy_first()
+    ctx.args = ["rollback", "--yes", "--json"]
 
 
 # -- the walk --------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from mosaicsync.api import MosaicClient
+from mosaicsync.history import PREFIX as HISTORY_PREFIX
 from mosaicsync.manifest import sql_literal
 from tests.conftest import KEY_A, LocalServer, make_traversable
 from tests.faults import FaultProxy, Faults, Reply, Request
@@ -99,6 +100,9 @@ def write_project(directory: Path, project_id: str, *, root: str = "public") -> 
     return directory
 
 
+HISTORY_NAME = re.escape(HISTORY_PREFIX) + r"(packs/[0-9a-f]{64}\.pack|objects/[0-9a-f]{64})"
+
+
 def png_bytes(seed: int, size: int = 8) -> bytes:
     """A small valid PNG whose pixels depend on `seed`."""
     rng = random.Random(seed)
@@ -126,6 +130,7 @@ class PlatformState:
     manifest: dict[str, dict]  # path -> row
     migrations: list[dict]
     manifest_exists: bool
+    history: dict[str, int] = field(default_factory=dict)  # the deploy history's own objects
 
     @property
     def empty(self) -> bool:
@@ -136,7 +141,11 @@ def platform_state(server: LocalServer, project_id: str, key: str = KEY_A) -> Pl
     """Read straight from the platform, never through a proxy."""
     with MosaicClient(server.api, key) as client:
         site = {f["filename"]: f["sha256"] for f in client.list_files(project_id)}
-        storage = {o["filename"]: o["size"] for o in client.list_storage(project_id)["files"]}
+        objects = {o["filename"]: o["size"] for o in client.list_storage(project_id)["files"]}
+        # Packs and kept copies of the deploy history: named by content, never a site path.
+        history = {p: n for p, n in objects.items() if p.startswith(HISTORY_PREFIX)}
+        assert all(re.fullmatch(HISTORY_NAME, p) for p in history), sorted(history)
+        storage = {p: n for p, n in objects.items() if p not in history}
         tables = client.sql(
             project_id,
             "SELECT to_regclass('mosaicsync.files') IS NOT NULL AS files, "
@@ -163,7 +172,7 @@ def platform_state(server: LocalServer, project_id: str, key: str = KEY_A) -> Pl
                 "FROM mosaicsync.migrations ORDER BY version",
                 idempotent=True,
             )
-    return PlatformState(site, storage, manifest, migrations, bool(tables["files"]))
+    return PlatformState(site, storage, manifest, migrations, bool(tables["files"]), history)
 
 
 def local_tree(root: Path) -> dict[str, bytes]:

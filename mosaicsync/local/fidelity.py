@@ -105,6 +105,13 @@ GAPS: list[tuple[str, str]] = [
         "--connections-per-account, --connection-wait); Mosaic's own caps are not documented.",
     ),
     (
+        "Range requests on storage",
+        "Storage objects answer a 'Range: bytes=a-b' request with 206 and that slice (one range "
+        "per request; rollback reads history packs this way). Mosaic's storage is assumed to "
+        "honour Range as S3 does; where it sends the whole object (200), the client takes its "
+        "slice from that.",
+    ),
+    (
         "Name lengths",
         'A file or folder name (one segment between "/") of a site file or storage object is at '
         "most 255 bytes of UTF-8, the limit of the filesystem the local platform stores them on "

@@ -1,0 +1,614 @@
+"""Deploy history: every deploy recorded in the project's database, and the bytes to restore any
+retained one kept in the project's own storage, so every machine sees and restores the same past.
+
+- A row of `mosaicsync.deploys` per deploy (and per `watch` run), with its exact file set in
+  `mosaicsync.deploy_files`: the manifest as it stood when the deploy finished.
+- Bytes are content-addressed (`mosaicsync.blobs`, by the sha256 of the bytes as published, so a
+  rewritten page is kept as it was served) and each distinct one is stored once. The site files
+  a deploy added go into one pack per deploy (`.mosaicsync/history/packs/<sha256>.pack`, read
+  back with HTTP range requests); a storage-routed object is copied to
+  `.mosaicsync/history/objects/<sha256>` only when a deploy is about to overwrite or delete it.
+- `[history] keep` deploys are retained; at the end of a deploy, under its lease, rows, packs and
+  objects that no retained deploy needs are deleted (objects first, then their rows, so a stop
+  in between leaves rows that the next prune finishes).
+
+Nothing here knows the terminal; `restore.py` reads what this module writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mosaicsync.api import MosaicClient
+from mosaicsync.manifest import ManifestRow, sql_literal
+
+PREFIX = ".mosaicsync/history/"
+PACKS = PREFIX + "packs/"
+OBJECTS = PREFIX + "objects/"
+BATCH = 500  # rows per INSERT statement
+
+# Added to the deploys table the manifest creates; checked first, so a deploy pays for the DDL
+# (and its table lock) once per project, not every time.
+SCHEMA_SQL = """
+DO $$ BEGIN
+IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'mosaicsync'
+               AND table_name = 'deploys' AND column_name = 'restorable') THEN
+  ALTER TABLE mosaicsync.deploys ALTER COLUMN finished_at DROP NOT NULL;
+  ALTER TABLE mosaicsync.deploys
+    ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'complete',
+    ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'deploy',
+    ADD COLUMN IF NOT EXISTS message text,
+    ADD COLUMN IF NOT EXISTS git_commit text,
+    ADD COLUMN IF NOT EXISTS git_branch text,
+    ADD COLUMN IF NOT EXISTS git_dirty boolean,
+    ADD COLUMN IF NOT EXISTS restores bigint,
+    ADD COLUMN IF NOT EXISTS replaces bigint,
+    ADD COLUMN IF NOT EXISTS restorable boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS run_id uuid;
+  CREATE TABLE IF NOT EXISTS mosaicsync.deploy_files (
+    deploy_id bigint NOT NULL REFERENCES mosaicsync.deploys (id) ON DELETE CASCADE,
+    path text NOT NULL,
+    sha256 text NOT NULL,
+    size bigint NOT NULL,
+    target text NOT NULL,
+    url text,
+    uploaded_sha256 text,
+    generated boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (deploy_id, path)
+  );
+  CREATE INDEX IF NOT EXISTS deploy_files_blob
+    ON mosaicsync.deploy_files ((coalesce(uploaded_sha256, sha256)));
+  CREATE TABLE IF NOT EXISTS mosaicsync.packs (
+    name text PRIMARY KEY,
+    size bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+  );
+  CREATE TABLE IF NOT EXISTS mosaicsync.blobs (
+    sha256 text PRIMARY KEY,
+    size bigint NOT NULL,
+    pack text NOT NULL,
+    "offset" bigint NOT NULL
+  );
+END IF;
+END $$;
+"""
+
+_ENTRY_COLUMNS = (
+    "id, kind, state, message, git_commit, git_branch, git_dirty, deployed_by, tool_version, "
+    "uploaded, pruned, bytes, files, duration_ms, restores, replaces, restorable, "
+    "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS started_at, "
+    "to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS finished_at, "
+    "extract(epoch FROM finished_at) AS finished_epoch"
+)
+
+# The blob a manifest row's published bytes are kept as.
+_BLOB_OF = "coalesce(f.uploaded_sha256, f.sha256)"
+
+
+@dataclass(frozen=True)
+class GitState:
+    """Where the deployed folder stood in git: commit, branch (None when detached), dirty."""
+
+    commit: str
+    branch: str | None
+    dirty: bool
+
+
+def git_state(folder: Path) -> GitState | None:
+    """Read with `git` itself; None outside a work tree or without git."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+
+    def run(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                [git, "-C", str(folder), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = run("rev-parse", "--verify", "-q", "HEAD")
+    if not commit:
+        return None
+    branch = run("symbolic-ref", "-q", "--short", "HEAD") or None
+    status = run("status", "--porcelain", "--untracked-files=normal")
+    return GitState(commit, branch, bool(status))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One recorded deploy."""
+
+    id: int
+    kind: str  # deploy, rollback, watch
+    state: str  # running, complete, failed, interrupted
+    message: str | None
+    git_commit: str | None
+    git_branch: str | None
+    git_dirty: bool | None
+    who: str
+    tool_version: str
+    uploaded: int
+    pruned: int
+    bytes: int
+    files: int
+    duration_ms: int
+    restores: int | None  # a rollback: the deploy it restored
+    replaces: int | None  # the deploy that was live when it started
+    restorable: bool
+    started_at: str
+    finished_at: str | None
+    finished_epoch: float | None
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Entry:
+        def opt_int(v: Any) -> int | None:
+            return None if v is None else int(v)
+
+        return cls(
+            int(r["id"]), r["kind"], r["state"], r["message"], r["git_commit"],
+            r["git_branch"], r["git_dirty"], r["deployed_by"], r["tool_version"],
+            int(r["uploaded"]), int(r["pruned"]), int(r["bytes"]), int(r["files"]),
+            int(r["duration_ms"]), opt_int(r["restores"]), opt_int(r["replaces"]),
+            bool(r["restorable"]), r["started_at"], r["finished_at"],
+            None if r["finished_epoch"] is None else float(r["finished_epoch"]),
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """`#7`, `#7 (rollback to #5)`: how output names it."""
+        if self.kind == "rollback" and self.restores is not None:
+            return f"#{self.id} (rollback to #{self.restores})"
+        if self.kind == "watch":
+            return f"#{self.id} (watch)"
+        return f"#{self.id}"
+
+    def to_json(self, live: int | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "live": self.id == live,
+            "message": self.message,
+            "git": None
+            if self.git_commit is None
+            else {"commit": self.git_commit, "branch": self.git_branch, "dirty": self.git_dirty},
+            "who": self.who,
+            "tool_version": self.tool_version,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "uploaded": self.uploaded,
+            "pruned": self.pruned,
+            "bytes": self.bytes,
+            "files": self.files,
+            "duration_ms": self.duration_ms,
+            "rollback_of": self.restores,
+            "replaces": self.replaces,
+            "restorable": self.restorable,
+        }
+
+
+def live_entry(entries: Sequence[Entry]) -> Entry | None:
+    """The deploy the site shows: the newest that finished (a running or failed one left it
+    mixed, which `deploys` says next to it)."""
+    done = [e for e in entries if e.state == "complete"]
+    return max(done, key=lambda e: e.id) if done else None
+
+
+@dataclass(frozen=True)
+class Blob:
+    sha256: str
+    size: int
+    pack: str
+    offset: int
+
+
+class Packer:
+    """Collects the bytes of the site files a deploy publishes, each distinct one once, in a
+    temporary file (a 100k-file deploy never holds them in memory). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="mosaicsync-pack-")  # noqa: SIM115
+        self._index: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._end = 0
+
+    def add(self, data: bytes) -> None:
+        sha = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if sha in self._index:
+                return
+            self._file.seek(self._end)
+            self._file.write(data)
+            self._index[sha] = (self._end, len(data))
+            self._end += len(data)
+
+    def get(self, sha: str) -> bytes | None:
+        with self._lock:
+            where = self._index.get(sha)
+            if where is None:
+                return None
+            self._file.seek(where[0])
+            return self._file.read(where[1])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What `History.finish` did: the pack it added, what prune removed, storage history uses."""
+
+    packed_files: int
+    packed_bytes: int
+    missing: tuple[str, ...]  # paths whose bytes could not be kept (changed since they went out)
+    pruned_deploys: int
+    used_bytes: int
+
+
+class History:
+    """The history of one project, read and written through its SQL endpoint and storage."""
+
+    def __init__(self, client: MosaicClient, project_id: str, keep: int) -> None:
+        self.client = client
+        self.project_id = project_id
+        self.keep = keep
+        self._kept: set[str] = set()  # blobs known to exist, for before_replace
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep > 0
+
+    def _sql(self, query: str) -> list[dict[str, Any]]:
+        return self.client.sql(self.project_id, query, idempotent=True)
+
+    def ensure(self) -> None:
+        """Create the manifest's tables and the history's, in one request."""
+        from mosaicsync.manifest import SCHEMA_SQL as MANIFEST_SQL
+
+        self._sql(MANIFEST_SQL + SCHEMA_SQL + "SELECT 1 AS ok")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        rows = self._sql(
+            "SELECT to_regclass('mosaicsync.deploy_files') IS NOT NULL AS yes, "
+            "to_regclass('mosaicsync.deploys') IS NOT NULL AS deploys"
+        )
+        return bool(rows[0]["yes"])
+
+    def entries(self, limit: int | None = None) -> list[Entry]:
+        """Newest first."""
+        if not self.exists():
+            return []
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = self._sql(f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys ORDER BY id DESC{tail}")
+        return [Entry.from_row(r) for r in rows]
+
+    def entry(self, deploy_id: int) -> Entry | None:
+        if not self.exists():
+            return None
+        rows = self._sql(
+            f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE id = {int(deploy_id)}"
+        )
+        return Entry.from_row(rows[0]) if rows else None
+
+    def live(self) -> Entry | None:
+        if not self.exists():
+            return None
+        rows = self._sql(
+            f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE state = 'complete' "
+            "ORDER BY id DESC LIMIT 1"
+        )
+        return Entry.from_row(rows[0]) if rows else None
+
+    def files(self, deploy_id: int) -> dict[str, ManifestRow]:
+        """The exact file set of a deploy, read in pages (the endpoint caps a response)."""
+        out: dict[str, ManifestRow] = {}
+        after = ""
+        while True:
+            page = self._sql(
+                "SELECT path, sha256, size, target, url, uploaded_sha256, generated FROM "
+                f"mosaicsync.deploy_files WHERE deploy_id = {int(deploy_id)} {after}"
+                "ORDER BY path LIMIT 5000"
+            )
+            for r in page:
+                out[r["path"]] = ManifestRow(
+                    r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
+                    r["uploaded_sha256"], bool(r["generated"]),
+                )  # fmt: skip
+            if len(page) < 5000:
+                return out
+            after = f"AND path > {sql_literal(page[-1]['path'])} "
+
+    def blobs(self, shas: Iterable[str]) -> dict[str, Blob]:
+        wanted = sorted(set(shas))
+        found: dict[str, Blob] = {}
+        for start in range(0, len(wanted), 2000):
+            batch = wanted[start : start + 2000]
+            rows = self._sql(
+                'SELECT sha256, size, pack, "offset" FROM mosaicsync.blobs WHERE sha256 IN ('
+                + ", ".join(sql_literal(s) for s in batch)
+                + ")"
+            )
+            for r in rows:
+                found[r["sha256"]] = Blob(r["sha256"], int(r["size"]), r["pack"], int(r["offset"]))
+        return found
+
+    def used_bytes(self) -> int:
+        if not self.exists():
+            return 0
+        rows = self._sql("SELECT coalesce(sum(size), 0) AS used FROM mosaicsync.packs")
+        return int(rows[0]["used"])
+
+    def migrations_since(self, entry: Entry) -> list[dict[str, Any]]:
+        """Migrations applied after `entry` finished: what a rollback to it leaves in place."""
+        if entry.finished_epoch is None:
+            return []
+        rows = self._sql("SELECT to_regclass('mosaicsync.migrations') IS NOT NULL AS yes")
+        if not rows[0]["yes"]:
+            return []
+        return self._sql(
+            "SELECT version::text AS version, name, to_char(applied_at AT TIME ZONE 'UTC', "
+            '\'YYYY-MM-DD"T"HH24:MI:SS"Z"\') AS applied_at '
+            "FROM mosaicsync.migrations WHERE state <> 'baseline' AND applied_at > "
+            f"to_timestamp({entry.finished_epoch!r}) ORDER BY version"
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def begin(
+        self,
+        *,
+        kind: str,
+        who: str,
+        tool_version: str,
+        message: str | None = None,
+        git: GitState | None = None,
+        restores: int | None = None,
+        run_id: str | None = None,
+    ) -> tuple[int, Entry | None]:
+        """Record a deploy as running, under the lease; (its id, the deploy it replaces).
+
+        A deploy still `running` here was stopped without a word (killed): it is marked
+        interrupted, since the lease says nobody is running it now. Keyed by `run_id`, so a
+        request sent again after a lost answer records it once.
+        """
+        run = sql_literal(run_id or str(uuid.uuid4()))
+        self.ensure()
+        replaced = self.live()
+        values = ", ".join(
+            sql_literal(v)
+            for v in (
+                kind, who, tool_version, message,
+                git.commit if git else None, git.branch if git else None,
+                git.dirty if git else None, restores, replaced.id if replaced else None,
+            )
+        )  # fmt: skip
+        rows = self._sql(
+            "UPDATE mosaicsync.deploys SET state = 'interrupted' WHERE state = 'running' "
+            f"AND run_id IS DISTINCT FROM {run}::uuid;\n"
+            "INSERT INTO mosaicsync.deploys (started_at, finished_at, uploaded, pruned, bytes, "
+            "files, duration_ms, state, kind, deployed_by, tool_version, message, git_commit, "
+            "git_branch, git_dirty, restores, replaces, run_id) "
+            f"SELECT now(), NULL, 0, 0, 0, 0, 0, 'running', {values}, {run}::uuid WHERE NOT "
+            f"EXISTS (SELECT 1 FROM mosaicsync.deploys WHERE run_id = {run}::uuid);\n"
+            f"SELECT id FROM mosaicsync.deploys WHERE run_id = {run}::uuid"
+        )
+        return int(rows[0]["id"]), replaced
+
+    def end(self, deploy_id: int, state: str) -> None:
+        """A deploy that stopped (failed, interrupted): said so, best effort."""
+        self._sql(
+            f"UPDATE mosaicsync.deploys SET state = {sql_literal(state)}, finished_at = now() "
+            f"WHERE id = {int(deploy_id)} AND state = 'running'"
+        )
+
+    def before_replace(self, row: ManifestRow) -> None:
+        """Keep a deployed storage object's bytes before a deploy overwrites or deletes it: a
+        retained deploy refers to them (the live one, at least)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if row.sha256 in self._kept:
+                return
+        if self.blobs([row.sha256]):
+            with self._lock:
+                self._kept.add(row.sha256)
+            return
+        url = row.url or self._storage_url(row.path)
+        if url is None:
+            return  # not in storage any more: nothing to keep
+        with tempfile.TemporaryDirectory(prefix="mosaicsync-keep-") as tmp:
+            dest = Path(tmp) / "object"
+            size, sha = self.client.download_object(url, dest)
+            if sha != row.sha256:
+                return  # someone replaced it by hand: these are not the deployed bytes
+            name = OBJECTS + sha
+            signed = self.client.upload_url(self.project_id, name, size)
+            self.client.put_presigned(signed["upload_url"], dest, size, name=row.path)
+        self._sql(
+            f"INSERT INTO mosaicsync.packs (name, size) VALUES ({sql_literal(name)}, {size}) "
+            "ON CONFLICT (name) DO NOTHING;\n"
+            'INSERT INTO mosaicsync.blobs (sha256, size, pack, "offset") VALUES '
+            f"({sql_literal(sha)}, {size}, {sql_literal(name)}, 0) ON CONFLICT DO NOTHING"
+        )
+        with self._lock:
+            self._kept.add(sha)
+
+    def _storage_url(self, path: str) -> str | None:
+        listing = self.client.list_storage(self.project_id)
+        for obj in listing.get("files", []):
+            if obj.get("filename") == path:
+                return obj.get("url")
+        return None
+
+    def finish(
+        self,
+        deploy_id: int,
+        *,
+        packer: Packer | None,
+        reproduce: Callable[[ManifestRow, str], bytes | None],
+        uploaded: int,
+        pruned: int,
+        bytes_sent: int,
+        files: int,
+        duration_ms: int,
+    ) -> Finished:
+        """Close a deploy that published everything: keep the bytes of the live site files that
+        no pack holds yet (one pack), record the exact file set, then prune past `keep`."""
+        packed, packed_bytes, missing = 0, 0, ()
+        if self.enabled:
+            packed, packed_bytes, missing = self._pack(packer, reproduce)
+        restorable = "true" if self.enabled and not missing else "false"
+        # Replaced, not added to: a watch run's entry is finished again after every sync.
+        copy = (
+            f"DELETE FROM mosaicsync.deploy_files WHERE deploy_id = {int(deploy_id)};\n"
+            "INSERT INTO mosaicsync.deploy_files (deploy_id, path, sha256, size, target, url, "
+            f"uploaded_sha256, generated) SELECT {int(deploy_id)}, path, sha256, size, target, "
+            "url, uploaded_sha256, generated FROM mosaicsync.files ON CONFLICT DO NOTHING;\n"
+            if self.enabled
+            else ""
+        )
+        self._sql(
+            copy + f"UPDATE mosaicsync.deploys SET state = 'complete', finished_at = now(), "
+            f"uploaded = {int(uploaded)}, pruned = {int(pruned)}, bytes = {int(bytes_sent)}, "
+            f"files = {int(files)}, duration_ms = {int(duration_ms)}, "
+            f"restorable = {restorable} WHERE id = {int(deploy_id)}"
+        )
+        pruned_deploys = self.prune()
+        return Finished(packed, packed_bytes, missing, pruned_deploys, self.used_bytes())
+
+    def _pack(
+        self, packer: Packer | None, reproduce: Callable[[ManifestRow, str], bytes | None]
+    ) -> tuple[int, int, tuple[str, ...]]:
+        """Pack the published bytes of every live site file that no blob holds yet."""
+        rows: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            page = self._sql(
+                "SELECT f.path, f.sha256, f.size, f.target, f.url, f.uploaded_sha256, "
+                f"f.generated, {_BLOB_OF} AS blob FROM mosaicsync.files f WHERE f.target = "
+                f"'site' {after}AND NOT EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE "
+                f"b.sha256 = {_BLOB_OF}) ORDER BY f.path LIMIT 5000"
+            )
+            rows += page
+            if len(page) < 5000:
+                break
+            after = f"AND f.path > {sql_literal(page[-1]['path'])} "
+        if not rows:
+            return 0, 0, ()
+        missing: list[str] = []
+        index: list[tuple[str, int, int]] = []
+        seen: set[str] = set()
+        with tempfile.TemporaryDirectory(prefix="mosaicsync-pack-") as tmp:
+            pack_path = Path(tmp) / "pack"
+            digest = hashlib.sha256()
+            offset = 0
+            with open(pack_path, "wb") as out:
+                for r in rows:
+                    blob = r["blob"]
+                    if blob in seen:
+                        continue
+                    row = ManifestRow(
+                        r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
+                        r["uploaded_sha256"], bool(r["generated"]),
+                    )  # fmt: skip
+                    data = packer.get(blob) if packer else None
+                    if data is None:
+                        data = reproduce(row, blob)
+                    if data is None or hashlib.sha256(data).hexdigest() != blob:
+                        missing.append(row.path)
+                        continue
+                    seen.add(blob)
+                    out.write(data)
+                    digest.update(data)
+                    index.append((blob, len(data), offset))
+                    offset += len(data)
+            if not index:
+                return 0, 0, tuple(missing)
+            name = f"{PACKS}{digest.hexdigest()}.pack"
+            signed = self.client.upload_url(self.project_id, name, offset)
+            self.client.put_presigned(signed["upload_url"], pack_path, offset, name=name)
+        # The pack is there; now its rows (a stop in between leaves an unlisted pack behind).
+        statements = [
+            f"INSERT INTO mosaicsync.packs (name, size) VALUES ({sql_literal(name)}, {offset}) "
+            "ON CONFLICT (name) DO NOTHING"
+        ]
+        for start in range(0, len(index), BATCH):
+            values = ", ".join(
+                f"({sql_literal(sha)}, {size}, {sql_literal(name)}, {off})"
+                for sha, size, off in index[start : start + BATCH]
+            )
+            statements.append(
+                'INSERT INTO mosaicsync.blobs (sha256, size, pack, "offset") VALUES '
+                f"{values} ON CONFLICT (sha256) DO NOTHING"
+            )
+        for start in range(0, len(statements), 8):
+            self._sql(";\n".join(statements[start : start + 8]))
+        return len(index), offset, tuple(missing)
+
+    def prune(self) -> int:
+        """Delete deploys past `keep` (all file sets when history is off), then the blobs no
+        retained deploy needs and the packs left with none: objects first, then rows."""
+        if self.enabled:
+            rows = self._sql(
+                "WITH gone AS (DELETE FROM mosaicsync.deploys WHERE id NOT IN (SELECT id FROM "
+                f"mosaicsync.deploys ORDER BY id DESC LIMIT {self.keep}) RETURNING id) "
+                "SELECT count(*) AS n FROM gone"
+            )
+        else:
+            rows = self._sql(
+                "WITH gone AS (DELETE FROM mosaicsync.deploy_files RETURNING deploy_id) "
+                "SELECT count(DISTINCT deploy_id) AS n FROM gone;\n"
+            )
+            self._sql("UPDATE mosaicsync.deploys SET restorable = false WHERE restorable")
+        pruned = int(rows[0]["n"])
+        dead = self._sql(
+            "WITH dead AS (SELECT b.sha256, b.pack FROM mosaicsync.blobs b WHERE NOT EXISTS "
+            "(SELECT 1 FROM mosaicsync.deploy_files f WHERE "
+            f"{_BLOB_OF} = b.sha256)) "
+            "SELECT p.name, (SELECT count(*) FROM dead WHERE dead.pack = p.name) AS dead, "
+            "(SELECT count(*) FROM mosaicsync.blobs b WHERE b.pack = p.name) AS total "
+            "FROM mosaicsync.packs p WHERE EXISTS (SELECT 1 FROM dead WHERE dead.pack = p.name) "
+            "OR NOT EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE b.pack = p.name)"
+        )
+        if not dead:
+            return pruned
+        from mosaicsync.errors import NotFoundError
+
+        empty = [r["name"] for r in dead if int(r["dead"]) == int(r["total"])]
+        for name in empty:
+            with contextlib.suppress(NotFoundError):
+                self.client.delete_object(self.project_id, name)
+        self._sql(
+            f"DELETE FROM mosaicsync.blobs b WHERE NOT EXISTS (SELECT 1 FROM "
+            f"mosaicsync.deploy_files f WHERE {_BLOB_OF} = b.sha256);\n"
+            + (
+                "DELETE FROM mosaicsync.packs WHERE name IN ("
+                + ", ".join(sql_literal(n) for n in empty)
+                + ")"
+                if empty
+                else "SELECT 1"
+            )
+        )
+        with self._lock:
+            self._kept.clear()
+        return pruned

@@ -1,0 +1,368 @@
+"""Deploy history and rollback, end to end: the real CLI against the real local platform.
+
+A rollback must make every served byte equal to the restored deploy's: site files, storage
+objects, mosaic-assets.json and the rewritten pages, from any folder (no local cache needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mosaicsync.api import MosaicClient
+from mosaicsync.errors import HistoryError
+from mosaicsync.history import Blob, Entry, live_entry
+from mosaicsync.manifest import ManifestRow
+from mosaicsync.migrate import Migrator
+from mosaicsync.restore import RestorePlan, choose_target, merged_ranges, plan_restore
+from tests.conftest import KEY_A, LocalServer
+from tests.faults import FaultProxy, Reply, Request, injected_error
+
+pytestmark = pytest.mark.integration
+
+
+def cli(
+    args: list[str], cwd: Path, server: LocalServer, *, code: int = 0
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=server.api, MOSAIC_API_KEY=KEY_A)
+    out = subprocess.run(
+        [sys.executable, "-m", "mosaicsync", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input="",
+    )
+    assert KEY_A not in out.stdout + out.stderr, "the API key leaked into output"
+    assert out.returncode == code, f"{args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def served_site(server: LocalServer, project_id: str) -> dict[str, bytes]:
+    """Every file the platform serves for the project, site and storage (history excluded)."""
+    with server.client() as http:
+        files = http.get(f"/{project_id}/files").json()["files"]
+        objects = http.get(f"/{project_id}/storage").json()["files"]
+    out = {}
+    for f in files:
+        out["site:" + f["filename"]] = httpx.get(
+            f"{server.base_url}/sites/{project_id}/{f['filename']}"
+        ).content
+    for o in objects:
+        if not o["filename"].startswith(".mosaicsync/"):
+            out["storage:" + o["filename"]] = httpx.get(o["url"]).content
+    return out
+
+
+def git(folder: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(folder), *args],
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+        },
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path, local_server: LocalServer) -> tuple[Path, str]:
+    cli(["init", "site", "--template", "basic", "--name", "History"], tmp_path, local_server)
+    folder = tmp_path / "site"
+    cli(["link", "--create", "History"], folder, local_server)
+    project_id = tomllib.loads((folder / "mosaic.toml").read_text())["app"]["project_id"]
+    return folder, project_id
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_rollback_restores_every_served_byte(
+    site: tuple[Path, str], local_server: LocalServer, tmp_path: Path
+) -> None:
+    folder, project_id = site
+    public = folder / "public"
+    git(folder, "init", "-q", "-b", "main")
+    (public / "font.woff2").write_bytes(os.urandom(4000))
+    css = (public / "style.css").read_text()
+    (public / "style.css").write_text(
+        css + '\n@font-face { font-family: F; src: url("font.woff2"); }\n'
+    )
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "one")
+    first = json.loads(cli(["deploy", "-m", "first", "--json"], folder, local_server).stdout)
+    served_first = served_site(local_server, project_id)
+    assert "storage:font.woff2" in served_first and "site:mosaic-assets.json" in served_first
+
+    (public / "style.css").write_text((public / "style.css").read_text() + "\nbody{color:red}\n")
+    (public / "app.js").unlink()
+    (public / "about.html").write_text("<!doctype html><p>About</p>")
+    (public / "font.woff2").write_bytes(os.urandom(5000))
+    second = json.loads(cli(["deploy", "-m", "second", "--json"], folder, local_server).stdout)
+    assert second["replaces"]["id"] == first["deploy_id"]
+    served_second = served_site(local_server, project_id)
+    assert served_second != served_first
+
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)
+    assert [d["message"] for d in listed["deploys"]] == ["second", "first"]
+    assert listed["live"] == second["deploy_id"]
+    newest, oldest = listed["deploys"]
+    assert oldest["git"]["commit"] and oldest["git"]["branch"] == "main"
+    assert oldest["git"]["dirty"] is False and newest["git"]["dirty"] is True
+    assert newest["uploaded"] >= 3 and newest["pruned"] == 1 and newest["state"] == "complete"
+    assert listed["history_bytes"] > 0
+
+    # Without a terminal a rollback needs --yes, and the error says so.
+    refused = cli(["rollback"], folder, local_server, code=2)
+    assert "pass --yes" in refused.stderr
+    assert served_site(local_server, project_id) == served_second
+
+    rolled = json.loads(cli(["rollback", "--yes", "--json"], folder, local_server).stdout)
+    assert rolled["rollback_to"]["id"] == first["deploy_id"]
+    assert rolled["schema_rolled_back"] is False and rolled["migrations_after"] == []
+    assert served_site(local_server, project_id) == served_first
+
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)
+    assert len(listed["deploys"]) == 3
+    live = listed["deploys"][0]
+    assert live["live"] and live["kind"] == "rollback" and live["rollback_of"] == first["deploy_id"]
+    human = cli(["deploys"], folder, local_server).stdout
+    assert f"rollback to #{first['deploy_id']}" in human
+
+    # From a copy of the folder without its cache, the second deploy comes back exactly.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(".mosaicsync", ".git"))
+    cli(["rollback", str(second["deploy_id"]), "--yes"], copy, local_server)
+    assert served_site(local_server, project_id) == served_second
+
+    # No hidden pinned state: status says what is live, and the next deploy what it replaces.
+    status = cli(["status"], folder, local_server).stdout
+    assert f"rollback to #{second['deploy_id']}" in status
+    (public / "about.html").write_text("<!doctype html><p>About us</p>")
+    again = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)
+    assert again["replaces"]["kind"] == "rollback"
+    assert again["replaces"]["rollback_of"] == second["deploy_id"]
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+
+
+def row(path: str, sha: str, target: str = "site", **kw: object) -> ManifestRow:
+    return ManifestRow(path, sha, 10, target, **kw)  # type: ignore[arg-type]
+
+
+def test_plan_restore_puts_back_what_differs_and_deletes_what_the_target_lacks() -> None:
+    target = {
+        "a.css": row("a.css", "1"),
+        "b.html": row("b.html", "2", uploaded_sha256="2r"),
+        "v.mp4": row("v.mp4", "3", "storage"),
+        "m.png": row("m.png", "4", "storage"),
+    }
+    current = {
+        "a.css": row("a.css", "1"),  # the same: left alone
+        "b.html": row("b.html", "2", uploaded_sha256="2s"),  # same source, other rewrite
+        "v.mp4": row("v.mp4", "9", "storage"),  # changed
+        "m.png": row("m.png", "4", "site"),  # moved between targets
+        "new.js": row("new.js", "5"),  # not in the target
+    }
+    plan = plan_restore(target, current)
+    assert [r.path for r in plan.puts] == ["b.html", "m.png", "v.mp4"]
+    assert [(r.path, r.target) for r in plan.prune] == [("m.png", "site"), ("new.js", "site")]
+    assert plan.unchanged == 1
+    assert plan_restore(target, target) == RestorePlan([], [], 4)
+
+
+def test_ranges_of_one_pack_are_merged_when_close() -> None:
+    blobs = [Blob("a", 10, "p", 0), Blob("b", 5, "p", 10), Blob("c", 5, "p", 200_000)]
+    assert merged_ranges(blobs) == [(0, 15), (200_000, 200_005)]
+    assert merged_ranges(blobs, gap=10**6) == [(0, 200_005)]
+    assert merged_ranges([]) == []
+
+
+def entry(i: int, state: str = "complete", restorable: bool = True, kind: str = "deploy") -> Entry:
+    return Entry(
+        i, kind, state, None, None, None, None, "u@h", "1", 0, 0, 0, 0, 0, None, None,
+        restorable, "t", "t", 1.0,
+    )  # fmt: skip
+
+
+def test_the_default_target_is_the_restorable_deploy_before_the_live_one() -> None:
+    entries = [entry(5, "failed"), entry(4), entry(3, restorable=False), entry(2), entry(1)]
+    assert live_entry(entries).id == 4  # type: ignore[union-attr]
+    assert choose_target(entries, None).id == 2
+    assert choose_target(entries, 1).id == 1
+    with pytest.raises(HistoryError, match=r"no deploy #9 .*restorable: #5, #4, #2, #1"):
+        choose_target(entries, 9)
+    with pytest.raises(HistoryError, match="#3 cannot be restored"):
+        choose_target(entries, 3)
+    with pytest.raises(HistoryError, match="no deploy before the live one"):
+        choose_target([entry(1)], None)
+
+
+# -- refusals, resumption, pruning ---------------------------------------------------------------
+
+
+def two_deploys(folder: Path, server: LocalServer) -> tuple[dict, dict]:
+    public = folder / "public"
+    (public / "font.woff2").write_bytes(os.urandom(3000))
+    first = json.loads(cli(["deploy", "-m", "first", "--json"], folder, server).stdout)
+    (public / "style.css").write_text("body { color: blue }\n")
+    (public / "about.html").write_text("<!doctype html><p>About</p>")
+    (public / "font.woff2").write_bytes(os.urandom(3000))
+    second = json.loads(cli(["deploy", "-m", "second", "--json"], folder, server).stdout)
+    return first, second
+
+
+def test_a_rollback_that_cannot_run_changes_nothing(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    first, second = two_deploys(folder, local_server)
+    before = served_site(local_server, project_id)
+
+    unknown = cli(["rollback", "9999", "--yes"], folder, local_server, code=10)
+    assert f"#{second['deploy_id']}, #{first['deploy_id']}" in unknown.stderr
+
+    with MosaicClient(local_server.api, KEY_A) as client:
+        with Migrator(client, project_id, folder / "migrations").lease():
+            held = cli(["rollback", "--yes", "--lock-timeout", "0.5"], folder, local_server, code=7)
+        assert "lock" in held.stderr.lower() or "lease" in held.stderr.lower()
+        assert served_site(local_server, project_id) == before
+
+        packs = [
+            o["filename"]
+            for o in client.list_storage(project_id)["files"]
+            if o["filename"].startswith(".mosaicsync/history/packs/")
+        ]
+        assert len(packs) == 2  # one pack per deploy that added site files
+        for name in packs:
+            client.delete_object(project_id, name)
+    gone = cli(["rollback", "--yes"], folder, local_server, code=10)
+    assert "style.css" in gone.stderr and "nothing was changed" in gone.stderr
+    assert served_site(local_server, project_id) == before
+
+    toml = folder / "mosaic.toml"
+    toml.write_text(toml.read_text() + "\n[history]\nkeep = 0\n")
+    off = cli(["rollback", "--yes"], folder, local_server, code=2)
+    assert "keep" in off.stderr
+    assert served_site(local_server, project_id) == before
+
+
+def test_a_stopped_rollback_finishes_when_run_again(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    first, _ = two_deploys(folder, local_server)
+    served_first: dict[str, bytes] = {}
+    # The first deploy's bytes, as the history holds them: read through a rollback's dry run.
+    plan = json.loads(cli(["rollback", "--dry-run", "--json"], folder, local_server).stdout)
+    assert plan["rollback_to"]["id"] == first["deploy_id"] and plan["dry_run"]
+    assert {r["path"] for r in plan["plan"]["restore"]} >= {"style.css", "font.woff2"}
+    assert [p["path"] for p in plan["plan"]["prune"]] == ["about.html"]
+
+    sent: list[int] = []
+
+    def first_site_upload(request: Request) -> Reply | str:
+        # The storage object is back by then (storage goes first); the page is refused.
+        if request.method == "POST" and request.path.endswith("/files"):
+            sent.append(1)
+            if len(sent) == 1:
+                return injected_error(401)
+        return "pass"
+
+    with FaultProxy(local_server.base_url, rules=[first_site_upload]) as proxy:
+        env_url = proxy.api_url
+        stopped = subprocess.run(
+            [sys.executable, "-m", "mosaicsync", "rollback", "--yes", "--json"],
+            cwd=folder,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
+                "MOSAIC_API_URL": env_url,
+                "MOSAIC_API_KEY": KEY_A,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            input="",
+        )
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    halfway = served_site(local_server, project_id)
+    assert "site:about.html" in halfway  # prune comes last: not reached
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)
+    assert listed["deploys"][0]["state"] == "failed"
+    assert listed["deploys"][0]["rollback_of"] == first["deploy_id"]
+
+    cli(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    served_first = served_site(local_server, project_id)
+    cli(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    assert served_site(local_server, project_id) == served_first
+    assert "site:about.html" not in served_first
+
+
+def test_keep_bounds_rows_and_storage(site: tuple[Path, str], local_server: LocalServer) -> None:
+    folder, project_id = site
+    toml = folder / "mosaic.toml"
+    toml.write_text(toml.read_text() + "\n[history]\nkeep = 2\n")
+    public = folder / "public"
+    ids = []
+    for i in range(4):
+        (public / "style.css").write_text(f"body {{ margin: {i}px }}\n" + "x" * 5000)
+        (public / "clip.mp4").write_bytes(os.urandom(2000 + i))
+        ids.append(json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"])
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)
+    assert [d["id"] for d in listed["deploys"]] == [ids[3], ids[2]]
+    with MosaicClient(local_server.api, KEY_A) as client:
+        history = [
+            o
+            for o in client.list_storage(project_id)["files"]
+            if o["filename"].startswith(".mosaicsync/history/")
+        ]
+    # What the two retained deploys need: the first deploy's pack (it holds the files they
+    # still share), the packs of both (their style.css), and the clip the older one served,
+    # kept when the newer replaced it. The second deploy's pack and the first two clips are gone.
+    packs = [o for o in history if "/packs/" in o["filename"]]
+    objects = [o for o in history if "/objects/" in o["filename"]]
+    assert len(packs) == 3 and len(objects) == 1 and objects[0]["size"] == 2002
+    assert listed["history_bytes"] == sum(o["size"] for o in history)
+    pruned = cli(["rollback", str(ids[0]), "--yes"], folder, local_server, code=10)
+    assert f"#{ids[3]}, #{ids[2]}" in pruned.stderr
+    cli(["rollback", "--yes"], folder, local_server)
+    with MosaicClient(local_server.api, KEY_A) as client:
+        clip = next(
+            o for o in client.list_storage(project_id)["files"] if o["filename"] == "clip.mp4"
+        )
+    assert clip["size"] == 2002
+
+
+def test_storage_objects_answer_range_requests(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    _, project_id = site
+    data = os.urandom(1000)
+    with MosaicClient(local_server.api, KEY_A) as client:
+        signed = client.upload_url(project_id, "r/blob.bin", len(data))
+        httpx.put(signed["upload_url"], content=data).raise_for_status()
+        url = next(
+            o["url"]
+            for o in client.list_storage(project_id)["files"]
+            if o["filename"] == "r/blob.bin"
+        )
+        assert client.read_object(url, 100, 300) == data[100:300]
+        assert client.read_object(url) == data
+    ranged = httpx.get(url, headers={"Range": "bytes=10-19"})
+    assert ranged.status_code == 206 and ranged.content == data[10:20]
+    assert ranged.headers["content-range"] == "bytes 10-19/1000"
+    assert httpx.get(url, headers={"Range": "bytes=-5"}).content == data[-5:]
+    assert httpx.get(url, headers={"Range": "bytes=2000-"}).status_code == 416
