@@ -6,6 +6,7 @@ objects, mosaic-assets.json and the rewritten pages, from any folder (no local c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from mosaicsync.migrate import Migrator
 from mosaicsync.restore import RestorePlan, choose_target, merged_ranges, plan_restore
 from tests.conftest import KEY_A, LocalServer
 from tests.faults import FaultProxy, Reply, Request, injected_error
+from tests.test_watch import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +125,12 @@ def test_rollback_restores_every_served_byte(
     assert oldest["git"]["dirty"] is False and newest["git"]["dirty"] is True
     assert newest["uploaded"] >= 3 and newest["pruned"] == 1 and newest["state"] == "complete"
     assert listed["history_bytes"] > 0
+
+    shown = json.loads(
+        cli(["deploys", "show", str(second["deploy_id"]), "--json"], folder, local_server).stdout
+    )
+    assert shown["added"] == ["about.html"] and shown["removed"] == ["app.js"]
+    assert {"style.css", "font.woff2"} <= set(shown["changed"])
 
     # Without a terminal a rollback needs --yes, and the error says so.
     refused = cli(["rollback"], folder, local_server, code=2)
@@ -366,3 +374,59 @@ def test_storage_objects_answer_range_requests(
     assert ranged.headers["content-range"] == "bytes 10-19/1000"
     assert httpx.get(url, headers={"Range": "bytes=-5"}).content == data[-5:]
     assert httpx.get(url, headers={"Range": "bytes=2000-"}).status_code == 416
+
+
+def test_a_watch_run_is_one_entry_that_rollback_can_restore(
+    tmp_path: Path, local_server: LocalServer
+) -> None:
+    import queue
+    import threading
+
+    from mosaicsync.config import load_config
+    from mosaicsync.events import Synced, Watching
+    from mosaicsync.history import History
+    from mosaicsync.watch import Watcher
+    from tests.test_watch import PAGE, make_site, served
+
+    site = tmp_path / "site"
+    with MosaicClient(local_server.api, KEY_A) as client:
+        pid = make_site(site, client)
+        config = load_config(site / "mosaic.toml")
+        history = History(client, pid, config.history_keep)
+        seen: queue.Queue = queue.Queue()
+
+        def next_of(kind: type) -> object:
+            while not isinstance(event := seen.get(timeout=30), kind):
+                pass
+            return event
+
+        watcher = Watcher(config, client, pid, on_event=seen.put)
+        watching = threading.Thread(target=watcher.run)
+        watching.start()
+        try:
+            next_of(Watching)
+            for marker in ("two", "three"):
+                (site / "public" / "index.html").write_text(PAGE.format(marker=marker))
+                next_of(Synced)
+            # The entry is brought up to date right after each sync is reported.
+            page = PAGE.format(marker="three").encode()
+
+            def entry_holds_the_last_save() -> bool:
+                newest = history.entries()[0]
+                return (
+                    newest.kind == "watch"
+                    and newest.uploaded == 2
+                    and (
+                        history.files(newest.id)["index.html"].sha256
+                        == hashlib.sha256(page).hexdigest()
+                    )
+                )
+
+            wait_until(entry_holds_the_last_save, what="the watch entry")
+        finally:
+            watcher.stop()
+            watching.join(timeout=30)
+        kinds = [(e.kind, e.state) for e in history.entries()]
+        assert kinds == [("watch", "complete"), ("deploy", "complete")]
+    cli(["rollback", "--yes"], site, local_server)
+    assert served(local_server, pid, "index.html", PAGE.format(marker="v1"))
