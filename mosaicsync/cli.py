@@ -1003,6 +1003,8 @@ def rollback(
         lines += [f"  restore {printable(r.path)}  ({r.target})" for r in plan.puts]
         lines += [f"  delete  {printable(r.path)}  ({r.target})" for r in plan.prune]
         lines.append(f"  unchanged {plan.unchanged}")
+    elif result.deploy_id is None:
+        lines = [f"{project_id} already serves {target} exactly: nothing changed"]
     else:
         replaced = f", replacing {result.replaces.describe()}" if result.replaces else ""
         lines = [

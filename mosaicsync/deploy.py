@@ -234,7 +234,8 @@ class Deployer:
             who=user_at_host(),
             tool_version=__version__,
             message=message,
-            git=git_state(self.config.project_dir),
+            # A rollback publishes stored bytes, not the folder: its git state says nothing.
+            git=None if kind == "rollback" else git_state(self.config.project_dir),
             restores=restores,
         )
         return history

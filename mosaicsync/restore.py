@@ -204,7 +204,12 @@ class Restorer:
             result.unchanged = plan.unchanged
             stored = self._fetch(history, plan, Path(tmp), result)
             result.migrations_after = history.migrations_since(target)
-            if dry_run:
+            live = history.live()
+            already = live is not None and (
+                live.id == target.id or (live.kind == "rollback" and live.restores == target.id)
+            )
+            if dry_run or (already and not (plan.puts or plan.prune)):
+                # A rollback run again after it finished: already live, so no new entry.
                 result.restored = len(plan.puts)
                 result.pruned = len(plan.prune)
                 result.bytes = sum(r.size for r in plan.puts)

@@ -314,9 +314,17 @@ def test_a_stopped_rollback_finishes_when_run_again(
 
     cli(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
     served_first = served_site(local_server, project_id)
-    cli(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    again = cli(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    assert "nothing changed" in again.stdout
     assert served_site(local_server, project_id) == served_first
     assert "site:about.html" not in served_first
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)
+    states = [(d["kind"], d["state"]) for d in listed["deploys"]]
+    assert states == [
+        ("rollback", "complete"),
+        ("rollback", "failed"),
+        *[("deploy", "complete")] * 2,
+    ]
 
 
 def test_keep_bounds_rows_and_storage(site: tuple[Path, str], local_server: LocalServer) -> None:
