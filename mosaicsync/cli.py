@@ -322,7 +322,7 @@ def _live_text(live: dict[str, Any]) -> str:
         text += f" (rollback to #{live['rollback_of']})"
     elif live.get("kind") == "watch":
         text += " (watch)"
-    if live.get("message"):
+    if live.get("message") and live["message"] != f"rollback to #{live.get('rollback_of')}":
         text += f' "{printable(str(live["message"]))}"'
     return text
 
@@ -861,7 +861,7 @@ def deploys(ctx: click.Context, session: Session, limit: int) -> None:
         if e.git_commit:
             git = f" {e.git_commit[:8]}{'+dirty' if e.git_dirty else ''}"
         what = f"rollback to #{e.restores}" if e.kind == "rollback" else e.kind
-        note = printable(e.message or "")
+        note = printable(e.message or "") if e.message != f"rollback to #{e.restores}" else ""
         lines.append(
             f"{mark} #{e.id:<4} {e.started_at}  {e.state:<11} {what:<15} "
             f"+{e.uploaded} -{e.pruned} {human_size(e.bytes):>9} {e.files} files"

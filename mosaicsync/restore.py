@@ -232,7 +232,7 @@ class Restorer:
                     uploaded=result.restored,
                     pruned=result.pruned,
                     bytes_sent=result.bytes,
-                    files=len(rows),
+                    files=sum(1 for r in rows.values() if not r.generated),
                     duration_ms=result.duration_ms,
                 )
         return result
