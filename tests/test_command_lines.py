@@ -429,7 +429,11 @@ def parse_error(line: CommandLine) -> str | None:
     name, args, parent = PROGRAM, list(line.words), None
     try:
         while True:
-            if isinstance(command, click.Group) and not args:
+            # A group that runs on its own (`deploys`, `preview`) is a command as well.
+            runs_alone = isinstance(command, click.Group) and (
+                command.invoke_without_command or getattr(command, "default_command", None)
+            )
+            if isinstance(command, click.Group) and not args and not runs_alone:
                 if line.optional_left_out:
                     return None
                 names = ", ".join(command.list_commands(click.Context(command)))
@@ -445,6 +449,8 @@ def parse_error(line: CommandLine) -> str | None:
             held = vars(ctx).get("_protected_args", vars(ctx).get("protected_args", []))
             rest = [*held, *ctx.args]
             if not rest:
+                if runs_alone:
+                    return None
                 return f"`{ctx.command_path}` names none of its commands"
             found_name, found, args = command.resolve_command(ctx, rest)
             assert found_name is not None and found is not None
