@@ -253,21 +253,34 @@ class Bench:
         with contextlib.suppress(Exception):
             self.client.delete_project(project_id)
 
-    def project_dir(self, name: str, project_id: str) -> Path:
-        """A folder with a mosaic.toml linked to `project_id`; the site goes in its public/."""
+    def project_dir(self, name: str, project_id: str, *, keep: int | None = None) -> Path:
+        """A folder with a mosaic.toml linked to `project_id`; the site goes in its public/.
+        `keep` sets `[history] keep` (None: the default)."""
         folder = self.tmp / "projects" / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "mosaic.toml").write_text(render_config(name, project_id=project_id))
+        self.link(folder, project_id, keep=keep)
         return folder
 
-    def link(self, folder: Path, project_id: str) -> None:
-        (folder / "mosaic.toml").write_text(render_config(folder.name, project_id=project_id))
+    def link(self, folder: Path, project_id: str, *, keep: int | None = None) -> None:
+        text = render_config(folder.name, project_id=project_id)
+        if keep is not None:
+            text += f"\n[history]\nkeep = {keep}\n"
+        (folder / "mosaic.toml").write_text(text)
 
     def deploy(self, folder: Path, api: str | None = None, *extra: str) -> ProcRun:
         env = {**self.env, "MOSAIC_API_URL": api or self.api}
         run = run_child([PY, "-m", "mosaicsync", "deploy", "--json", *extra], cwd=folder, env=env)
         if run.code != 0:
             raise RuntimeError(f"deploy failed ({run.code}): {run.stdout}\n{run.stderr[-2000:]}")
+        return run
+
+    def rollback(self, folder: Path, *extra: str) -> ProcRun:
+        env = {**self.env, "MOSAIC_API_URL": self.api}
+        run = run_child(
+            [PY, "-m", "mosaicsync", "rollback", "--yes", "--json", *extra], cwd=folder, env=env
+        )
+        if run.code != 0:
+            raise RuntimeError(f"rollback failed ({run.code}): {run.stdout}\n{run.stderr[-2000:]}")
         return run
 
     def naive(self, root: Path, project_id: str, api: str | None = None) -> ProcRun:
@@ -716,6 +729,188 @@ class Bench:
         )
         shutil.rmtree(folder)
 
+    def history(self) -> None:
+        """Deploy history must be cheap when nothing is rolled back, and a rollback no dearer
+        than the deploy it undoes: a cold deploy with and without history, a rollback of 100
+        changed files against the deploy that changes them back, and a no-op deploy with a
+        full history against one with none."""
+        self.history_cold()
+        n = 10_000
+        source = self.tmp / "history-src"
+        log(f"history: generating a site of {n} files")
+        generate_site(source, n, seed=n)
+        self.history_rollback(source, n)
+        self.history_noop(source, n)
+        shutil.rmtree(source)
+
+    def history_cold(self) -> None:
+        """A cold deploy packs every site file it adds: at most a tenth more than with history
+        off, on a fresh project each run."""
+        n = self.sizes.small_files
+        folder = self.tmp / "projects" / "history-cold"
+        generate_site(folder / "public", n, profile="small", seed=7)
+        with_s: list[float] = []
+        without_s: list[float] = []
+        packed: list[int] = []
+        for i in range(self.sizes.runs + 1):
+            for kind in ("history", "off") if i % 2 == 0 else ("off", "history"):
+                project_id = self.new_project(f"history-cold-{kind}-{i}")
+                try:
+                    shutil.rmtree(folder / ".mosaicsync", ignore_errors=True)
+                    self.link(folder, project_id, keep=None if kind == "history" else 0)
+                    run = self.deploy(folder)
+                    body = run.json()
+                    if body.get("uploaded") != n:
+                        raise RuntimeError(f"a cold deploy uploaded {body.get('uploaded')} of {n}")
+                    kept = (body.get("history") or {}).get("packed_files", 0)
+                    if (kept == 0) == (kind == "history"):
+                        raise RuntimeError(f"history {kind}: {kept} files packed: {body}")
+                    packed.append(kept)
+                    if i > 0:  # the first pair warms caches and is dropped
+                        (with_s if kind == "history" else without_s).append(run.wall)
+                finally:
+                    self.drop_project(project_id)
+        self.add(
+            Scenario(
+                f"history cost, cold deploy of {n:,} small files",
+                f"cold deploy of {n} small files (CLI), history on (default keep)",
+                "the same with `[history] keep = 0`",
+                median(with_s),
+                median(without_s),
+                "s",
+                median(with_s) / median(without_s),
+                "<=",
+                1.10,
+                with_s,
+                without_s,
+                extra={"files": n, "packed_files": max(packed)},
+            )
+        )
+        shutil.rmtree(folder)
+
+    def history_rollback(self, source: Path, n: int) -> None:
+        """Undoing 100 edits should cost about what deploying them back costs: `rollback` to
+        the previous deploy against a deploy that writes the old bytes back, both from the
+        edited state to the original one."""
+        changed = 100
+        project_id = self.new_project("history-rollback")
+        folder = self.project_dir("history-rollback", project_id)
+        public = folder / "public"
+        shutil.copytree(source, public)
+        pages = sorted(p for p in public.rglob("*.html") if p.name != "index.html")
+        step = max(1, len(pages) // changed)
+        picked = pages[::step][:changed]
+        old = {p: p.read_bytes() for p in picked}
+        new = {p: b + f"\n<!-- edited {i} -->\n".encode() for i, (p, b) in enumerate(old.items())}
+
+        def write(contents: dict[Path, bytes]) -> None:
+            for path, data in contents.items():
+                path.write_bytes(data)
+
+        self.deploy(folder)  # the original site
+        write(new)
+        self.deploy(folder)  # the edited site, live
+        live = "edited"
+        rollback_s: list[float] = []
+        deploy_s: list[float] = []
+        fetched: list[int] = []
+        try:
+            for i in range(self.sizes.runs + 1):
+                for kind in ("rollback", "deploy") if i % 2 == 0 else ("deploy", "rollback"):
+                    if live != "edited":  # back to the edited site, untimed
+                        write(new)
+                        self.deploy(folder)
+                    if kind == "rollback":
+                        run = self.rollback(folder)
+                        body = run.json()
+                        done = body.get("restored")
+                        fetched.append(body.get("fetched_bytes", 0))
+                    else:
+                        write(old)
+                        run = self.deploy(folder)
+                        done = run.json().get("uploaded")
+                    if done != changed:
+                        raise RuntimeError(f"{kind} moved {done} files, not {changed}")
+                    live = "original"
+                    if i > 0:  # the first pair warms caches and is dropped
+                        (rollback_s if kind == "rollback" else deploy_s).append(run.wall)
+        finally:
+            self.drop_project(project_id)
+        self.add(
+            Scenario(
+                f"rollback {changed} changed files in {n // 1000}k",
+                "`mosaicsync rollback --yes` to the previous deploy (CLI)",
+                f"`mosaicsync deploy` writing the same {changed} files back",
+                median(rollback_s),
+                median(deploy_s),
+                "s",
+                median(rollback_s) / median(deploy_s),
+                "<=",
+                1.5,
+                rollback_s,
+                deploy_s,
+                extra={"files": n, "changed": changed, "fetched_bytes": max(fetched)},
+            )
+        )
+        shutil.rmtree(folder)
+
+    def history_noop(self, source: Path, n: int) -> None:
+        """A full history must not slow the deploy that finds nothing to do: 20 retained
+        deploys against none, the same site on both sides."""
+        retained = 20
+        with_id = self.new_project("history-noop-full")
+        without_id = self.new_project("history-noop-off")
+        full = self.project_dir("history-noop-full", with_id)
+        off = self.project_dir("history-noop-off", without_id, keep=0)
+        try:
+            shutil.copytree(source, full / "public")
+            pages = sorted((full / "public").rglob("*.html"))
+            log(f"history: building {retained} retained deploys")
+            self.deploy(full)
+            for i in range(retained):  # one edited file each, past `keep` so one is pruned
+                touch_one(full / "public", pages[i].relative_to(full / "public").as_posix())
+                self.deploy(full)
+            env = {**self.env, "MOSAIC_API_URL": self.api}
+            listing = run_child(
+                [PY, "-m", "mosaicsync", "deploys", "--json", "--limit", "100"], cwd=full, env=env
+            ).json()
+            entries = listing.get("deploys", listing) if isinstance(listing, dict) else listing
+            if len(entries) != retained:
+                raise RuntimeError(f"expected {retained} retained deploys, found {len(entries)}")
+            shutil.copytree(full / "public", off / "public")
+            self.deploy(off)
+            full_s: list[float] = []
+            off_s: list[float] = []
+            for folder in (full, off):  # warm the page cache and the hash cache
+                self.deploy(folder)
+            for i in range(self.sizes.runs):
+                for kind in ("full", "off") if i % 2 == 0 else ("off", "full"):
+                    run = self.deploy(full if kind == "full" else off)
+                    if run.json().get("uploaded") != 0:
+                        raise RuntimeError(f"a no-op deploy uploaded files: {run.json()}")
+                    (full_s if kind == "full" else off_s).append(run.wall)
+        finally:
+            self.drop_project(with_id)
+            self.drop_project(without_id)
+        self.add(
+            Scenario(
+                f"no-op with {retained} retained deploys, {n // 1000}k files",
+                f"`mosaicsync deploy` with nothing changed, {retained} deploys in the history",
+                "the same in a project with no history (`keep = 0`, one cold deploy)",
+                median(full_s),
+                median(off_s),
+                "s",
+                median(full_s) / median(off_s),
+                "<=",
+                1.10,
+                full_s,
+                off_s,
+                extra={"files": n, "retained_deploys": len(entries)},
+            )
+        )
+        shutil.rmtree(full)
+        shutil.rmtree(off)
+
     def hashing(self, public: Path) -> None:
         """A cold scan reads every byte; it should keep up with coreutils on the same files."""
         rules = load_ignore_rules(public, public.parent)
@@ -986,7 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="runs per scenario (median; default 5)")
     parser.add_argument("--fast-db", action="store_true", help="PostgreSQL without fsync")
     parser.add_argument(
-        "--only", help="comma-separated: capacity,small,sites,big,migrations,checks,watch"
+        "--only", help="comma-separated: capacity,small,sites,big,migrations,checks,history,watch"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -1015,6 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
             ("big", bench.big_file),
             ("migrations", bench.migrations),
             ("checks", bench.checks),
+            ("history", bench.history),
             ("watch", lambda: bench.watch(args.quick)),
         ]
         for name, step in steps:
