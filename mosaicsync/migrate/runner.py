@@ -135,6 +135,46 @@ class RepairResult:
     forgotten: list[int] = field(default_factory=list)
 
 
+class ErrorLocation(NamedTuple):
+    """Where in a file PostgreSQL's error lies: 1-based line and column (None when unknown),
+    `where` (`file:line:col`, or the file name alone) and the source line with a caret."""
+
+    line: int | None
+    column: int | None
+    where: str
+    snippet: str | None
+
+
+def error_location(
+    filename: str, text: str, batch: Batch, exc: SqlError, step: int | None = None
+) -> ErrorLocation:
+    """Map the 1-based `position` of an error in `batch` back to `text` (the file it came from).
+
+    `batch.body` is `text[batch.body_start:...]` sent after `batch.prefix_len` characters of
+    wrapper; `step` names the one statement of a no-transaction step when there is no position.
+    """
+    off = locate(exc.position, batch.prefix_len, batch.body)
+    line = col = None
+    snippet = None
+    if off is not None:
+        line, col = line_col(text, batch.body_start + off)
+        where = f"{filename}:{line}:{col}"
+    elif exc.position is not None and exc.position - 1 - batch.prefix_len >= len(batch.body):
+        # Past the body: the wrapper's closing `;` met an unterminated last statement.
+        line, col = line_col(text, batch.body_start + end_of_text(batch.body))
+        where = f"{filename}:{line}:{col} (end of statement)"
+    elif step and batch.body:
+        # No position (23505, 42P07...), but a no-transaction step is one known statement.
+        line, col = line_col(text, batch.body_start)
+        where = f"{filename}:{line}:{col} (statement {step})"
+    else:
+        where = filename
+    if line is not None:
+        source = text.split("\n")[line - 1]
+        snippet = f"{source}\n{' ' * ((col or 1) - 1)}^"
+    return ErrorLocation(line, col, where, snippet)
+
+
 # -- the runner ------------------------------------------------------------------------------------
 
 
@@ -234,6 +274,14 @@ class Migrator:
         finally:
             self._held = self._held_snapshot = None
             self._lease.release(run)
+
+    def write_held(self, statements: Sequence[str]) -> None:
+        """Run `statements` in one request that commits only while this runner still holds the
+        lease taken with `lease()` (a LeaseLost otherwise); `up` then reads the history afresh."""
+        if self._held is None:
+            raise RuntimeError("write_held needs the lease: call it inside `with lease()`")
+        self._held_snapshot = None
+        self._lease.write(self._held, statements)
 
     def unlock(self) -> LockInfo | None:
         """Free the lease whoever holds it and bump the fence, so a stale holder cannot commit."""
@@ -606,26 +654,9 @@ class Migrator:
         self, migration: MigrationFile, batch: Batch, exc: SqlError, step: int | None = None
     ) -> MigrationFailed:
         """Turn PostgreSQL's error into file:line:col, SQLSTATE, message and detail."""
-        off = locate(exc.position, batch.prefix_len, batch.body)
-        line = col = None
-        snippet = None
-        if off is not None:
-            file_off = batch.body_start + off
-            line, col = line_col(migration.text, file_off)
-            where = f"{migration.filename}:{line}:{col}"
-        elif exc.position is not None and exc.position - 1 - batch.prefix_len >= len(batch.body):
-            # Past the body: the wrapper's closing `;` met an unterminated last statement.
-            line, col = line_col(migration.text, batch.body_start + end_of_text(batch.body))
-            where = f"{migration.filename}:{line}:{col} (end of statement)"
-        elif step and batch.body:
-            # No position (23505, 42P07...), but a no-transaction step is one known statement.
-            line, col = line_col(migration.text, batch.body_start)
-            where = f"{migration.filename}:{line}:{col} (statement {step})"
-        else:
-            where = migration.filename
-        if line is not None:
-            source = migration.text.split("\n")[line - 1]
-            snippet = f"{source}\n{' ' * ((col or 1) - 1)}^"
+        line, col, where, snippet = error_location(
+            migration.filename, migration.text, batch, exc, step
+        )
         code = exc.code or "?"
         message = f"{where}: {exc.message} (SQLSTATE {code})"
         if exc.detail:
