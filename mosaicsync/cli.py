@@ -1162,12 +1162,13 @@ def _sql_text(raw: bytes, name: str) -> str:
 
 @cli.group()
 def db() -> None:
-    """The project's PostgreSQL: connection URL and a psql shell.
+    """The project's PostgreSQL: connection URL, a psql shell, seed data and reset.
 
     \b
     Example:
       mosaicsync db url
       mosaicsync db shell
+      mosaicsync db seed --yes
     """
 
 
@@ -1231,6 +1232,119 @@ def db_shell(session: Session, psql_args: tuple[str, ...]) -> None:
     }
     code = subprocess.call([psql, *psql_args], env=env)
     sys.exit(code)
+
+
+def _db_write(session: Session, command: str, effect: str, yes: bool, force: bool) -> Any:
+    """The confirmations `db seed` and `db reset` need: --yes without a terminal, and
+    --force-production for a project that is not on a local platform (seed.production_reason)."""
+    from mosaicsync.seed import production_reason
+
+    if not yes and (session.json_mode or not sys.stdin.isatty()):
+        raise ConfigError(
+            f"`db {command}` {effect} and nobody is at a terminal to confirm it, so pass --yes"
+        )
+    config = session.config()
+    chosen = session.selection(config)
+    project_id = chosen.require_project()
+    reason = production_reason(chosen)
+    if reason is not None and not force:
+        raise ConfigError(
+            f"`db {command}` refused: {reason}; it {effect}",
+            hint="seed and reset are for local and preview projects; if you really mean this "
+            "project, pass --force-production",
+        )
+    if not yes:
+        click.confirm(f"{effect[0].upper()}{effect[1:]} on {project_id}?", abort=True, err=True)
+    return config, project_id
+
+
+def db_write_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal)."),
+            click.option(
+                "--force-production",
+                is_flag=True,
+                help="Also on a project that is not on a local platform (may hold real data).",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _seed_lines(result: Any) -> list[str]:
+    from mosaicsync.output import printable
+
+    lines = [f"  applied {printable(a.name)} ({a.ms} ms)" for a in result.applied]
+    lines += [f"  skipped {printable(name)} (applied before)" for name in result.skipped]
+    lines += [f"  warning: {printable(w)}" for w in result.warnings]
+    return lines
+
+
+@db.command("seed")
+@db_write_options
+@common_options
+def db_seed(session: Session, yes: bool, force_production: bool) -> None:
+    """Apply the seed data ([migrations] seed) not applied yet: each file once, recorded.
+
+    Refused on a project that is not on a local platform unless --force-production.
+
+    \b
+    Example:
+      mosaicsync db seed --yes --target local
+    """
+    from mosaicsync.seed import Seeder
+
+    config, project_id = _db_write(
+        session, "seed", "writes sample data into the database", yes, force_production
+    )
+    if config.seed is None:
+        raise ConfigError(
+            "no seed data: mosaic.toml has no [migrations] seed",
+            hint='add seed = "seed.sql" (a file, or a folder of .sql files) under [migrations]',
+        )
+    out = session.output()
+    with session.client(config, out) as client:
+        result = Seeder(client, project_id, config).run()
+    human = [f"Seeded {project_id}: {len(result.applied)} file(s) applied."]
+    out.result(result.to_json(), "\n".join(human + _seed_lines(result)))
+
+
+@db.command("reset")
+@click.option(
+    "--lock-timeout", default=30.0, show_default=True,
+    help="Seconds to wait for a deploy that holds the lease.",
+)  # fmt: skip
+@db_write_options
+@common_options
+def db_reset(session: Session, yes: bool, force_production: bool, lock_timeout: float) -> None:
+    """Drop the project's data and apply every migration and the seed data again.
+
+    The site and its deploy history stay as they are. Refused on a project that is not on a
+    local platform unless --force-production.
+
+    \b
+    Example:
+      mosaicsync db reset --yes --target local
+    """
+    from mosaicsync.seed import reset
+
+    config, project_id = _db_write(
+        session, "reset", "drops every table and row of the database", yes, force_production
+    )
+    out = session.output()
+    with session.client(config, out) as client:
+        result = reset(
+            client, project_id, config, lock_timeout=lock_timeout, on_event=out.deploy_event
+        )
+    applied = result.migrations.applied
+    lines = [
+        f"Reset {project_id}: {len(applied)} migration(s) and "
+        f"{len(result.seeds.applied)} seed file(s) applied."
+    ]
+    lines += [f"  migration {a.version}_{a.name} ({a.ms} ms)" for a in applied]
+    out.result(result.to_json(), "\n".join(lines + _seed_lines(result.seeds)))
 
 
 @cli.group()

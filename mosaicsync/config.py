@@ -8,6 +8,9 @@ one ConfigError, one line each, as `mosaic.toml: [static] root: <problem>; <fix>
 - `[static] ignore`: none (`.mosaicignore` and the safe defaults still apply).
 - `[migrations] dir`: "migrations", which need not exist; like `[static] root`, it must resolve
   inside the project folder (symlinks followed).
+- `[migrations] seed`: none. A `.sql` file, or a folder whose `.sql` files are applied in name
+  order, of sample data for local and preview projects (`mosaicsync db seed`, `dev`); it must
+  exist and resolve inside the project folder. Never published, even inside the static root.
 - `[check] strict`: false; true makes broken references stop a deploy, as `--strict` does.
 - `[history] keep`: 20 deploys kept restorable by `rollback` (0 turns history off).
 - `[targets.NAME]`: none; a target never borrows `[app] project_id`, because a project on one
@@ -50,7 +53,7 @@ MAX_HISTORY_KEEP = 1000
 _SCHEMA: dict[str, dict[str, str]] = {
     "app": {"name": 'name = "My App"', "project_id": 'project_id = "pod-16f"'},
     "static": {"root": 'root = "public"', "ignore": 'ignore = ["drafts/", "*.psd"]'},
-    "migrations": {"dir": 'dir = "migrations"'},
+    "migrations": {"dir": 'dir = "migrations"', "seed": 'seed = "seed.sql"'},
     "check": {"strict": "strict = true"},
     "history": {"keep": "keep = 20"},
 }
@@ -88,6 +91,7 @@ class Config:
     targets: Mapping[str, Target]
     check_strict: bool = False
     history_keep: int = DEFAULT_HISTORY_KEEP
+    seed: Path | None = None  # [migrations] seed: a .sql file or a folder of them
 
     def target(self, name: str | None) -> Target:
         """The target called `name`; None is the default platform with `[app] project_id`."""
@@ -179,12 +183,16 @@ def load_config(path: Path) -> Config:
             f"{mdir!r} is a file, not a folder",
             "point it at the folder that holds the NNNN_name.sql files",
         )
+    seed = _seed_path(check, project_dir, check.string(migrations, ("migrations", "seed"), secrets))
     check.unknown_keys(migrations, ("migrations",), _SCHEMA["migrations"], secrets)
-    if migrations_dir != static_root and migrations_dir.is_relative_to(static_root):
+    for private in (migrations_dir, seed):
+        if private is None or private == static_root or not private.is_relative_to(static_root):
+            continue
         # With `root = "."` (the default without public/) the schema and its seed data would
         # otherwise be published with the site.
-        inside = migrations_dir.relative_to(static_root).as_posix()
-        ignore.append("/" + re.sub(r"([*?\[\\])", r"\\\1", inside) + "/")
+        inside = private.relative_to(static_root).as_posix()
+        slash = "/" if private.is_dir() or private == migrations_dir else ""
+        ignore.append("/" + re.sub(r"([*?\[\\])", r"\\\1", inside) + slash)
 
     checks = _table(doc, "check")
     strict = checks.get("strict", False)
@@ -222,6 +230,7 @@ def load_config(path: Path) -> Config:
         targets=MappingProxyType(targets),
         check_strict=strict,
         history_keep=keep,
+        seed=seed,
     )
 
 
@@ -465,6 +474,33 @@ def _static_root(check: _Checker, project_dir: Path, root: str) -> Path:
     elif not resolved.is_dir():
         check.add("[static] root", f"{root!r} is a file, not a folder", fix_folder)
     return resolved
+
+
+def _seed_path(check: _Checker, project_dir: Path, seed: str | None) -> Path | None:
+    """`[migrations] seed`, resolved like `[static] root`; given, it must exist in the project."""
+    if seed is None:
+        return None
+    resolved = (project_dir / seed).resolve()
+    fix = 'set seed to a .sql file or a folder of them in the project, e.g. seed = "seed.sql"'
+    if not seed.strip():
+        check.add("[migrations] seed", "is empty", fix + ", or remove the key")
+    elif not resolved.is_relative_to(project_dir):
+        check.add(
+            "[migrations] seed",
+            f"{seed!r} resolves to {resolved}, outside the project folder {project_dir}",
+            "keep the seed data inside the project (symlinks are followed); " + fix,
+        )
+    elif not resolved.exists():
+        check.add(
+            "[migrations] seed",
+            f"{seed!r} does not exist in {project_dir}",
+            "create it, or " + fix + ", or remove the key",
+        )
+    elif not (resolved.is_file() or resolved.is_dir()):
+        check.add("[migrations] seed", f"{seed!r} is neither a file nor a folder", fix)
+    else:
+        return resolved
+    return None
 
 
 def _ignore_patterns(

@@ -1,5 +1,7 @@
 """`dev`: the local platform as a child process, this folder's project on it, and `watch` with
-live reload, stopped with a clear error if the platform dies.
+live reload, stopped with a clear error if the platform dies. After the first deploy it applies
+the seed data ([migrations] seed) the local project has not recorded yet, so a restart of `dev`
+does not seed twice.
 
 A child process, not a thread: the platform gets its own interpreter (serving pages never waits
 on the watcher's hashing), and it is the very `mosaicsync local` that the tests exercise.
@@ -15,7 +17,7 @@ from typing import Any
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config, load_config, set_project_id
 from mosaicsync.errors import LocalPlatformError, MosaicError, NotFoundError
-from mosaicsync.events import DevStarted
+from mosaicsync.events import Deployed, DevStarted, Seeded, WatchWarning
 from mosaicsync.watch import Watcher, WatchOptions
 
 
@@ -31,6 +33,23 @@ def local_project(client: MosaicClient, config: Config) -> str:
     project = client.create_project(config.name)
     client.wait_until_running(project["project_id"])
     return project["project_id"]
+
+
+def seed_local(
+    client: MosaicClient, project_id: str, config: Config, emit: Callable[[object], None]
+) -> None:
+    """Apply the seed files `project_id` has not recorded; a failure is a warning, not the end
+    of `dev` (the file left nothing, and the next start of `dev` tries it again)."""
+    if config.seed is None:
+        return
+    from mosaicsync.seed import Seeder
+
+    try:
+        result = Seeder(client, project_id, config).run()
+    except MosaicError as exc:
+        emit(WatchWarning("seed", exc.message, exc.hint))
+        return
+    emit(Seeded([(a.name, a.ms) for a in result.applied], result.warnings))
 
 
 class Dev:
@@ -132,7 +151,17 @@ class Dev:
                     config.path.name,
                 )
             )
-            watcher = Watcher(config, client, project_id, self.options, self.on_event)
+            seeded = False
+
+            def on_event(event: object) -> None:
+                nonlocal seeded
+                self.on_event(event)
+                if isinstance(event, Deployed) and not seeded:
+                    # Once per run, after the first deploy applied the migrations.
+                    seeded = True
+                    seed_local(client, project_id, config, self.on_event)
+
+            watcher = Watcher(config, client, project_id, self.options, on_event)
             with self._lock:
                 if self._died is not None:
                     return

@@ -151,6 +151,13 @@ class DevStarted(NamedTuple):
     config_file: str
 
 
+class Seeded(NamedTuple):
+    """Event: `dev` applied the seed files its local project had not recorded yet."""
+
+    applied: list[tuple[str, int]]  # (name, ms)
+    warnings: list[str]
+
+
 WatchEvent = (
     Deployed
     | Watching
@@ -161,6 +168,7 @@ WatchEvent = (
     | ConfigReloaded
     | Stopped
     | DevStarted
+    | Seeded
 )
 
 

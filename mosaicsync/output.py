@@ -284,6 +284,19 @@ class Output:
                 f"Open {event.url}  (or {event.url_by_path})",
                 log=False,
             )
+        elif isinstance(event, ev.Seeded):
+            names = ", ".join(f"{printable(n)} ({ms} ms)" for n, ms in event.applied)
+            self.event_line(
+                "seeded",
+                {
+                    "applied": [{"name": n, "ms": ms} for n, ms in event.applied],
+                    "warnings": event.warnings,
+                },
+                f"{clock()}  seeded {names}" if names else f"{clock()}  seed data already applied",
+                log=False,
+            )
+            for warning in event.warnings:
+                self.info(f"Warning: {printable(warning)}")
         elif isinstance(event, ev.Stopped):
             lost = f" {event.pending} change(s) not synced." if event.pending else ""
             self.event_line("stopped", {"pending": event.pending}, "Stopped." + lost, log=True)

@@ -313,6 +313,12 @@ def migrations_dir_outside_project(ctx: Ctx) -> None:
     ctx.config.write_text(ctx.config.read_text().replace('"migrations"', '"../shared-sql"'))
 
 
+@case("a seed path that does not exist: `[migrations] seed = \"seed.sql\"`", 2,
+      "[migrations] seed: 'seed.sql' does not exist")  # fmt: skip
+def seed_path_missing(ctx: Ctx) -> None:
+    ctx.toml('[migrations]\nseed = "seed.sql"\n')
+
+
 # -- the static tree -------------------------------------------------------------------------------
 
 
@@ -588,6 +594,16 @@ def migration_destructive(ctx: Ctx) -> None:
     )
     ctx.deploy_first()
     (ctx.migrations / "0002_drop.sql").write_text("ALTER TABLE notes DROP COLUMN body;\n")
+
+
+@case("`db seed --yes --json` with a seed file that fails on the server", 7,
+      'seed.sql:2:21: column "nme" of relation "people" does not exist')  # fmt: skip
+def seed_file_sql_error(ctx: Ctx) -> None:
+    (ctx.project / "seed.sql").write_text(
+        "CREATE TABLE people (name text);\nINSERT INTO people (nme) VALUES ('Ada');\n"
+    )
+    ctx.toml('[migrations]\nseed = "seed.sql"\n')
+    ctx.args = ["db", "seed", "--yes", "--json"]
 
 
 # -- what the pages hold ---------------------------------------------------------------------------
