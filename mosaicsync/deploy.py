@@ -223,10 +223,17 @@ class Deployer:
         urls = {p: r.url for p, r in rows.items() if r.target == "storage" and r.url}
         return sent_bytes(row.path, source, dict(sorted(urls.items())))  # type: ignore[arg-type]
 
-    def record(self, kind: str, result: DeployResult, *, restores: int | None = None) -> History:
+    def record(
+        self,
+        kind: str,
+        result: DeployResult,
+        *,
+        restores: int | None = None,
+        message: str | None = None,
+    ) -> History:
         """Open this run's history entry (under the lease)."""
         history = self.history()
-        message = self.options.message
+        message = message or self.options.message
         if kind == "rollback" and message is None:
             message = f"rollback to #{restores}"
         result.deploy_id, result.replaces = history.begin(
@@ -234,8 +241,8 @@ class Deployer:
             who=user_at_host(),
             tool_version=__version__,
             message=message,
-            # A rollback publishes stored bytes, not the folder: its git state says nothing.
-            git=None if kind == "rollback" else git_state(self.config.project_dir),
+            # A rollback or a promote publishes stored bytes, not the folder: no git state.
+            git=None if kind in ("rollback", "promote") else git_state(self.config.project_dir),
             restores=restores,
         )
         return history

@@ -137,7 +137,7 @@ class Entry:
     """One recorded deploy."""
 
     id: int
-    kind: str  # deploy, rollback, watch
+    kind: str  # deploy, rollback, watch, promote
     state: str  # running, complete, failed, interrupted
     message: str | None
     git_commit: str | None
@@ -175,8 +175,8 @@ class Entry:
         """`#7`, `#7 (rollback to #5)`: how output names it."""
         if self.kind == "rollback" and self.restores is not None:
             return f"#{self.id} (rollback to #{self.restores})"
-        if self.kind == "watch":
-            return f"#{self.id} (watch)"
+        if self.kind in ("watch", "promote"):
+            return f"#{self.id} ({self.message or self.kind})"
         return f"#{self.id}"
 
     def to_json(self, live: int | None = None) -> dict[str, Any]:

@@ -170,20 +170,31 @@ class Restorer:
         self.client = deployer.client
         self.project_id = deployer.project_id
 
-    def run(self, wanted: int | None, *, dry_run: bool = False) -> RollbackResult:
+    def run(
+        self,
+        wanted: int | None,
+        *,
+        dry_run: bool = False,
+        source: History | None = None,
+        message: str | None = None,
+    ) -> RollbackResult:
+        """Restore deploy `wanted` (None: the one before the live one) of this project's history,
+        or, given `source` (another project's history: a preview's), of that one: a promote,
+        recorded with `message`."""
         t0 = time.perf_counter()
         d = self.deployer
         project = self.client.get_project(self.project_id)
         if project.get("status") != "running":
             project = self.client.wait_until_running(self.project_id)
         history = d.history()
-        if not history.enabled:
+        if source is None and not history.enabled:
             raise ConfigError(
                 "deploy history is off ([history] keep = 0 in mosaic.toml), so there is "
                 "nothing to roll back to",
                 hint="set [history] keep = 20 (the default); deploys from then on can be restored",
             )
-        target = choose_target(history.entries(), wanted)
+        source = source or history
+        target = choose_target(source.entries(), wanted)
         result = RollbackResult(self.project_id, project.get("url", ""), target, dry_run=dry_run)
         from mosaicsync.migrate import Migrator
 
@@ -198,15 +209,20 @@ class Restorer:
             contextlib.nullcontext() if dry_run else migrator.lease(),
             tempfile.TemporaryDirectory(prefix="mosaicsync-restore-") as tmp,
         ):
-            rows = history.files(target.id)
+            rows = source.files(target.id)
             _, current = d.manifest.fetch()
             plan = result.plan = plan_restore(rows, current)
             result.unchanged = plan.unchanged
-            stored = self._fetch(history, plan, Path(tmp), result)
-            result.migrations_after = history.migrations_since(target)
+            stored = self._fetch(source, plan, Path(tmp), result)
+            if source is history:
+                result.migrations_after = history.migrations_since(target)
             live = history.live()
-            already = live is not None and (
-                live.id == target.id or (live.kind == "rollback" and live.restores == target.id)
+            already = (
+                source is history
+                and live is not None
+                and (
+                    live.id == target.id or (live.kind == "rollback" and live.restores == target.id)
+                )
             )
             if dry_run or (already and not (plan.puts or plan.prune)):
                 # A rollback run again after it finished: already live, so no new entry.
@@ -218,7 +234,13 @@ class Restorer:
             from mosaicsync.deploy import DeployResult, ended_on_error
 
             recorded = DeployResult(self.project_id, result.url)
-            history = d.record("rollback", recorded, restores=target.id)
+            if source is history:
+                history = d.record("rollback", recorded, restores=target.id)
+            else:
+                history = d.record("promote", recorded, message=message)
+            # What this restore fetched is what the history keeps for it here (a promote's
+            # bytes come from another project's storage).
+            fetched = {blob_of(p.row): p.data for p in stored if p.data is not None}
             result.deploy_id, result.replaces = recorded.deploy_id, recorded.replaces
             with ended_on_error(history, result.deploy_id):
                 published = d.publisher(history).restore(stored, plan.prune, current)
@@ -228,7 +250,7 @@ class Restorer:
                 history.finish(
                     result.deploy_id,  # type: ignore[arg-type]
                     packer=None,
-                    reproduce=lambda row, blob: None,
+                    reproduce=lambda row, blob: fetched.get(blob),
                     uploaded=result.restored,
                     pruned=result.pruned,
                     bytes_sent=result.bytes,
@@ -245,7 +267,7 @@ class Restorer:
         blobs = history.blobs(wanted)
         listing = {
             o["filename"]: o
-            for o in self.client.list_storage(self.project_id).get("files", [])
+            for o in history.client.list_storage(history.project_id).get("files", [])
             if str(o.get("filename", "")).startswith(PREFIX)
         }
         missing: list[str] = []
@@ -266,7 +288,7 @@ class Restorer:
             url = listing[name]["url"]
             for start, end in merged_ranges(members):
                 try:
-                    chunk = self.client.read_object(url, start, end)
+                    chunk = history.client.read_object(url, start, end)
                 except NotFoundError:
                     self._missing([r.path for r in plan.puts if r.target == "site"])
                 result.fetched_bytes += len(chunk)
@@ -287,7 +309,7 @@ class Restorer:
             blob = blobs[sha]
             dest = tmp / f"object-{i}"
             try:
-                size, digest = self.client.download_object(listing[blob.pack]["url"], dest)
+                size, digest = history.client.download_object(listing[blob.pack]["url"], dest)
             except NotFoundError:
                 size, digest = -1, ""
             result.fetched_bytes += max(size, 0)
