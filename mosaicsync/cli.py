@@ -1025,6 +1025,213 @@ def rollback(
     out.result(data, "\n".join(lines))
 
 
+# -- previews --------------------------------------------------------------------------------------
+
+
+class _DefaultCommandGroup(click.Group):
+    """`preview [NAME]` creates or updates; `preview list|delete|prune` are subcommands."""
+
+    default_command = "create"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_DefaultCommandGroup)
+def preview() -> None:
+    """An isolated copy of the app (its own project: site and database, seeded) per change.
+
+    \b
+    Example:
+      mosaicsync preview feature-x --json     # create or update, print its URL
+      mosaicsync preview list
+      mosaicsync preview delete feature-x --yes
+      mosaicsync preview prune                # delete expired previews (safe in CI)
+      mosaicsync promote feature-x --yes      # publish the preview's bytes to production
+    """
+
+
+@preview.command("create", hidden=True)
+@click.argument("name", required=False)
+@click.option("--ttl", default="7d", show_default=True, help="Expiry after this run: 30m, 12h, 7d.")
+@click.option("--seed/--no-seed", default=True, help="Load the seed data on first creation.")
+@deploy_options
+@common_options
+def preview_create(session: Session, name: str | None, ttl: str, seed: bool, **opts: Any) -> None:
+    """Create or update preview NAME (default: the git branch, else "preview")."""
+    from mosaicsync import previews
+
+    config = session.config()
+    out = session.output()
+    parent = session.project_id(config)
+    ttl_s = previews.parse_ttl(ttl)
+    chosen = previews.check_name(name or previews.default_name(config.project_dir))
+    options = _deploy_options(config, opts)
+    with session.client(config, out) as client:
+        result = previews.create_or_update(
+            config,
+            client,
+            parent,
+            chosen,
+            ttl_s=ttl_s,
+            seed=seed,
+            options=options,
+            on_event=out.deploy_event,
+            seeder=previews.seeder_for(config) if seed else None,
+        )
+    p = result.preview
+    human = (
+        f"Preview {chosen} ({p.project_id}) {'created' if result.created else 'updated'}: "
+        f"{result.url}/\n"
+        f"  migrations applied {result.migrations_applied}, seeded "
+        f"{', '.join(result.seeded) or 'nothing'}, uploaded {result.deploy.uploaded}, "
+        f"expires {p.expires_at}"
+    )
+    out.result(result.to_json(), human)
+
+
+@preview.command("list")
+@common_options
+def preview_list(session: Session) -> None:
+    """The previews of this project: URL, age, expiry, last deploy, what they started from."""
+    from mosaicsync import previews
+    from mosaicsync.output import printable
+
+    config = session.config()
+    out = session.output()
+    parent = session.project_id(config)
+    with session.client(config, out) as client:
+        items = previews.Registry(client, parent).all()
+        urls = {p["project_id"]: p.get("url") for p in client.list_projects()}
+    data = {"project_id": parent, "previews": [p.to_json(urls.get(p.project_id)) for p in items]}
+    lines = [
+        f"{printable(p.name):<24} {p.project_id:<12} {p.state:<9} "
+        f"{'expired' if p.expired else 'expires ' + p.expires_at}  age {p.age_s // 3600} h  "
+        f"deploy #{p.last_deploy_id if p.last_deploy_id is not None else '-'} from production "
+        f"#{p.parent_live_id if p.parent_live_id is not None else '-'}  "
+        f"{printable(str(urls.get(p.project_id) or '(project gone)'))}"
+        for p in items
+    ]
+    out.result(data, "\n".join(lines) or f"No previews of {parent}.")
+
+
+@preview.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal).")
+@common_options
+def preview_delete(session: Session, name: str, yes: bool) -> None:
+    """Delete preview NAME: its project (site, storage, database) and its record."""
+    from mosaicsync import previews
+
+    config = session.config()
+    out = session.output()
+    parent = session.project_id(config)
+    if not yes:
+        if session.json_mode or not sys.stdin.isatty():
+            raise ConfigError(
+                f"deleting preview {name!r} needs a confirmation and nobody is at a terminal, "
+                "so pass --yes"
+            )
+        click.confirm(f"Delete preview {name} with its site and database?", abort=True, err=True)
+    with session.client(config, out) as client:
+        gone = previews.delete(client, parent, name)
+    out.result({"deleted": gone.to_json()}, f"Deleted preview {name} (project {gone.project_id}).")
+
+
+@preview.command("prune")
+@common_options
+def preview_prune(session: Session) -> None:
+    """Delete every expired preview of this project (safe to run from CI on a schedule)."""
+    from mosaicsync import previews
+
+    config = session.config()
+    out = session.output()
+    parent = session.project_id(config)
+    with session.client(config, out) as client:
+        gone = previews.prune(client, parent)
+    names = ", ".join(f"{p.name} ({p.project_id})" for p in gone)
+    out.result(
+        {"deleted": [p.to_json() for p in gone]},
+        f"Deleted {len(gone)} expired preview(s){': ' + names if names else ''}.",
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal).")
+@migration_safety_options
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel uploads.")
+@common_options
+def promote(
+    session: Session, name: str, dry_run: bool, yes: bool, concurrency: int | None, **opts: Any
+) -> None:
+    """Publish preview NAME to production: its migrations, then its exact bytes.
+
+    Applies the migrations the preview has and production lacks, then makes the production
+    site byte-identical to the preview's last deploy from the stored content (no rebuild).
+
+    \b
+    Example:
+      mosaicsync promote feature-x --dry-run
+      mosaicsync promote feature-x --yes --json
+    """
+    from mosaicsync import previews
+    from mosaicsync.deploy import DeployOptions
+    from mosaicsync.output import printable
+
+    if not yes and not dry_run and (session.json_mode or not sys.stdin.isatty()):
+        raise ConfigError(
+            "promote changes the production site and nobody is at a terminal to confirm it, "
+            "so pass --yes",
+            hint=f"`mosaicsync promote {name} --dry-run` shows what it would do",
+        )
+    config = session.config()
+    out = session.output()
+    production = session.project_id(config)
+    options = DeployOptions(
+        concurrency=concurrency,
+        lock_timeout=opts["lock_timeout"],
+        allow_destructive=opts["allow_destructive"],
+        allow_changed=opts["allow_changed"],
+        allow_out_of_order=opts["allow_out_of_order"],
+    )
+    with session.client(config, out) as client:
+        if not yes and not dry_run:
+            click.confirm(
+                f"Promote preview {name} to production {production}?", abort=True, err=True
+            )
+        done = previews.promote(
+            config,
+            client,
+            production,
+            name,
+            options=options,
+            dry_run=dry_run,
+            on_event=out.deploy_event,
+            confirm=_confirm_destructive(session),
+        )
+    restore = done["restore"]
+    data = {
+        "preview": done["preview"],
+        "migrations": done["migrations"],
+        **restore.to_json(),
+    }
+    verb = "Would promote" if dry_run else "Promoted"
+    lines = [
+        f"{verb} preview {printable(name)} (deploy #{restore.target.id}) to {production}: "
+        f"migrations {len(done['migrations'])}, restored {restore.restored}, deleted "
+        f"{restore.pruned}, unchanged {restore.unchanged}",
+    ]
+    lines += [f"  migrate {m}" for m in done["migrations"]]
+    if restore.deploy_id is not None:
+        lines.append(f"Recorded as deploy #{restore.deploy_id}")
+    lines.append(f"{restore.url}/")
+    out.result(data, "\n".join(lines))
+
+
 # -- the platform at the command line ----------------------------------------------------------
 
 
@@ -1246,7 +1453,17 @@ def _db_write(session: Session, command: str, effect: str, yes: bool, force: boo
     config = session.config()
     chosen = session.selection(config)
     project_id = chosen.require_project()
-    reason = production_reason(chosen)
+
+    def recorded_preview(selection: Any) -> bool:
+        from mosaicsync.previews import preview_parent
+
+        try:
+            with session.client(config, session.output()) as client:
+                return preview_parent(client, selection.require_project()) is not None
+        except MosaicError:  # cannot tell: treated as production
+            return False
+
+    reason = production_reason(chosen, also_safe=recorded_preview)
     if reason is not None and not force:
         raise ConfigError(
             f"`db {command}` refused: {reason}; it {effect}",

@@ -15,8 +15,8 @@ MosaicError                 exit 1   anything we anticipated that has no better 
  +-- LocalPlatformError     exit 8   `mosaicsync local` cannot start
  +-- ChecksFailed           exit 9   a preflight check stopped the run: a secret in content, a
  |                                   destructive migration not allowed, a broken reference (strict)
- +-- HistoryError           exit 10  a deploy to restore is unknown or pruned, or bytes it needs
-                                     are gone from storage; nothing was changed
+ +-- HistoryError           exit 10  a deploy to restore (rollback, promote) is unknown, pruned
+                                     or expired, or bytes it needs are gone; nothing was changed
 Usage errors from click exit 2 as well; Ctrl-C exits 130.
 """
 
@@ -112,7 +112,8 @@ class ChecksFailed(MosaicError):
 
 
 class HistoryError(MosaicError):
-    """When: `rollback` cannot restore a deploy (unknown, pruned, bytes gone); nothing changed."""
+    """When: `rollback` or `promote` cannot restore a deploy (unknown, pruned, expired, bytes
+    gone); nothing changed."""
 
     exit_code = 10
     reference = "history"

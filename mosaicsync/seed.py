@@ -81,7 +81,7 @@ def production_reason(
     """Why seeding or resetting the selected project could hurt real data; None when it is safe.
 
     Safe: a project on a local platform (a loopback API URL), or one `also_safe` vouches for
-    (a predicate the caller adds, such as "recorded as a preview").
+    (the CLI adds "its own database says it is a preview": previews.preview_parent).
     """
     if is_loopback_url(selection.api_url):
         return None

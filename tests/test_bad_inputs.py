@@ -835,6 +835,11 @@ def rollback_history_off(ctx: Ctx) -> None:
     ctx.args = ["rollback", "--yes", "--json"]
 
 
+@case("a preview name with a space (`preview 'my feature'`)", 2, "not a valid preview name")
+def preview_bad_name(ctx: Ctx) -> None:
+    ctx.args = ["preview", "my feature", "--json"]
+
+
 # -- the walk --------------------------------------------------------------------------------------
 
 

@@ -143,7 +143,11 @@ def from_docs_file(path: Path) -> list[Shown]:
         return [
             Shown(f"{where}:{number}", match.group(1))
             for number, line in enumerate(text.splitlines(), 1)
-            if (match := re.match(r"\s*-?\s*run:\s*(.+)", line))
+            # a `run:` line, or a command line inside a `run: |` block
+            if (
+                match := re.match(r"\s*-?\s*run:\s*(.+)", line)
+                or re.match(r"\s+(mosaicsync .+)", line)
+            )
         ]
     return list(backticked(text, where, 1))
 
@@ -507,6 +511,7 @@ def test_shown_command_lines_parse(source: str) -> None:
         ("templates/todo/", 3),
         ("README.md", 60),
         ("docs/examples/github-actions.yml", 1),
+        ("docs/examples/previews.yml", 5),
         ("help: ", 45),
         ("mosaicsync/cli", 3),
         ("mosaicsync/api.py", 5),

@@ -167,3 +167,35 @@ def test_cli_projects_create_at_the_cap_says_how_to_free_a_slot(
     assert f"already has {PROJECTS} projects" in out.stderr
     assert "mosaicsync projects delete ID --yes" in out.stderr
     assert KEY_C not in out.stdout + out.stderr
+
+
+def test_a_preview_at_the_project_cap_names_preview_prune(
+    capped: LocalServer, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=capped.api, MOSAIC_API_KEY=KEY_C)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mosaicsync", *args],
+            cwd=tmp_path / "app", env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    (tmp_path / "app" / "public").mkdir(parents=True)
+    (tmp_path / "app" / "public" / "index.html").write_text("<p>hi</p>")
+    with capped.client(KEY_C) as api:
+        have = api.get("/projects").json()["projects"]
+        parent = (
+            have[0]["project_id"]
+            if have
+            else api.post("/projects", json={"name": "parent"}).json()["project_id"]
+        )
+    (tmp_path / "app" / "mosaic.toml").write_text(
+        f'[app]\nname = "Capped"\nproject_id = "{parent}"\n'
+    )
+    fill(capped, KEY_C)
+    out = run("preview", "feature-x", "--no-seed")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "preview 'feature-x'" in out.stderr and "mosaicsync preview prune" in out.stderr
+    listed = run("preview", "list", "--json")
+    assert listed.returncode == 0 and '"previews": []' in listed.stdout
