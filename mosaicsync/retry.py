@@ -11,6 +11,7 @@ uniformly from [1 - jitter, 1 + jitter]. `jitter=0` waits exactly (polling our o
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +21,21 @@ from typing import TypeVar
 T = TypeVar("T")
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
+
+# A test and CI knob, not a user setting: a number in (0, 1] that multiplies every wait computed
+# here (Retry-After included), so the suites that drive the real CLI in a subprocess through a
+# faulty network make the same retries without sleeping each one out in full. Unset, or any other
+# value, it is 1 and nothing changes. Read at each wait: the test suite clears MOSAIC_* per test.
+BACKOFF_SCALE_ENV = "MOSAIC_TEST_BACKOFF_SCALE"
+
+
+def backoff_scale() -> float:
+    """The factor of `BACKOFF_SCALE_ENV`: 1 unless it holds a number in (0, 1]."""
+    try:
+        value = float(os.environ.get(BACKOFF_SCALE_ENV) or 1)
+    except ValueError:
+        return 1.0
+    return value if 0 < value <= 1 else 1.0
 
 
 def jittered(delay: float, jitter: float, rng: random.Random) -> float:
@@ -55,7 +71,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt `attempt` (counted from 1)."""
         nominal = min(self.cap, self.base * self.factor ** (attempt - 1))
-        return jittered(nominal, self.jitter, self.rng)
+        return jittered(nominal, self.jitter, self.rng) * backoff_scale()
 
     def next_delay(self) -> float:
         self.attempt += 1
@@ -78,11 +94,11 @@ class RetryPolicy:
         """Seconds to wait before attempt `attempt + 1` (attempts count from 1)."""
         if retry_after:
             try:
-                return min(max(float(retry_after), 0.0), self.max_retry_after)
+                return min(max(float(retry_after), 0.0), self.max_retry_after) * backoff_scale()
             except ValueError:
                 pass  # an HTTP date: fall back to our own backoff
         nominal = min(self.cap, self.base * 2 ** (attempt - 1))
-        return jittered(nominal / 2, 1.0, rng)
+        return jittered(nominal / 2, 1.0, rng) * backoff_scale()
 
 
 def poll(

@@ -32,6 +32,7 @@ import pytest
 from mosaicsync.api import MosaicClient
 from mosaicsync.history import PREFIX as HISTORY_PREFIX
 from mosaicsync.manifest import sql_literal
+from mosaicsync.retry import BACKOFF_SCALE_ENV
 from tests.conftest import KEY_A, LocalServer, make_traversable
 from tests.faults import FaultProxy, Faults, Reply, Request
 
@@ -55,10 +56,21 @@ MAX_RUNS = 6  # deploys a user (or CI) would try before giving up on a failing p
 # -- helpers shared with the other suites ----------------------------------------------------------
 
 
-def cli_env(api_url: str, key: str = KEY_A, **extra: str) -> dict[str, str]:
-    """The CLI's environment: the test's, minus any MOSAIC_ setting, plus URL and key."""
+# The CLI's own waits (its backoff and the proxy's `Retry-After: 1`) at a tenth of their length,
+# through the test knob of mosaicsync/retry.py: the fault draws depend on the requests only, never
+# on time, so the same requests fail and the same retries happen, without sleeping each one out.
+FAST_WAITS = "0.1"
+
+
+def cli_env(
+    api_url: str, key: str = KEY_A, *, backoff_scale: str | None = FAST_WAITS, **extra: str
+) -> dict[str, str]:
+    """The CLI's environment: the test's, minus any MOSAIC_ setting, plus URL and key (and the
+    wait scale; None keeps the real schedule)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
     env.update(MOSAIC_API_URL=api_url, MOSAIC_API_KEY=key, **extra)
+    if backoff_scale is not None:
+        env[BACKOFF_SCALE_ENV] = backoff_scale
     return env
 
 
@@ -916,9 +928,10 @@ class WatchProcess:
     """`mosaicsync watch --json` in a subprocess; its events are read by a thread it joins."""
 
     def __init__(self, project: Path, api_url: str) -> None:
+        # The real retry schedule: the outage is as long as a user's, and so are its waits.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mosaicsync", "watch", "--json"],
-            cwd=project, env=cli_env(api_url), stdin=subprocess.DEVNULL,
+            cwd=project, env=cli_env(api_url, backoff_scale=None), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.events: list[dict] = []

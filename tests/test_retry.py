@@ -6,7 +6,14 @@ import random
 
 import pytest
 
-from mosaicsync.retry import Backoff, RetryPolicy, jittered, poll, retry_call
+from mosaicsync.retry import (
+    BACKOFF_SCALE_ENV,
+    Backoff,
+    RetryPolicy,
+    jittered,
+    poll,
+    retry_call,
+)
 
 
 class FakeClock:
@@ -87,6 +94,31 @@ def test_retry_after_wins_and_is_bounded() -> None:
     assert rng.getstate() == state
     # An HTTP date is not understood: our own backoff decides.
     assert 0 <= policy.delay(1, "Wed, 21 Oct 2015 07:28:00 GMT", rng) <= policy.base
+
+
+def test_the_test_knob_scales_every_wait_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suites that run the real CLI through faults shorten its waits with it; the same
+    draws are made, so the same retries happen, only sooner."""
+    policy = RetryPolicy(base=0.5, cap=4)
+
+    def waits() -> list[float]:
+        backoff = Backoff(0.25, 5.0, jitter=0.2, rng=random.Random(1))
+        rng = random.Random(2)
+        return [
+            *(backoff.next_delay() for _ in range(6)),
+            *(policy.delay(attempt, None, rng) for attempt in range(1, 6)),
+            policy.delay(1, "7", rng),
+        ]
+
+    full = waits()
+    monkeypatch.setenv(BACKOFF_SCALE_ENV, "0.1")
+    assert waits() == pytest.approx([0.1 * w for w in full])
+    # Anything but a number in (0, 1] leaves the waits as they are: never longer, never zero.
+    for ignored in ("", "fast", "0", "-1", "2", "nan"):
+        monkeypatch.setenv(BACKOFF_SCALE_ENV, ignored)
+        assert waits() == full, ignored
+    monkeypatch.delenv(BACKOFF_SCALE_ENV)
+    assert waits() == full
 
 
 def test_poll_returns_as_soon_as_done() -> None:
