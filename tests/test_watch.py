@@ -543,14 +543,13 @@ def test_platform_down_then_up_catches_up(tmp_path: Path) -> None:
         (site / "public" / "app.js").unlink()
         retry = run.wait_for("retry")
         assert retry["pending"] >= 1 and retry["retry_in"] > 0
-        time.sleep(1.5)
+        run.wait_for("retry", 2)  # it keeps trying while the platform is away
 
         server.listen_port = port
         server.start()
         wait_until(lambda: served(server, pid, "", "<p>written while down</p>"), timeout=20)
         wait_until(lambda: served(server, pid, "new.html", "<p>new</p>"))
         wait_until(lambda: served(server, pid, "app.js", None))
-        assert len(run.of("retry")) >= 2  # it kept trying while the platform was away
     finally:
         if run is not None:
             assert run.stop() < 2.0
@@ -753,12 +752,16 @@ def test_browser_reloads_on_save_and_swaps_css_without_reload(
         browser.close()
 
 
+# uvicorn's `timeout_graceful_shutdown` in mosaicsync/local/server.py.
+GRACEFUL_SHUTDOWN_S = 2.0
+
+
 @pytest.mark.integration
 def test_dev_stops_at_once_with_a_reload_stream_open(dev: dict[str, Any]) -> None:
     """Last of the dev tests: an open SSE stream must not hold the platform's shutdown."""
     url = f"{dev['base']}/_local/reload?project={dev['project_id']}"
     hello = threading.Event()
-    ended: list[str] = []
+    ended: list[tuple[str, float]] = []
 
     def listen() -> None:
         try:
@@ -766,16 +769,22 @@ def test_dev_stops_at_once_with_a_reload_stream_open(dev: dict[str, Any]) -> Non
                 for line in stream.iter_lines():
                     if line == "event: hello":
                         hello.set()
-            ended.append("closed")
+            ended.append(("closed", time.monotonic()))
         except httpx.HTTPError as exc:
-            ended.append(type(exc).__name__)
+            ended.append((type(exc).__name__, time.monotonic()))
 
     listener = threading.Thread(target=listen)
     listener.start()
     try:
         assert hello.wait(10)
+        stopping = time.monotonic()
         took = dev["run"].stop()
     finally:
         listener.join(30)
-    assert took < 1.5, f"dev took {took:.1f} s to stop with a stream open"
     assert ended, "the stream was still open after the platform stopped"
+    # The platform ends the stream itself, first thing: held, it would be cut after uvicorn's
+    # 2 s of grace. Timed from Ctrl-C to the stream's end, not to the exit of the whole process
+    # tree (PostgreSQL's stop included), which a busy machine slows down.
+    (how, at), held = ended[0], GRACEFUL_SHUTDOWN_S
+    assert how == "closed" and at - stopping < held / 2, f"stream {how} after {at - stopping:.1f} s"
+    assert took < 5.0, f"dev took {took:.1f} s to stop with a stream open"
