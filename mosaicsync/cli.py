@@ -971,11 +971,11 @@ def rollback(
     from mosaicsync.output import human_size, printable
     from mosaicsync.restore import Restorer
 
-    if not yes and not dry_run and (session.json_mode or not sys.stdin.isatty()):
-        raise ConfigError(
-            "rollback changes the live site and nobody is at a terminal to confirm it, so "
-            "pass --yes",
-            hint="`mosaicsync rollback --dry-run` shows what it would do",
+    if not yes and not dry_run:
+        _needs_yes(
+            session,
+            "rollback changes the live site",
+            "`mosaicsync rollback --dry-run` shows what it would do",
         )
     config, out, project_id = _history_session(session)
     options = DeployOptions(concurrency=concurrency, lock_timeout=lock_timeout)
@@ -1129,11 +1129,7 @@ def preview_delete(session: Session, name: str, yes: bool) -> None:
     out = session.output()
     parent = session.project_id(config)
     if not yes:
-        if session.json_mode or not sys.stdin.isatty():
-            raise ConfigError(
-                f"deleting preview {name!r} needs a confirmation and nobody is at a terminal, "
-                "so pass --yes"
-            )
+        _needs_yes(session, f"deleting preview {name!r} deletes its project")
         click.confirm(f"Delete preview {name} with its site and database?", abort=True, err=True)
     with session.client(config, out) as client:
         gone = previews.delete(client, parent, name)
@@ -1182,11 +1178,11 @@ def promote(
     from mosaicsync.deploy import DeployOptions
     from mosaicsync.output import printable
 
-    if not yes and not dry_run and (session.json_mode or not sys.stdin.isatty()):
-        raise ConfigError(
-            "promote changes the production site and nobody is at a terminal to confirm it, "
-            "so pass --yes",
-            hint=f"`mosaicsync promote {name} --dry-run` shows what it would do",
+    if not yes and not dry_run:
+        _needs_yes(
+            session,
+            "promote changes the production site",
+            f"`mosaicsync promote {name} --dry-run` shows what it would do",
         )
     config = session.config()
     out = session.output()
@@ -1233,6 +1229,12 @@ def promote(
 
 
 # -- the platform at the command line ----------------------------------------------------------
+
+
+def _needs_yes(session: Session, what: str, hint: str | None = None) -> None:
+    """A change that asks first: with nobody at a terminal (or --json), --yes must say so."""
+    if session.json_mode or not sys.stdin.isatty():
+        raise ConfigError(f"{what} and nobody is at a terminal to confirm it, so pass --yes", hint)
 
 
 def _no_prompt(flag: str, what: str) -> None:
@@ -1446,10 +1448,8 @@ def _db_write(session: Session, command: str, effect: str, yes: bool, force: boo
     --force-production for a project that is not on a local platform (seed.production_reason)."""
     from mosaicsync.seed import production_reason
 
-    if not yes and (session.json_mode or not sys.stdin.isatty()):
-        raise ConfigError(
-            f"`db {command}` {effect} and nobody is at a terminal to confirm it, so pass --yes"
-        )
+    if not yes:
+        _needs_yes(session, f"`db {command}` {effect}")
     config = session.config()
     chosen = session.selection(config)
     project_id = chosen.require_project()

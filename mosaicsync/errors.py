@@ -9,9 +9,9 @@ MosaicError                 exit 1   anything we anticipated that has no better 
  +-- UnavailableError       exit 6   network down, 5xx or 429 after retries
  +-- MigrationError         exit 7   a migration failed or history does not match the files
  |    +-- MigrationFailed             PostgreSQL rejected a migration; file, line and SQLSTATE
+ |    |    +-- SeedFailed             ... or a seed file (`db seed`, `preview`, `dev`)
  |    +-- LockTimeout                 another run held the lease for longer than `lock_timeout`
  |    +-- LeaseLost                   the lease was taken away mid-run; nothing more was applied
- |    +-- SeedFailed                  PostgreSQL rejected a seed file; file, line and SQLSTATE
  +-- LocalPlatformError     exit 8   `mosaicsync local` cannot start
  +-- ChecksFailed           exit 9   a preflight check stopped the run: a secret in content, a
  |                                   destructive migration not allowed, a broken reference (strict)
@@ -171,32 +171,7 @@ class LeaseLost(MigrationError):
     """When: the lease expired or was taken over mid-run; the database refused further batches."""
 
 
-class SeedFailed(MigrationError):
+class SeedFailed(MigrationFailed):
     """When: PostgreSQL rejected a seed file; that file left nothing, earlier ones stay applied."""
 
     reference = "seed"
-
-    def __init__(
-        self,
-        message: str,
-        hint: str | None = None,
-        *,
-        filename: str,
-        line: int | None = None,
-        column: int | None = None,
-        sqlstate: str | None = None,
-    ) -> None:
-        super().__init__(message, hint)
-        self.filename = filename
-        self.line = line
-        self.column = column
-        self.sqlstate = sqlstate
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            **super().to_json(),
-            "file": self.filename,
-            "line": self.line,
-            "column": self.column,
-            "sqlstate": self.sqlstate,
-        }
