@@ -403,6 +403,11 @@ def check_migrations(
             problems.append(f"{version} changed in the folder since the preview applied it")
         if version in theirs and theirs[version] != checksum:
             problems.append(f"{version} differs between the preview and production")
+    for version in sorted(set(theirs) - set(mine), key=int):
+        problems.append(
+            f"{version} is applied on production but not on the preview (it was not reviewed "
+            "with it)"
+        )
     newest = max((int(v) for v in mine), default=None)
     return problems, newest
 

@@ -135,6 +135,12 @@ def test_what_a_preview_refuses(todo: tuple[Path, str], local_server: LocalServe
         == 3
     )
 
+    # A migration production has and the preview never saw: not what was reviewed.
+    (folder / "migrations" / "0002_hotfix.sql").write_text("CREATE TABLE hotfix (x int);\n")
+    cli(["migrate", "up"], folder, local_server)
+    unseen = cli(["promote", "a", "--yes"], folder, local_server, code=7)
+    assert "2 is applied on production but not on the preview" in unseen.stderr
+
     # A migration that changed in the folder since the preview applied it: named, nothing done.
     migration = folder / "migrations" / "0001_create_todos.sql"
     migration.write_text(migration.read_text() + "\n-- edited\n")
