@@ -1060,7 +1060,12 @@ def preview() -> None:
 @deploy_options
 @common_options
 def preview_create(session: Session, name: str | None, ttl: str, seed: bool, **opts: Any) -> None:
-    """Create or update preview NAME (default: the git branch, else "preview")."""
+    """Create or update preview NAME (default: the git branch, else "preview").
+
+    \b
+    Example:
+      mosaicsync preview feature-x --ttl 3d --json
+    """
     from mosaicsync import previews
 
     config = session.config()
@@ -1095,7 +1100,12 @@ def preview_create(session: Session, name: str | None, ttl: str, seed: bool, **o
 @preview.command("list")
 @common_options
 def preview_list(session: Session) -> None:
-    """The previews of this project: URL, age, expiry, last deploy, what they started from."""
+    """The previews of this project: URL, age, expiry, last deploy, what they started from.
+
+    \b
+    Example:
+      mosaicsync preview list --json
+    """
     from mosaicsync import previews
     from mosaicsync.output import printable
 
@@ -1122,7 +1132,12 @@ def preview_list(session: Session) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal).")
 @common_options
 def preview_delete(session: Session, name: str, yes: bool) -> None:
-    """Delete preview NAME: its project (site, storage, database) and its record."""
+    """Delete preview NAME: its project (site, storage, database) and its record.
+
+    \b
+    Example:
+      mosaicsync preview delete feature-x --yes
+    """
     from mosaicsync import previews
 
     config = session.config()
@@ -1139,7 +1154,12 @@ def preview_delete(session: Session, name: str, yes: bool) -> None:
 @preview.command("prune")
 @common_options
 def preview_prune(session: Session) -> None:
-    """Delete every expired preview of this project (safe to run from CI on a schedule)."""
+    """Delete every expired preview of this project (safe to run from CI on a schedule).
+
+    \b
+    Example:
+      mosaicsync preview prune --json
+    """
     from mosaicsync import previews
 
     config = session.config()

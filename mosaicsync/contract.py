@@ -76,6 +76,9 @@ MAGIC_LINKS_PER_DAY = 10
 KEY_ROTATION_DAYS = 30
 
 PROJECT_ID_PATTERN = r"^[a-z]+-[a-z0-9]{3}$"
+# Storage names under this folder are mosaicsync's own (the deploy history's packs): never a
+# published file, since the scanner never publishes `.mosaicsync/`, so no page refers to them.
+TOOL_STORAGE_PREFIX = ".mosaicsync/"
 
 
 def is_loopback_host(name: str) -> bool:

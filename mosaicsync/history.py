@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from mosaicsync.api import MosaicClient
+from mosaicsync.contract import TOOL_STORAGE_PREFIX
 from mosaicsync.manifest import ManifestRow, sql_literal
 
-PREFIX = ".mosaicsync/history/"
+PREFIX = TOOL_STORAGE_PREFIX + "history/"
 PACKS = PREFIX + "packs/"
 OBJECTS = PREFIX + "objects/"
 BATCH = 500  # rows per INSERT statement

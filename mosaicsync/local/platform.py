@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mosaicsync.contract import TOOL_STORAGE_PREFIX
 from mosaicsync.local.accounts import Accounts, AccountSlots, RateLimiter
 from mosaicsync.local.clock import Clock
 from mosaicsync.local.outbox import Outbox
@@ -43,8 +44,9 @@ class Platform:
     operator_token: str = ""
 
     def changed(self, project_id: str, path: str) -> None:
-        """Tell the pages of the project that a file changed (dev mode; call on the loop)."""
-        if self.reload is not None:
+        """Tell the pages of the project that a file changed (dev mode; call on the loop).
+        The deploy history's own objects are no page's business: no reload for them."""
+        if self.reload is not None and not path.startswith(TOOL_STORAGE_PREFIX):
             self.reload.changed(project_id, path)
 
     def site_url(self, project_id: str) -> str:
