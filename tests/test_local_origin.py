@@ -7,14 +7,13 @@ Foreign Host names are refused (DNS rebinding), `/_local/` shows mail and ticket
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
+from tests.browser import chromium_page, needs_chromium
 from tests.conftest import KEY_A, KEY_B, LocalServer
 from tests.test_local_api import presign, site_get, wait_running
-from tests.test_watch import CHROMIUM, Chromium, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -142,11 +141,10 @@ def test_path_style_site_pages_are_sandboxed(
     assert "content-security-policy" not in site_get(local_server, pid).headers
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+@needs_chromium
 def test_a_tenant_page_cannot_read_the_outbox_in_a_browser(
-    local_server: LocalServer, two_accounts: dict[str, str], tmp_path: Path
+    local_server: LocalServer, two_accounts: dict[str, str]
 ) -> None:
-    assert CHROMIUM is not None
     pid = two_accounts["a"]
     with local_server.client(KEY_A) as api:
         r = api.post(f"/{pid}/files", json={"filename": "spy.html", "content": SPY})
@@ -158,21 +156,15 @@ def test_a_tenant_page_cannot_read_the_outbox_in_a_browser(
         r = api.post(f"/{two_accounts['b']}/auth/magic-link", json={"email": VICTIM})
         assert r.status_code == 200, r.text
 
-    browser = Chromium(CHROMIUM, tmp_path / "profile")
-    try:
-        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        browser.send("Page.enable", session)
+    with chromium_page() as page:
         for url in (site_page, stored_page):
-            navigated = browser.send("Page.navigate", session, url=url)
-            if navigated.get("errorText"):
+            try:
+                page.goto(url)
+            except PlaywrightError:
                 # Not rendered at all (a download): no script of the page ran.
-                assert browser.evaluate(session, "location.href") != url
+                assert page.evaluate("location.href") != url
                 continue
-            title = wait_until(
-                lambda: (t := browser.evaluate(session, "document.title")) != "pending" and t,
-                what=f"the page at {url} to report",
-            )
+            title = page.wait_for_function(
+                "document.title !== 'pending' && document.title"
+            ).json_value()
             assert VICTIM not in title and "/auth/verify" not in title, (url, title)
-    finally:
-        browser.close()

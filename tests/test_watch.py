@@ -4,10 +4,8 @@ platform and real files, then live reload over SSE and in a headless Chromium.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from mosaicsync.ignore import is_editor_temp, load_ignore_rules
 from mosaicsync.local.reload import ReloadHub, inject_script
 from mosaicsync.retry import Backoff
 from mosaicsync.watch import ChangeSorter, Coalescer, _affected
+from tests.browser import chromium_page, needs_chromium
 from tests.conftest import KEY_A, LocalServer, make_traversable
 
 PAGE = """<!doctype html>
@@ -613,143 +612,50 @@ def test_dev_sse_announces_a_save(dev: dict[str, Any]) -> None:
     assert took < 1.0, f"reload announced {took * 1000:.0f} ms after the save"
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-class Chromium:
-    """Headless Chromium driven over the DevTools protocol on a pipe: no package, no download."""
-
-    def __init__(self, binary: str, profile: Path) -> None:
-        profile.mkdir(parents=True, exist_ok=True)
-        self.log = profile / "chromium.log"
-        to_browser, self._w = os.pipe()
-        self._r, from_browser = os.pipe()
-        # The protocol pipe must be fds 3 (in) and 4 (out) in the browser; bash, because dash
-        # cannot redirect from an fd above 9.
-        shell = f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}'
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [shutil.which("bash") or "/bin/bash", "-c", shell, binary, "--headless",
-                 "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                 f"--user-data-dir={profile}", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update", "about:blank"],
-                pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL, stderr=log,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        os.close(to_browser)
-        os.close(from_browser)
-        self.events: list[dict[str, Any]] = []
-        self.replies: dict[int, dict[str, Any]] = {}
-        self.cond = threading.Condition()
-        self.next_id = 0
-        self.thread = threading.Thread(target=self._read)
-        self.thread.start()
-
-    def _read(self) -> None:
-        buffer = b""
-        while chunk := os.read(self._r, 1 << 16):
-            buffer += chunk
-            *messages, buffer = buffer.split(b"\0")
-            with self.cond:
-                for raw in messages:
-                    message = json.loads(raw)
-                    if "id" in message:
-                        self.replies[message["id"]] = message
-                    else:
-                        message["at"] = time.perf_counter()
-                        self.events.append(message)
-                self.cond.notify_all()
-
-    def send(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
-        with self.cond:
-            self.next_id += 1
-            ident = self.next_id
-        message: dict[str, Any] = {"id": ident, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        os.write(self._w, json.dumps(message).encode() + b"\0")
-        with self.cond:
-            assert self.cond.wait_for(lambda: ident in self.replies, 15), method
-            reply = self.replies.pop(ident)
-        assert "error" not in reply, reply
-        return reply["result"]
-
-    def of(self, method: str, **params: Any) -> list[dict[str, Any]]:
-        with self.cond:
-            return [
-                e
-                for e in self.events
-                if e["method"] == method and params.items() <= e.get("params", {}).items()
-            ]
-
-    def loads(self) -> list[dict[str, Any]]:
-        return self.of("Page.loadEventFired")
-
-    def evaluate(self, session: str, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", session, expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    def close(self) -> None:
-        with contextlib.suppress(AssertionError, OSError):
-            self.send("Browser.close")
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._w)
-        self.thread.join()
-        os.close(self._r)
+# Counts, in the page, the `hello` of each EventSource it opens (the reload script's stream).
+COUNT_HELLOS = """
+window.__hellos = 0;
+const NativeEventSource = window.EventSource;
+window.EventSource = function (url, init) {
+  const source = new NativeEventSource(url, init);
+  source.addEventListener("hello", () => { window.__hellos += 1; });
+  return source;
+};
+"""
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="needs Chromium (Debian: apt-get install chromium); the SSE test covers the channel",
-)
-def test_browser_reloads_on_save_and_swaps_css_without_reload(
-    dev: dict[str, Any], tmp_path: Path
-) -> None:
-    assert CHROMIUM is not None
+@needs_chromium
+def test_browser_reloads_on_save_and_swaps_css_without_reload(dev: dict[str, Any]) -> None:
     public = dev["site"] / "public"
-    browser = Chromium(CHROMIUM, tmp_path / "profile")
-    try:
-        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        browser.send("Page.enable", session)
-        browser.send("Network.enable", session)
-        browser.send("Page.navigate", session, url=dev["url"])
-        wait_until(browser.loads, what="the first load")
-        text = "document.getElementById('marker').textContent"
+    with chromium_page() as page:
+        loads: list[float] = []
+        page.on("load", lambda _: loads.append(time.perf_counter()))
+        page.add_init_script(COUNT_HELLOS)
+        page.goto(dev["url"])
         # The page is live: its stream said hello before we save.
-        hello = "Network.eventSourceMessageReceived"
-        wait_until(lambda: browser.of(hello, eventName="hello"), what="the stream's hello")
-        loads = len(browser.loads())
+        page.wait_for_function("window.__hellos >= 1")
+        reloads = len(loads)
 
-        saved = time.perf_counter()
-        (public / "index.html").write_text(PAGE.format(marker="v-browser"))
-        reloaded = wait_until(lambda: browser.loads()[loads:], what="a reload")[0]
-        wait_until(lambda: browser.evaluate(session, text) == "v-browser")
-        took = reloaded["at"] - saved
+        with page.expect_event("load"):
+            saved = time.perf_counter()
+            (public / "index.html").write_text(PAGE.format(marker="v-browser"))
+        took = loads[reloads] - saved
+        page.wait_for_function("document.getElementById('marker').textContent === 'v-browser'")
         print(f"save to reloaded page: {took * 1000:.0f} ms")
         assert took < 2.0, f"the page reloaded {took * 1000:.0f} ms after the save"
 
         # CSS only: the stylesheet is swapped in place, the page is not reloaded.
-        wait_until(lambda: len(browser.of(hello, eventName="hello")) >= 2, what="a new stream")
-        browser.evaluate(session, "window.__sameDocument = true")
-        loads = len(browser.loads())
+        page.wait_for_function("window.__hellos >= 1")  # the reloaded page's own stream
+        page.evaluate("window.__sameDocument = true")
+        reloads = len(loads)
         color = "getComputedStyle(document.body).color"
-        assert browser.evaluate(session, color) == "rgb(1, 2, 3)"
+        assert page.evaluate(color) == "rgb(1, 2, 3)"
         (public / "style.css").write_text("body { color: rgb(40, 50, 60); }\n")
-        wait_until(lambda: browser.evaluate(session, color) == "rgb(40, 50, 60)", what="the swap")
-        assert browser.evaluate(session, "window.__sameDocument") is True
-        assert len(browser.loads()) == loads
-        assert (
-            browser.evaluate(session, "document.querySelectorAll('link[rel=stylesheet]').length")
-            == 1
-        )
-    finally:
-        browser.close()
+        page.wait_for_function(f"{color} === 'rgb(40, 50, 60)'")
+        assert page.evaluate("window.__sameDocument") is True
+        assert len(loads) == reloads
+        assert page.evaluate("document.querySelectorAll('link[rel=stylesheet]').length") == 1
 
 
 # uvicorn's `timeout_graceful_shutdown` in mosaicsync/local/server.py.
