@@ -303,22 +303,61 @@ def write(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Render a results JSON again (after a change to the report, without a new run)."""
-    import argparse
+README_START = "<!-- bench:full:start (generated from bench/results/full.json) -->"
+README_END = "<!-- bench:full:end -->"
 
+
+def load(path: Path) -> tuple[str, list[Scenario], dict[str, Any]]:
+    """(mode, scenarios, info) of a results JSON written by `write`."""
     from bench.run import Scenario
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("results", type=Path, help="a <mode>.json written by bench.run")
-    args = parser.parse_args(argv)
-    data = json.loads(args.results.read_text())
+    data = json.loads(path.read_text())
     scenarios = []
     for row in data["scenarios"]:
         fields = {k: v for k, v in row.items() if k != "passed"}
         fields["bound"] = math.inf if fields["bound"] is None else fields["bound"]
         scenarios.append(Scenario(**fields))
-    mode = data["mode"]
+    return data["mode"], scenarios, data["info"]
+
+
+def readme_with_table(readme: str, scenarios: Sequence[Scenario]) -> str:
+    """The README with the table between its bench markers replaced by these results."""
+    start, end = readme.index(README_START), readme.index(README_END)
+    return readme[: start + len(README_START)] + "\n" + table(scenarios) + "\n" + readme[end:]
+
+
+def update_readme(readme: Path, scenarios: Sequence[Scenario]) -> None:
+    readme.write_text(readme_with_table(readme.read_text(), scenarios))
+
+
+def summary(scenarios: Sequence[Scenario]) -> str:
+    """One line per scenario: ratio, target, pass or miss (and by how much)."""
+    lines = []
+    for s in scenarios:
+        if math.isinf(s.bound):
+            verdict = "no target"
+        elif s.passed:
+            verdict = f"pass ({s.op} {s.bound:g}x)"
+        else:
+            verdict = f"MISS ({s.op} {s.bound:g}x; off by {abs(s.ratio / s.bound - 1) * 100:.0f} %)"
+        lines.append(f"{s.ratio:8.2f}x  {verdict:<34} {s.name}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Render a results JSON again (after a change to the report, without a new run)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a <mode>.json written by bench.run")
+    parser.add_argument(
+        "--readme", type=Path, help="also regenerate the table of this README (a full run)"
+    )
+    args = parser.parse_args(argv)
+    mode, scenarios, info = load(args.results)
+    data = {"info": info}
+    if args.readme:
+        update_readme(args.readme, scenarios)
     out = args.results.parent
     (out / f"{mode}.md").write_text(markdown(mode, scenarios, data["info"]))
     title = f"mosaicsync benchmark ({mode}): ratio to baseline"

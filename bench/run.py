@@ -1226,6 +1226,11 @@ def main(argv: list[str] | None = None) -> int:
             log("left running: " + "; ".join(left))
     bench.info["elapsed_s"] = time.perf_counter() - started
     paths = report.write(args.out, mode, bench.scenarios, bench.info, bench.profiles)
+    print(report.summary(bench.scenarios), file=sys.stderr)
+    if mode == "full" and not only and args.out == RESULTS:
+        # The README shows the latest complete full run, never a partial one.
+        report.update_readme(ROOT / "README.md", bench.scenarios)
+        paths.append(ROOT / "README.md")
     log(f"done in {bench.info['elapsed_s']:.0f} s: " + ", ".join(str(p) for p in paths))
     return 0
 

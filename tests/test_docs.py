@@ -59,3 +59,13 @@ def test_the_readme_layout_lists_exactly_the_modules_of_the_tree() -> None:
         f"missing from the README's layout: {sorted(actual - listed)}; "
         f"listed but not in the tree: {sorted(listed - actual)}"
     )
+
+
+def test_the_readme_benchmark_table_is_the_latest_full_run() -> None:
+    from bench import report
+
+    _, scenarios, _ = report.load(ROOT / "bench" / "results" / "full.json")
+    readme = (ROOT / "README.md").read_text()
+    assert report.readme_with_table(readme, scenarios) == readme, (
+        "run `python -m bench.report bench/results/full.json --readme README.md`"
+    )
