@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import random
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -291,3 +300,99 @@ def test_presigned_put_stops_when_the_file_changes_while_it_is_read(
     assert detail in info.value.message and info.value.message.endswith("; run deploy again")
     assert server.received < size  # the declared length never arrived: nothing complete
     assert server.requests == 1  # not retried: the next run scans it again
+
+
+# -- TLS: certificates load for the first TLS connection, never for plain HTTP ------------------
+
+
+class _Running(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"project_id": "p1", "status": "running"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serve(tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Running)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        scheme = "https" if tls else "http"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/v1/project"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _ca_loads(monkeypatch) -> list[object]:
+    """Every CA store load from now on, by any SSL context (httpx's eager default included)."""
+    loads: list[object] = []
+    for name in ("load_verify_locations", "load_default_certs"):
+        original = getattr(ssl.SSLContext, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            loads.append(args or kwargs)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ssl.SSLContext, name, spy)
+    return loads
+
+
+def test_a_plain_http_client_never_loads_ca_certificates(monkeypatch) -> None:
+    loads = _ca_loads(monkeypatch)
+    with _serve() as api_url, MosaicClient(api_url, KEY) as client:
+        assert client.get_project("p1")["status"] == "running"
+    assert loads == []
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_an_https_client_still_verifies_the_certificate(monkeypatch, self_signed) -> None:
+    cert, key = self_signed
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    no_retry = RetryPolicy(attempts=1)
+    with _serve(tls) as api_url:
+        # Unknown issuer: refused, as httpx's default context refuses it.
+        with (
+            MosaicClient(api_url, KEY, retry=no_retry) as client,
+            pytest.raises(UnavailableError) as refused,
+        ):
+            client.get_project("p1")
+        causes = []
+        exc: BaseException | None = refused.value
+        while exc is not None:
+            causes.append(exc)
+            exc = exc.__cause__ or exc.__context__
+        assert any(isinstance(c, ssl.SSLCertVerificationError) for c in causes), causes
+        # Trusted (SSL_CERT_FILE, as httpx honours it): the same server answers.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with MosaicClient(api_url, KEY, retry=no_retry) as client:
+            assert client.get_project("p1")["status"] == "running"
+            context = client.http._transport._pool._ssl_context
+            assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
