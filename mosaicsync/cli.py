@@ -89,6 +89,11 @@ class Session:
         return self.selection(config).require_project()
 
 
+# One instance for every command's --config: a click type is configuration only, and each new
+# one looks up its translated name (gettext searches the disk), 37 times at every start.
+_CONFIG_PATH = click.Path(path_type=Path)
+
+
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The flags every platform command takes, gathered into a `Session`."""
 
@@ -97,7 +102,7 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--config",
         "config_path",
-        type=click.Path(path_type=Path),
+        type=_CONFIG_PATH,
         help="mosaic.toml (or its folder); default: found from the current folder upwards.",
     )
     @click.option("--target", help="A [targets.NAME] table of mosaic.toml (env MOSAIC_TARGET).")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import difflib
 import os
 import re
 import tomllib
@@ -32,7 +31,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import pathspec
-import tomli_w
 
 from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import LOCAL_API_URL, PROJECT_ID_PATTERN
@@ -342,6 +340,8 @@ class _Checker:
 
     def unknown(self, key: tuple[str, ...], known: list[str], *, is_table: bool = False) -> None:
         """Note an unknown key, with the closest known one and the table it may belong in."""
+        import difflib  # only for a mistake: every command loads a config
+
         name = key[-1]
         close = difflib.get_close_matches(name, known, n=1)
         problem = f"unknown key '{name}'"
@@ -613,11 +613,15 @@ def _toml_key(key: str) -> str:
     """`key` as TOML writes it: bare when it can be, else quoted by tomli-w."""
     if re.fullmatch(r"[A-Za-z0-9_-]+", key):
         return key
+    import tomli_w  # writing only; loading is tomllib
+
     return tomli_w.dumps({key: 0}).removesuffix(" = 0\n")
 
 
 def _assign(key: str, value: object) -> str:
     """One `key = value` line; tomli-w does the quoting and escaping."""
+    import tomli_w
+
     return tomli_w.dumps({key: value}).rstrip("\n")
 
 

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import tomli_w
-
 from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import DEFAULT_API_URL
 from mosaicsync.errors import AuthError, ConfigError
@@ -192,6 +190,8 @@ def _check_private(path: Path, st: os.stat_result) -> None:
 def _write_keys(path: Path, keys: dict[str, str]) -> None:
     """Replace the file atomically with a new one that is 0600 from its first byte."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tomli_w  # writing only: every command reads this file, `login` writes it
+
     text = _FILE_HEADER + tomli_w.dumps({"keys": dict(sorted(keys.items()))})
     # The mode is set when the temp file is created: the key is never readable by others, not
     # even for the moment between writing and a chmod.

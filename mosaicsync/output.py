@@ -5,6 +5,7 @@ stdout carries the result (one JSON document under `--json`); stderr carries pro
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,8 +24,14 @@ SCHEMA = "mosaicsync/1"
 # title, clears the screen or writes the clipboard; CR and LF fake lines), DEL, C1 controls
 # (U+009B is a one-byte CSI) and the Unicode bidi controls that reorder what is shown.
 _BIDI = r"\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_CONTROL = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI}]")
-_CONTROL_BUT_NEWLINE = re.compile(rf"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI}]")
+
+
+@functools.cache
+def _control(lines: bool) -> re.Pattern[str]:
+    """Compiled on first use: a --json run never shows text, and every command pays its import."""
+    if lines:
+        return re.compile(rf"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI}]")
+    return re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI}]")
 
 
 def _visible(match: re.Match[str]) -> str:
@@ -39,7 +46,7 @@ def printable(text: str, *, lines: bool = False) -> str:
     the platform in it went through `printable` alone (so a newline in a name fakes no row).
     Human output only: `--json` prints values exactly.
     """
-    return (_CONTROL_BUT_NEWLINE if lines else _CONTROL).sub(_visible, text)
+    return _control(lines).sub(_visible, text)
 
 
 def human_size(n: float) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -658,3 +660,14 @@ def test_set_project_id_keeps_the_byte_order_mark(tmp_path: Path, newline: str) 
         "\n", newline
     )
     assert load_config(path).project_id == "new-42x"
+
+
+def test_loading_a_config_imports_no_writer_or_suggester() -> None:
+    """Every command loads mosaic.toml: tomli-w (writing) and difflib (a typo's suggestion) are
+    imported when they are used, not at every start."""
+    code = (
+        "import sys, mosaicsync.config, mosaicsync.cli, mosaicsync.deploy, mosaicsync.output; "
+        "print(sorted({'tomli_w', 'difflib'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
