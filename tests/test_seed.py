@@ -271,6 +271,8 @@ def test_dev_seeds_after_its_first_deploy_and_not_again_when_restarted(
 
     first = one_run()
     kinds = [type(e).__name__ for e in first]
+    # When the seed fails, dev says so in a warning: show it.
+    assert "Seeded" in kinds, [e for e in first if type(e).__name__ == "WatchWarning"]
     assert kinds.index("Deployed") < kinds.index("Seeded"), kinds
     seeded = next(e for e in first if isinstance(e, Seeded))
     assert [n for n, _ in seeded.applied] == ["seed/01_first.sql", "seed/02_second.sql"]
