@@ -823,7 +823,7 @@ def migrate_unlock(session: Session) -> None:
 # -- history ---------------------------------------------------------------------------------------
 
 
-def _history_session(session: Session) -> tuple[Any, Any, str]:
+def _project_session(session: Session) -> tuple[Any, Any, str]:
     config = session.config()
     return config, session.output(), session.project_id(config)
 
@@ -845,7 +845,7 @@ def deploys(ctx: click.Context, session: Session, limit: int) -> None:
     from mosaicsync.history import History, live_entry
     from mosaicsync.output import human_size, printable
 
-    config, out, project_id = _history_session(session)
+    config, out, project_id = _project_session(session)
     with session.client(config, out) as client:
         history = History(client, project_id, config.history_keep)
         entries = history.entries(limit=None)
@@ -902,7 +902,7 @@ def deploys_show(session: Session, deploy_id: int) -> None:
     from mosaicsync.output import printable
     from mosaicsync.restore import plan_restore
 
-    config, out, project_id = _history_session(session)
+    config, out, project_id = _project_session(session)
     with session.client(config, out) as client:
         history = History(client, project_id, config.history_keep)
         entry = history.entry(deploy_id)
@@ -953,6 +953,10 @@ def deploys_show(session: Session, deploy_id: int) -> None:
     help="Seconds to wait for a deploy that holds the lease.",
 )  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel uploads.")
+@click.option(
+    "--allow-secret", "allow_secret", multiple=True, metavar="PATH",
+    help="Restore this reviewed file despite a secret found in it (never the key in use).",
+)  # fmt: skip
 @common_options
 def rollback(
     session: Session,
@@ -961,6 +965,7 @@ def rollback(
     yes: bool,
     lock_timeout: float,
     concurrency: int | None,
+    allow_secret: tuple[str, ...],
 ) -> None:
     """Make the site byte-identical to an earlier deploy (default: the one before the live one).
 
@@ -982,8 +987,14 @@ def rollback(
             "rollback changes the live site",
             "`mosaicsync rollback --dry-run` shows what it would do",
         )
-    config, out, project_id = _history_session(session)
-    options = DeployOptions(concurrency=concurrency, lock_timeout=lock_timeout)
+    from mosaicsync.preflight import allowed_paths
+
+    config, out, project_id = _project_session(session)
+    options = DeployOptions(
+        concurrency=concurrency,
+        lock_timeout=lock_timeout,
+        allow_secret=allowed_paths(config.static_root, allow_secret),
+    )
     with session.client(config, out) as client:
         deployer = Deployer(config, client, project_id, options, out.deploy_event)
         restorer = Restorer(deployer)
@@ -1073,9 +1084,7 @@ def preview_create(session: Session, name: str | None, ttl: str, seed: bool, **o
     """
     from mosaicsync import previews
 
-    config = session.config()
-    out = session.output()
-    parent = session.project_id(config)
+    config, out, parent = _project_session(session)
     ttl_s = previews.parse_ttl(ttl)
     chosen = previews.check_name(name or previews.default_name(config.project_dir))
     options = _deploy_options(config, opts)
@@ -1114,9 +1123,7 @@ def preview_list(session: Session) -> None:
     from mosaicsync import previews
     from mosaicsync.output import printable
 
-    config = session.config()
-    out = session.output()
-    parent = session.project_id(config)
+    config, out, parent = _project_session(session)
     with session.client(config, out) as client:
         items = previews.Registry(client, parent).all()
         urls = {p["project_id"]: p.get("url") for p in client.list_projects()}
@@ -1145,9 +1152,7 @@ def preview_delete(session: Session, name: str, yes: bool) -> None:
     """
     from mosaicsync import previews
 
-    config = session.config()
-    out = session.output()
-    parent = session.project_id(config)
+    config, out, parent = _project_session(session)
     if not yes:
         _needs_yes(session, f"deleting preview {name!r} deletes its project")
         click.confirm(f"Delete preview {name} with its site and database?", abort=True, err=True)
@@ -1167,9 +1172,7 @@ def preview_prune(session: Session) -> None:
     """
     from mosaicsync import previews
 
-    config = session.config()
-    out = session.output()
-    parent = session.project_id(config)
+    config, out, parent = _project_session(session)
     with session.client(config, out) as client:
         gone = previews.prune(client, parent)
     names = ", ".join(f"{p.name} ({p.project_id})" for p in gone)
@@ -1185,9 +1188,19 @@ def preview_prune(session: Session) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal).")
 @migration_safety_options
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Parallel uploads.")
+@click.option(
+    "--allow-secret", "allow_secret", multiple=True, metavar="PATH",
+    help="Publish this reviewed file despite a secret found in it (never the key in use).",
+)  # fmt: skip
 @common_options
 def promote(
-    session: Session, name: str, dry_run: bool, yes: bool, concurrency: int | None, **opts: Any
+    session: Session,
+    name: str,
+    dry_run: bool,
+    yes: bool,
+    concurrency: int | None,
+    allow_secret: tuple[str, ...],
+    **opts: Any,
 ) -> None:
     """Publish preview NAME to production: its migrations, then its exact bytes.
 
@@ -1209,10 +1222,11 @@ def promote(
             "promote changes the production site",
             f"`mosaicsync promote {name} --dry-run` shows what it would do",
         )
-    config = session.config()
-    out = session.output()
-    production = session.project_id(config)
+    from mosaicsync.preflight import allowed_paths
+
+    config, out, production = _project_session(session)
     options = DeployOptions(
+        allow_secret=allowed_paths(config.static_root, allow_secret),
         concurrency=concurrency,
         lock_timeout=opts["lock_timeout"],
         allow_destructive=opts["allow_destructive"],

@@ -206,22 +206,33 @@ class Deployer:
     def history(self) -> History:
         return History(self.client, self.project_id, self.config.history_keep)
 
-    def reproduce(self, row: ManifestRow, blob: str) -> bytes | None:
-        """The bytes `row` was published as, rebuilt from the folder (for a deploy that resumes
-        one stopped before its history was written); None when the folder no longer has them."""
-        if row.generated:
-            _, rows = self.manifest.fetch()
-            urls = {p: r.url for p, r in rows.items() if r.target == "storage" and r.url}
-            return assets_json(dict(sorted(urls.items())))  # type: ignore[arg-type]
-        try:
-            source = (self.config.static_root / row.path).read_bytes()
-        except OSError:
-            return None
-        if hashlib.sha256(source).hexdigest() == blob:
-            return source
-        _, rows = self.manifest.fetch()
-        urls = {p: r.url for p, r in rows.items() if r.target == "storage" and r.url}
-        return sent_bytes(row.path, source, dict(sorted(urls.items())))  # type: ignore[arg-type]
+    def reproducer(self) -> Callable[[ManifestRow, str], bytes | None]:
+        """Rebuilds the bytes a manifest row was published as, from the folder (for a deploy
+        that resumes one stopped before its history was written); None when the folder no
+        longer has them. The storage URL map is read once, at the first rewritten file."""
+        urls: dict[str, str] | None = None
+
+        def storage_urls() -> dict[str, str]:
+            nonlocal urls
+            if urls is None:
+                _, rows = self.manifest.fetch()
+                urls = dict(
+                    sorted((p, r.url) for p, r in rows.items() if r.target == "storage" and r.url)
+                )
+            return urls
+
+        def reproduce(row: ManifestRow, blob: str) -> bytes | None:
+            if row.generated:
+                return assets_json(storage_urls())
+            try:
+                source = (self.config.static_root / row.path).read_bytes()
+            except OSError:
+                return None
+            if hashlib.sha256(source).hexdigest() == blob:
+                return source
+            return sent_bytes(row.path, source, storage_urls())
+
+        return reproduce
 
     def record(
         self,
@@ -383,7 +394,7 @@ class Deployer:
                     result.history = history.finish(
                         result.deploy_id,  # type: ignore[arg-type]
                         packer=packer,
-                        reproduce=self.reproduce,
+                        reproduce=self.reproducer(),
                         uploaded=result.uploaded,
                         pruned=result.pruned,
                         bytes_sent=result.bytes,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mosaicsync.errors import ConfigError, HistoryError, NotFoundError
+from mosaicsync.findings import raise_for
 from mosaicsync.history import PREFIX, Blob, Entry, History, live_entry
 from mosaicsync.manifest import ManifestRow
 from mosaicsync.upload import Stored
@@ -214,6 +215,13 @@ class Restorer:
             plan = result.plan = plan_restore(rows, current)
             result.unchanged = plan.unchanged
             stored = self._fetch(source, plan, Path(tmp), result)
+            # The deploy's secret search holds for restored bytes too: a key may have been
+            # rotated into an old page, or a preview may hold what production must not serve.
+            raise_for(
+                self._secrets(stored, Path(tmp)),
+                outcome="nothing was restored",
+                hint="fix it with a new deploy; a reviewed file passes with --allow-secret PATH",
+            )
             if source is history:
                 result.migrations_after = history.migrations_since(target)
             live = history.live()
@@ -324,6 +332,18 @@ class Restorer:
                 hint="restore another deploy (`mosaicsync deploys`), or deploy the folder",
             )
         return out
+
+    def _secrets(self, stored: Sequence[Stored], tmp: Path) -> list[Any]:
+        """The secret findings of what a restore would publish (preflight.secrets_in)."""
+        preflight = self.deployer.preflight()
+        found: list[Any] = []
+        for i, p in enumerate(stored):
+            path = p.path
+            if path is None:
+                path = tmp / f"check-{i}"
+                path.write_bytes(p.data or b"")
+            found += preflight.secrets_in(path, p.row.path)
+        return found
 
     def _missing(self, paths: Sequence[str]) -> None:
         raise HistoryError(

@@ -661,7 +661,7 @@ class Watcher:
             history.finish(
                 self._entry,  # type: ignore[arg-type]
                 packer=packer,
-                reproduce=deployer.reproduce,
+                reproduce=deployer.reproducer(),
                 uploaded=self._totals[0],
                 pruned=self._totals[1],
                 bytes_sent=self._totals[2],

@@ -438,3 +438,23 @@ def test_a_watch_run_is_one_entry_that_rollback_can_restore(
         assert kinds == [("watch", "complete"), ("deploy", "complete")]
     cli(["rollback", "--yes"], site, local_server)
     assert served(local_server, pid, "index.html", PAGE.format(marker="v1"))
+
+
+def test_a_rollback_runs_the_deploys_secret_search_on_what_it_restores(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    app = folder / "public" / "app.js"
+    # Reviewed once (a documented sample key), published with --allow-secret...
+    app.write_text('const sample = "mk_Ab12Cd34Ef56Gh78Ij90Kl12";\n')
+    cli(["deploy", "--allow-secret", "public/app.js"], folder, local_server)
+    app.write_text("const sample = null;\n")
+    cli(["deploy"], folder, local_server)
+    before = served_site(local_server, project_id)
+    # ...a rollback does not bring it back silently: the same search, the same way out.
+    refused = cli(["rollback", "--yes"], folder, local_server, code=9)
+    assert "app.js:1:" in refused.stderr and "nothing was restored" in refused.stderr
+    assert "mk_Ab12Cd34Ef56Gh78Ij90Kl12" not in refused.stderr
+    assert served_site(local_server, project_id) == before
+    cli(["rollback", "--yes", "--allow-secret", "public/app.js"], folder, local_server)
+    assert b"mk_Ab12" in served_site(local_server, project_id)["site:app.js"]
