@@ -17,7 +17,8 @@ from typing import Any
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config, load_config, set_project_id
 from mosaicsync.errors import LocalPlatformError, MosaicError, NotFoundError
-from mosaicsync.events import Deployed, DevStarted, Seeded, WatchWarning
+from mosaicsync.events import Deployed, DevStarted, MigrationsApplied, Seeded, WatchWarning
+from mosaicsync.migrate import Migrator
 from mosaicsync.watch import Watcher, WatchOptions
 
 
@@ -156,10 +157,17 @@ class Dev:
             def on_event(event: object) -> None:
                 nonlocal seeded
                 self.on_event(event)
-                if isinstance(event, Deployed) and not seeded:
-                    # Once per run, after the first deploy applied the migrations.
-                    seeded = True
-                    seed_local(client, project_id, config, self.on_event)
+                if seeded or not isinstance(event, Deployed | MigrationsApplied):
+                    return
+                # Once per run, when the schema is there: the watch applies migrations in a
+                # flush of their own, which may come after its first deploy.
+                if (
+                    config.seed is not None
+                    and Migrator(client, project_id, config.migrations_dir).status().pending
+                ):
+                    return
+                seeded = True
+                seed_local(client, project_id, config, self.on_event)
 
             watcher = Watcher(config, client, project_id, self.options, on_event)
             with self._lock:
