@@ -63,6 +63,9 @@ class Sizes:
     runs: int
 
 
+# Peak RSS of a cold deploy of the mixed site, by number of files.
+RSS_BUDGET_MB = {10_000: 80, 100_000: 150}
+
 QUICK = Sizes((1_000, 10_000), 600, 150, 256 * 1024**2, 200, 1_500, 5)
 FULL = Sizes((1_000, 10_000, 100_000), 2_000, 2_000, 1024**3, 200, 6_000, 5)
 
@@ -466,11 +469,27 @@ class Bench:
                 median(naive_s),
                 "s",
                 median(naive_s) / median(deploy_s),
-                ">=",
-                3.0,
+                "<=",
+                float("inf"),
                 deploy_s,
                 naive_s,
+                note="no target: on two shared cores the platform's capacity is the bar",
                 extra={"files": n, "client_cpu_ms_per_file": median(per_file_cpu) * 1000},
+            )
+        )
+        cpu_ms = median(per_file_cpu) * 1000
+        self.add(
+            Scenario(
+                "client CPU per small file, loopback",
+                f"user+sys of the cold deploy of {n} small files, per file",
+                "budget of 0.35 ms per file",
+                cpu_ms,
+                0.35,
+                "ms",
+                cpu_ms / 0.35,
+                "<=",
+                1.0,
+                [c * 1000 for c in per_file_cpu],
             )
         )
         cap = capacity[8]["rps"]
@@ -581,6 +600,22 @@ class Bench:
                 f"site of {n} files: cold deploy {cold.wall:.1f} s "
                 f"({body['uploaded'] / cold.wall:.0f} files/s)"
             )
+            if budget := RSS_BUDGET_MB.get(n):
+                peak = cold.maxrss_kb / 1024
+                self.add(
+                    Scenario(
+                        f"cold deploy, {n // 1000}k files: peak RSS",
+                        "peak RSS of the deploy process",
+                        f"{budget} MB budget",
+                        peak,
+                        float(budget),
+                        "MB",
+                        peak / budget,
+                        "<=",
+                        1.0,
+                        [peak],
+                    )
+                )
             self.noop(n, folder)
             if n == 10_000:
                 self.one_change(folder, project_id)
@@ -661,7 +696,7 @@ class Bench:
                 "s",
                 median(change_s) / baseline,
                 "<=",
-                1.5,
+                1.3,
                 change_s,
                 [a + b for a, b in zip(noop_s, upload_s, strict=True)],
                 note=""
@@ -998,14 +1033,14 @@ class Bench:
         self.add(
             Scenario(
                 f"{size // 1024**2} MiB file to storage",
-                "cold deploy: hash, then stream the upload",
+                "cold deploy (scan, hash and upload)",
                 "curl -T to a presigned URL",
                 rate,
                 curl_rate,
                 "MB/s",
                 rate / curl_rate,
                 ">=",
-                0.8,
+                0.9,
                 [mb / r.wall for r in cold],
                 [mb / s for s in curl_s],
                 extra={
