@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -38,6 +39,7 @@ PREFIX = TOOL_STORAGE_PREFIX + "history/"
 PACKS = PREFIX + "packs/"
 OBJECTS = PREFIX + "objects/"
 BATCH = 500  # rows per INSERT statement
+PACK_PAGE = 5000  # manifest rows read per request while packing
 
 # Added to the deploys table the manifest creates; checked first, so a deploy pays for the DDL
 # (and its table lock) once per project, not every time.
@@ -221,28 +223,41 @@ class Blob:
 
 
 class Packer:
-    """Collects the bytes of the site files a deploy publishes, each distinct one once, in a
-    temporary file (a 100k-file deploy never holds them in memory). Thread-safe."""
+    """Collects the bytes of the site files a deploy publishes in a temporary file (a 100k-file
+    deploy never holds them in memory). Thread-safe.
+
+    While uploads run, its index is one flat bytearray (digest, offset, size: 48 bytes a file)
+    rather than objects per file among the upload threads' short-lived ones, which would pin
+    their memory; `get` makes it a dict when the pack is written. Equal contents are kept once
+    there, not here.
+    """
+
+    _ENTRY = struct.Struct("<32sQQ")
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile(prefix="mosaicsync-pack-")  # noqa: SIM115
-        self._index: dict[str, tuple[int, int]] = {}
+        self._entries = bytearray()
+        self._index: dict[bytes, tuple[int, int]] | None = None
         self._lock = threading.Lock()
         self._end = 0
 
     def add(self, data: bytes) -> None:
-        sha = hashlib.sha256(data).hexdigest()
+        sha = hashlib.sha256(data).digest()
         with self._lock:
-            if sha in self._index:
-                return
             self._file.seek(self._end)
             self._file.write(data)
-            self._index[sha] = (self._end, len(data))
+            self._entries += self._ENTRY.pack(sha, self._end, len(data))
+            self._index = None
             self._end += len(data)
 
     def get(self, sha: str) -> bytes | None:
         with self._lock:
-            where = self._index.get(sha)
+            if self._index is None:
+                self._index = {
+                    digest: (offset, size)
+                    for digest, offset, size in self._ENTRY.iter_unpack(self._entries)
+                }
+            where = self._index.get(bytes.fromhex(sha))
             if where is None:
                 return None
             self._file.seek(where[0])
@@ -500,49 +515,53 @@ class History:
     def _pack(
         self, packer: Packer | None, reproduce: Callable[[ManifestRow, str], bytes | None]
     ) -> tuple[int, int, tuple[str, ...]]:
-        """Pack the published bytes of every live site file that no blob holds yet."""
-        rows: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            page = self._sql(
-                "SELECT f.path, f.sha256, f.size, f.target, f.url, f.uploaded_sha256, "
-                f"f.generated, {_BLOB_OF} AS blob FROM mosaicsync.files f WHERE f.target = "
-                f"'site' {after}AND NOT EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE "
-                f"b.sha256 = {_BLOB_OF}) ORDER BY f.path LIMIT 5000"
-            )
-            rows += page
-            if len(page) < 5000:
-                break
-            after = f"AND f.path > {sql_literal(page[-1]['path'])} "
-        if not rows:
-            return 0, 0, ()
+        """Pack the published bytes of every live site file that no blob holds yet.
+
+        Streamed: the manifest is read a page at a time and each page goes into the pack before
+        the next is read, so a 100k-file deploy holds one page of rows, not all of them; what
+        is kept per blob until the pack has arrived is one line of its index.
+        """
         missing: list[str] = []
-        index: list[tuple[str, int, int]] = []
-        seen: set[str] = set()
+        index: list[str] = []  # "('sha', size, offset)" per blob, for the rows written after
+        seen: set[bytes] = set()
         with tempfile.TemporaryDirectory(prefix="mosaicsync-pack-") as tmp:
             pack_path = Path(tmp) / "pack"
             digest = hashlib.sha256()
             offset = 0
+            after = ""
             with open(pack_path, "wb") as out:
-                for r in rows:
-                    blob = r["blob"]
-                    if blob in seen:
-                        continue
-                    row = ManifestRow(
-                        r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
-                        r["uploaded_sha256"], bool(r["generated"]),
-                    )  # fmt: skip
-                    data = packer.get(blob) if packer else None
-                    if data is None:
-                        data = reproduce(row, blob)
-                    if data is None or hashlib.sha256(data).hexdigest() != blob:
-                        missing.append(row.path)
-                        continue
-                    seen.add(blob)
-                    out.write(data)
-                    digest.update(data)
-                    index.append((blob, len(data), offset))
-                    offset += len(data)
+                while True:
+                    page = self._sql(
+                        "SELECT f.path, f.sha256, f.size, f.target, f.url, f.uploaded_sha256, "
+                        f"f.generated, {_BLOB_OF} AS blob FROM mosaicsync.files f WHERE "
+                        f"f.target = 'site' {after}AND NOT EXISTS (SELECT 1 FROM "
+                        f"mosaicsync.blobs b WHERE b.sha256 = {_BLOB_OF}) ORDER BY f.path "
+                        f"LIMIT {PACK_PAGE}"
+                    )
+                    for r in page:
+                        blob = r["blob"]
+                        key = bytes.fromhex(blob)
+                        if key in seen:
+                            continue
+                        row = ManifestRow(
+                            r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
+                            r["uploaded_sha256"], bool(r["generated"]),
+                        )  # fmt: skip
+                        data = packer.get(blob) if packer else None
+                        if data is None:
+                            data = reproduce(row, blob)
+                        if data is None or hashlib.sha256(data).hexdigest() != blob:
+                            missing.append(row.path)
+                            continue
+                        seen.add(key)
+                        out.write(data)
+                        digest.update(data)
+                        index.append(f"({sql_literal(blob)}, {len(data)}, {offset})")
+                        offset += len(data)
+                    if len(page) < PACK_PAGE:
+                        break
+                    after = f"AND f.path > {sql_literal(page[-1]['path'])} "
+                    del page
             if not index:
                 return 0, 0, tuple(missing)
             name = f"{PACKS}{digest.hexdigest()}.pack"
@@ -553,18 +572,20 @@ class History:
             f"INSERT INTO mosaicsync.packs (name, size) VALUES ({sql_literal(name)}, {offset}) "
             "ON CONFLICT (name) DO NOTHING"
         ]
-        for start in range(0, len(index), BATCH):
-            values = ", ".join(
-                f"({sql_literal(sha)}, {size}, {sql_literal(name)}, {off})"
-                for sha, size, off in index[start : start + BATCH]
-            )
+        packed = len(index)
+        for start in range(0, packed, BATCH):
             statements.append(
-                'INSERT INTO mosaicsync.blobs (sha256, size, pack, "offset") VALUES '
-                f"{values} ON CONFLICT (sha256) DO NOTHING"
+                'INSERT INTO mosaicsync.blobs (sha256, size, pack, "offset") SELECT v.sha256, '
+                f"v.size, {sql_literal(name)}, v.off FROM (VALUES "
+                + ", ".join(index[start : start + BATCH])
+                + ") AS v (sha256, size, off) ON CONFLICT (sha256) DO NOTHING"
             )
-        for start in range(0, len(statements), 8):
-            self._sql(";\n".join(statements[start : start + 8]))
-        return len(index), offset, tuple(missing)
+            if len(statements) == 8:
+                self._sql(";\n".join(statements))
+                statements = []
+        if statements:
+            self._sql(";\n".join(statements))
+        return packed, offset, tuple(missing)
 
     def prune(self) -> int:
         """Delete deploys past `keep` (all file sets when history is off), then the blobs no

@@ -58,7 +58,7 @@ UPSERT_BATCH = 500
 FETCH_PAGE = 5000  # rows per manifest read, well under the endpoint's row and byte caps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRow:
     """One deployed file: written only after the file has arrived."""
 

@@ -17,7 +17,7 @@ from mosaicsync.scan import LocalFile
 Target = Literal["site", "storage"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteEntry:
     """One row of the remote manifest: what we deployed at `path`, and where it went."""
 
@@ -28,7 +28,7 @@ class RemoteEntry:
     url: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Upload:
     """One file to send, where to send it, and why it is not already there."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mosaicsync import publishable
 from mosaicsync.errors import ScanError
-from mosaicsync.hashcache import HashCache, stat_key
+from mosaicsync.hashcache import HashCache, StatKey, stat_key
 from mosaicsync.ignore import IGNORE_FILE, IgnoreRules
 
 CHUNK = 1024 * 1024  # bytes read per call when hashing
@@ -31,7 +31,7 @@ POOL_MIN_SIZE = 256 * 1024  # smaller files are hashed in the calling thread
 RACY_WINDOW_NS = 100_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalFile:
     """A file that will be published: where it goes (`path`) and where to read it (`abs_path`)."""
 
@@ -95,7 +95,7 @@ def hash_file(path: Path) -> str:
 class _Found:
     rel: str
     path: str
-    st: os.stat_result
+    key: StatKey  # (size, mtime_ns, inode, ctime_ns): all a 100k-file walk keeps of the stat
     sha: str = ""  # filled from the cache or by hashing
 
 
@@ -161,7 +161,7 @@ class _Walker:
                                 publishable.check(rel)
                                 st = _stat(entry.path, rel, entry)
                                 if st is not None:
-                                    found.append(_Found(rel, entry.path, st))
+                                    found.append(_Found(rel, entry.path, stat_key(st)))
                         else:
                             self.skip_special(rel)
             except OSError as exc:
@@ -204,7 +204,7 @@ class _Walker:
             stack.append((real, rel + "/", (*chain, real)))
         elif stat.S_ISREG(st.st_mode):
             publishable.check(rel)
-            self.found.append(_Found(rel, real, st))
+            self.found.append(_Found(rel, real, stat_key(st)))
         else:
             self.skipped.append(Skipped(rel, "not a regular file"))
 
@@ -298,11 +298,11 @@ def _hash_batch(batch: list[_Found]) -> int:
             for _ in range(3):
                 item.sha, count = _read_digest(item.path)
                 total += count
-                if count == item.st.st_size:
+                if count == item.key[0]:
                     break
                 # Being written while we read it (an editor saving, a build running): the size
                 # and the hash must describe the same bytes, so look again.
-                item.st = os.stat(item.path)
+                item.key = stat_key(os.stat(item.path))
             else:
                 raise ScanError(
                     f"{item.rel} kept changing while it was being read",
@@ -327,11 +327,11 @@ def _hash_all(misses: list[_Found], workers: int) -> int:
     hashlib and reads release the GIL on big buffers, so big files hash on every core; a small
     file costs mostly interpreter time, which threads would only fight over.
     """
-    big = [item for item in misses if item.st.st_size >= POOL_MIN_SIZE]
+    big = [item for item in misses if item.key[0] >= POOL_MIN_SIZE]
     if workers <= 1 or not big or len(big) == len(misses) == 1:
         return _hash_batch(misses)
-    small = [item for item in misses if item.st.st_size < POOL_MIN_SIZE]
-    big.sort(key=lambda item: item.st.st_size, reverse=True)  # longest first evens the finish
+    small = [item for item in misses if item.key[0] < POOL_MIN_SIZE]
+    big.sort(key=lambda item: item.key[0], reverse=True)  # longest first evens the finish
     pool = ThreadPoolExecutor(max_workers=min(workers, len(big)))
     try:
         futures = [pool.submit(_hash_batch, [item]) for item in big]
@@ -354,19 +354,19 @@ def _resolve(
     misses: list[_Found] = []
     for item in found:
         if cache is not None:
-            item.sha = cache.lookup(item.rel, stat_key(item.st)) or ""
+            item.sha = cache.lookup(item.rel, item.key) or ""
         if not item.sha:
             misses.append(item)
     bytes_hashed = _hash_all(misses, workers)
     if cache is not None:
         settled_before = started_ns - RACY_WINDOW_NS
         for item in misses:
-            st = item.st
-            if max(st.st_mtime_ns, st.st_ctime_ns) < settled_before:
-                cache.store(item.rel, stat_key(st), item.sha)
+            key = item.key
+            if max(key[1], key[3]) < settled_before:
+                cache.store(item.rel, key, item.sha)
             else:
                 cache.discard(item.rel)
-    files = [LocalFile(item.rel, item.path, item.st.st_size, item.sha) for item in found]
+    files = [LocalFile(item.rel, item.path, item.key[0], item.sha) for item in found]
     files.sort(key=lambda local: local.path)
     return files, len(misses), bytes_hashed
 
@@ -463,7 +463,7 @@ def _visit_one(walker: _Walker, parts: list[str], rel: str) -> None:
     elif stat.S_ISREG(st.st_mode):
         if walker.rules.match(rel, False) is None:
             publishable.check(rel)
-            walker.found.append(_Found(rel, path, st))
+            walker.found.append(_Found(rel, path, stat_key(st)))
     else:
         walker.skip_special(rel)
     for directory, prefix, dir_chain in stack:

@@ -9,14 +9,17 @@ publish through `Publisher.publish`: one upload path, whatever the command.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import posixpath
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.contract import TEXT_EXTENSIONS
@@ -26,6 +29,8 @@ from mosaicsync.manifest import Manifest, ManifestRow
 from mosaicsync.plan import Plan, RemoteEntry, Upload, route
 from mosaicsync.publishable import ASSETS_FILE
 from mosaicsync.scan import LocalFile
+
+_T = TypeVar("_T")
 
 FLUSH_EVERY = 200
 
@@ -252,23 +257,44 @@ class Publisher:
 
     # -- execution -------------------------------------------------------------------------------
 
-    def _parallel(self, uploads: Sequence[Upload], work: Callable[[Upload], None]) -> None:
-        """Run `work` on every upload with bounded concurrency; stop at the first failure."""
-        if not uploads:
-            return
-        workers = self.concurrency or auto_concurrency(self.client.min_rtt_ms)
-        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    def _parallel(self, items: Iterable[_T], work: Callable[[_T], None]) -> None:
+        """Run `work` on every item with bounded concurrency; stop at the first failure.
+
+        At most twice as many items as workers are in flight or queued at any moment: a
+        100k-file plan never holds a future (and its lock and condition) per file.
+        """
+        workers = max(1, self.concurrency or auto_concurrency(self.client.min_rtt_ms))
+        slots = threading.BoundedSemaphore(workers * 2)
+        failed: list[BaseException] = []
+
+        def run(item: _T) -> None:
+            if not failed:  # queued behind a failure: dropped, as if cancelled
+                work(item)
+
+        def finished(future: Future[None]) -> None:
+            if not future.cancelled() and (exc := future.exception()) is not None:
+                failed.append(exc)
+            slots.release()
+
+        pool: ThreadPoolExecutor | None = None
+        submitted = False
         try:
-            futures: list[Future[None]] = [pool.submit(work, u) for u in uploads]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in pending:
-                f.cancel()
-            for f in futures:
-                if f.done() and not f.cancelled() and f.exception():
-                    raise f.exception()  # type: ignore[misc]
+            for item in items:
+                slots.acquire()
+                if failed:
+                    slots.release()
+                    break
+                if pool is None:
+                    _fewer_malloc_arenas()
+                    pool = ThreadPoolExecutor(max_workers=workers)
+                pool.submit(run, item).add_done_callback(finished)
+            submitted = True
         finally:
-            # On Ctrl-C too, queued uploads are dropped: only those already in flight finish.
-            pool.shutdown(wait=True, cancel_futures=True)
+            # On Ctrl-C, queued items are dropped: only those already in flight finish.
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=not submitted)
+        if failed:
+            raise failed[0]
 
     def _put_storage(
         self,
@@ -480,6 +506,24 @@ def _assets_row(storage_urls: dict[str, str]) -> ManifestRow | None:
     return ManifestRow(
         ASSETS_FILE, hashlib.sha256(data).hexdigest(), len(data), "site", None, None, True
     )
+
+
+@functools.cache
+def _fewer_malloc_arenas() -> None:
+    """Cap glibc's malloc at two arenas before the upload threads start.
+
+    glibc gives each new thread an arena of its own (up to eight per core), and each upload
+    thread's arena then keeps the request and file buffers it freed: with two, the cold deploy
+    of 30k files peaked at 99 MB instead of 122 MB, for the same CPU time. Elsewhere (macOS,
+    musl) there is nothing to do.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
 
 
 class _Counter:
