@@ -24,7 +24,7 @@ from mosaicsync.findings import BROKEN_REFERENCE, Finding, ordered, raise_for, s
 from mosaicsync.hashcache import HashCache
 from mosaicsync.history import Entry, Finished, History, Packer, git_state
 from mosaicsync.ignore import IgnoreRules, load_ignore_rules
-from mosaicsync.manifest import Manifest, ManifestRow, local_digest
+from mosaicsync.manifest import Manifest, ManifestRow, local_digest, save_copy
 from mosaicsync.plan import Plan, plan_deploy, route
 from mosaicsync.preflight import Preflight, Report, Secrets
 from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mosaicsync.migrate import Migrator
 
 CACHE_DIR = ".mosaicsync"
+MANIFEST_COPY = "manifest"  # the last deployed manifest, used while the platform's digest agrees
 
 
 @contextlib.contextmanager
@@ -370,7 +371,8 @@ class Deployer:
                 return self._noop(result, files, targets, t0)
 
             result.live = self.manifest.live
-            remote, rows = self.manifest.fetch()
+            copy = self.config.project_dir / CACHE_DIR / MANIFEST_COPY
+            remote, rows = self.manifest.fetch(copy)
             plan = plan_deploy(files, remote, prune=self.options.prune)
             self.emit(Planned(plan, noop=False))
             result.unchanged = len(plan.unchanged)
@@ -388,6 +390,8 @@ class Deployer:
             try:
                 with ended_on_error(history, result.deploy_id):
                     published = self.publisher(history, packer).publish(plan, files, rows)
+                    if self.manifest.view is not None:
+                        save_copy(copy, self.manifest.view)
                     result.uploaded, result.pruned = published.uploaded, published.pruned
                     result.bytes = published.bytes
                     result.duration_ms = int((time.perf_counter() - t0) * 1000)

@@ -10,8 +10,11 @@ import hashlib
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from mosaicsync.api import MosaicClient
+from mosaicsync.atomic import write_atomic
+from mosaicsync.hashcache import ensure_cache_dir
 from mosaicsync.plan import RemoteEntry
 
 SCHEMA_SQL = """
@@ -54,6 +57,20 @@ SELECT encode(sha256(convert_to(coalesce(string_agg(
 FROM mosaicsync.files WHERE NOT generated
 """
 
+# Every column of every row, as `rows_digest` computes it from a local copy: when the two agree,
+# the copy is the manifest and a deploy plans against it instead of downloading every row.
+_ROW_TEXT = (
+    "path || E'\\t' || sha256 || E'\\t' || size || E'\\t' || target || E'\\t' || "
+    "coalesce('=' || url, '-') || E'\\t' || coalesce('=' || uploaded_sha256, '-') || E'\\t' || "
+    "CASE WHEN generated THEN '1' ELSE '0' END"
+)
+FULL_DIGEST_SQL = (
+    f"SELECT encode(sha256(convert_to(coalesce(string_agg({_ROW_TEXT}, E'\\n' "
+    "ORDER BY path COLLATE \"C\"), ''), 'UTF8')), 'hex') AS digest FROM mosaicsync.files"
+)
+_COPY_MAGIC = b"mosaicsync-manifest"
+_COPY_VERSION = 1
+
 UPSERT_BATCH = 500
 FETCH_PAGE = 5000  # rows per manifest read, well under the endpoint's row and byte caps
 
@@ -94,10 +111,71 @@ def local_digest(entries: Iterable[tuple[str, str, str]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _row_fields(r: ManifestRow) -> tuple[str, str, str, str, str, str, str]:
+    return (
+        r.path, r.sha256, str(r.size), r.target,
+        "-" if r.url is None else "=" + r.url,
+        "-" if r.uploaded_sha256 is None else "=" + r.uploaded_sha256,
+        "1" if r.generated else "0",
+    )  # fmt: skip
+
+
+def rows_digest(rows: Iterable[ManifestRow]) -> str:
+    """sha256 over every column of `rows` in byte order of path, as `FULL_DIGEST_SQL` does."""
+    ordered = sorted(rows, key=lambda r: r.path.encode("utf-8"))
+    text = "\n".join("\t".join(_row_fields(r)) for r in ordered)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def save_copy(path: Path, rows: dict[str, ManifestRow]) -> None:
+    """Write the local copy of the manifest with its digest (atomically, no fsync: a copy cut
+    short fails its digest and is read from the platform again). Unwritable: no error."""
+    digest = rows_digest(rows.values())
+    payload = "\0".join(f for r in rows.values() for f in _row_fields(r)).encode("utf-8")
+    header = b"%s %d %s\n" % (_COPY_MAGIC, _COPY_VERSION, digest.encode("ascii"))
+    try:
+        ensure_cache_dir(path.parent)
+        write_atomic(path, header + payload, durable=False)
+    except OSError:
+        return
+
+
+def load_copy(path: Path) -> tuple[str, dict[str, ManifestRow]] | None:
+    """(digest, rows) of the local copy, or None when there is none or it is not readable."""
+    try:
+        data = path.read_bytes()
+        header, _, payload = data.partition(b"\n")
+        magic, version, digest = header.split(b" ")
+        if magic != _COPY_MAGIC or int(version) != _COPY_VERSION:
+            return None
+        parts = payload.decode("utf-8").split("\0") if payload else []
+    except (OSError, ValueError):
+        return None
+    if len(parts) % 7:
+        return None
+    rows: dict[str, ManifestRow] = {}
+    try:
+        for i in range(0, len(parts), 7):
+            path_, sha, size, target, url, uploaded, generated = parts[i : i + 7]
+            rows[path_] = ManifestRow(
+                path_, sha, int(size), target,
+                None if url == "-" else url[1:],
+                None if uploaded == "-" else uploaded[1:],
+                generated == "1",
+            )  # fmt: skip
+    except ValueError:
+        return None
+    return digest.decode("ascii"), rows
+
+
 class Manifest:
     def __init__(self, client: MosaicClient, project_id: str) -> None:
         self.client = client
         self.project_id = project_id
+        # The rows as this object last read and then wrote them (None before a `fetch`): what a
+        # deploy leaves in its local copy.
+        self.view: dict[str, ManifestRow] | None = None
+        self._view_lock = threading.Lock()
         # The live deploy of the history as `ensure` last read it (id, kind, rollback_of,
         # message), in the same request: `status` and a no-op deploy say what is live for free.
         self.live: dict | None = None
@@ -111,12 +189,19 @@ class Manifest:
         self.live = rows[0].get("live")
         return rows[0]["digest"], int(rows[0]["files"])
 
-    def fetch(self) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
+    def fetch(
+        self, copy: Path | None = None
+    ) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
         """The deployed files: (entries for the planner, full rows by path).
 
-        Read in pages in path order: the SQL endpoint caps a response's rows and bytes, and a
-        big site's manifest in one response would pass both.
+        From the local `copy` when the platform's digest of every row equals the copy's (one
+        small request instead of every row: the platform stays the truth); else read in pages
+        in path order: the SQL endpoint caps a response's rows and bytes, and a big site's
+        manifest in one response would pass both.
         """
+        held = load_copy(copy) if copy is not None else None
+        if held is not None and self._sql(FULL_DIGEST_SQL)[0]["digest"] == held[0]:
+            return self._fetched(held[1])
         rows: list[dict] = []
         after = ""
         while True:
@@ -135,6 +220,13 @@ class Manifest:
             )
             for r in rows
         }  # fmt: skip
+        return self._fetched(full)
+
+    def _fetched(
+        self, full: dict[str, ManifestRow]
+    ) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
+        with self._view_lock:
+            self.view = dict(full)
         entries = {
             p: RemoteEntry(p, r.sha256, r.size, r.target, r.url)  # type: ignore[arg-type]
             for p, r in full.items()
@@ -171,6 +263,10 @@ class Manifest:
                 "uploaded_sha256 = EXCLUDED.uploaded_sha256, generated = EXCLUDED.generated, "
                 "deployed_at = EXCLUDED.deployed_at"
             )
+            with self._view_lock:
+                if self.view is not None:
+                    for r in batch:
+                        self.view[r.path] = r
 
     def remove(self, paths: Sequence[str]) -> None:
         for start in range(0, len(paths), UPSERT_BATCH):
@@ -180,6 +276,10 @@ class Manifest:
                 + ", ".join(sql_literal(p) for p in batch)
                 + ")"
             )
+            with self._view_lock:
+                if self.view is not None:
+                    for p in batch:
+                        self.view.pop(p, None)
 
 
 class MirroredManifest(Manifest):

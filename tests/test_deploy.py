@@ -289,3 +289,71 @@ def test_unchanged_css_is_rewritten_when_a_file_it_uses_goes_to_storage(
     # An unrelated edit afterwards uploads one file: the map did not change.
     (public / "app.js").write_text("console.log(1)\n")
     assert deploy_json(project_dir, local_server)["uploaded"] == 1
+
+
+def test_the_local_manifest_copy_is_used_only_while_the_platform_agrees(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    from mosaicsync.manifest import (
+        FULL_DIGEST_SQL,
+        Manifest,
+        ManifestRow,
+        load_copy,
+        rows_digest,
+        save_copy,
+    )
+
+    pid = project_id_of(project_dir)
+    copy = project_dir / ".mosaicsync" / "manifest"
+    deploy_json(project_dir, local_server)
+    held = load_copy(copy)
+    assert held is not None
+    client = MosaicClient(local_server.api, KEY_A)
+    try:
+        manifest = Manifest(client, pid)
+        _, server_rows = manifest.fetch()
+        # Every column, a NULL, a rewritten page and the generated assets map: the same digest
+        # on both sides, so the copy is used after the deploy that wrote it.
+        assert held[1] == server_rows
+        assert held[0] == rows_digest(server_rows.values())
+        odd = ManifestRow("dir/é ü.txt", "a" * 64, 0, "site", None, "b" * 64, True)
+        manifest.upsert([odd])
+        _, server_rows = manifest.fetch()
+        assert client.sql(pid, FULL_DIGEST_SQL)[0]["digest"] == rows_digest(server_rows.values())
+        manifest.remove([odd.path])
+
+        requests: list[str] = []
+        original = client.sql
+
+        def counted(project: str, query: str, **kw: object) -> list[dict]:
+            requests.append(query)
+            return original(project, query, **kw)  # type: ignore[arg-type]
+
+        client.sql = counted  # type: ignore[method-assign]
+        deploy_json(project_dir, local_server)  # a no-op writes nothing
+        _, rows = manifest.fetch(copy)
+        assert len(requests) == 1 and requests[0] == FULL_DIGEST_SQL  # no row was downloaded
+        assert rows == manifest.fetch()[1]
+
+        # A copy that no longer matches (a deploy from another folder, a hand edit): read from
+        # the platform, and the next deploy plans against what is really there.
+        css = project_dir / "public" / "style.css"
+        other = project_dir.parent / "other"
+        shutil.copytree(project_dir, other, ignore=shutil.ignore_patterns(".mosaicsync"))
+        (other / "public" / "style.css").write_text("body { color: red }\n")
+        assert deploy_json(other, local_server)["uploaded"] == 1
+        requests.clear()
+        _, rows = manifest.fetch(copy)
+        assert any(q.startswith("SELECT path, sha256") for q in requests)
+        assert rows["style.css"].sha256 != held[1]["style.css"].sha256
+        edit = deploy_json(project_dir, local_server)
+        assert edit["uploaded"] == 1  # this folder's style.css, back over the other one
+        assert site_get(local_server, pid, "/style.css").text == css.read_text()
+
+        tampered = {**held[1], "app.js": ManifestRow("app.js", "0" * 64, 1, "site")}
+        save_copy(copy, tampered)
+        (project_dir / "public" / "app.js").write_text("console.log('changed')\n")
+        assert deploy_json(project_dir, local_server)["uploaded"] == 1
+        assert site_get(local_server, pid, "/app.js").text == "console.log('changed')\n"
+    finally:
+        client.close()
