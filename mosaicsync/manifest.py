@@ -130,13 +130,13 @@ def rows_digest(rows: Iterable[ManifestRow]) -> str:
 def save_copy(path: Path, rows: dict[str, ManifestRow]) -> None:
     """Write the local copy of the manifest with its digest (atomically, no fsync: a copy cut
     short fails its digest and is read from the platform again). Unwritable: no error."""
-    digest = rows_digest(rows.values())
-    payload = "\0".join(f for r in rows.values() for f in _row_fields(r)).encode("utf-8")
-    header = b"%s %d %s\n" % (_COPY_MAGIC, _COPY_VERSION, digest.encode("ascii"))
     try:
+        digest = rows_digest(rows.values())
+        payload = "\0".join(f for r in rows.values() for f in _row_fields(r)).encode("utf-8")
+        header = b"%s %d %s\n" % (_COPY_MAGIC, _COPY_VERSION, digest.encode("ascii"))
         ensure_cache_dir(path.parent)
         write_atomic(path, header + payload, durable=False)
-    except OSError:
+    except (OSError, ValueError):  # unwritable, or a name UTF-8 cannot encode: no copy
         return
 
 
@@ -283,40 +283,22 @@ class Manifest:
 
 
 class MirroredManifest(Manifest):
-    """The deployed manifest plus an in-memory copy that every successful write keeps current,
-    so a sync plans against memory instead of downloading the manifest again."""
-
-    def __init__(self, client: MosaicClient, project_id: str) -> None:
-        super().__init__(client, project_id)
-        self.rows: dict[str, ManifestRow] = {}
-        self._lock = threading.Lock()
+    """The deployed manifest read once, then kept current in memory by every successful write
+    (the `view` every Manifest keeps), so a sync plans against memory instead of downloading
+    the manifest again."""
 
     def load(self) -> None:
-        _, rows = self.fetch()
-        with self._lock:
-            self.rows = dict(rows)
-
-    def upsert(self, rows: Sequence[ManifestRow]) -> None:
-        super().upsert(rows)
-        with self._lock:
-            for row in rows:
-                self.rows[row.path] = row
-
-    def remove(self, paths: Sequence[str]) -> None:
-        super().remove(paths)
-        with self._lock:
-            for path in paths:
-                self.rows.pop(path, None)
+        self.fetch()
 
     def snapshot(self) -> dict[str, ManifestRow]:
-        with self._lock:
-            return dict(self.rows)
+        with self._view_lock:
+            return dict(self.view or {})
 
     def entries(self) -> dict[str, RemoteEntry]:
         """The rows the planner compares with (the generated assets map is left out)."""
-        with self._lock:
+        with self._view_lock:
             return {
                 p: RemoteEntry(p, r.sha256, r.size, r.target, r.url)  # type: ignore[arg-type]
-                for p, r in self.rows.items()
+                for p, r in (self.view or {}).items()
                 if not r.generated
             }
