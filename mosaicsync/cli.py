@@ -979,15 +979,8 @@ def rollback(
     """
     from mosaicsync.deploy import Deployer, DeployOptions
     from mosaicsync.output import human_size, printable
-    from mosaicsync.restore import Restorer
-
-    if not yes and not dry_run:
-        _needs_yes(
-            session,
-            "rollback changes the live site",
-            "`mosaicsync rollback --dry-run` shows what it would do",
-        )
     from mosaicsync.preflight import allowed_paths
+    from mosaicsync.restore import Restorer
 
     config, out, project_id = _project_session(session)
     options = DeployOptions(
@@ -999,9 +992,15 @@ def rollback(
         deployer = Deployer(config, client, project_id, options, out.deploy_event)
         restorer = Restorer(deployer)
         if not yes and not dry_run:
+            # The dry run first: an unknown id or a missing byte is reported before any question.
             preview = restorer.run(deploy_id, dry_run=True)
             plan = preview.plan
             assert plan is not None
+            _needs_yes(
+                session,
+                "rollback changes the live site",
+                "`mosaicsync rollback --dry-run` shows what it would do",
+            )
             click.confirm(
                 f"Roll {project_id} back to {preview.target.describe()} "
                 f"({printable(preview.target.message or 'no message')}): restore "
@@ -1215,13 +1214,6 @@ def promote(
     from mosaicsync import previews
     from mosaicsync.deploy import DeployOptions
     from mosaicsync.output import printable
-
-    if not yes and not dry_run:
-        _needs_yes(
-            session,
-            "promote changes the production site",
-            f"`mosaicsync promote {name} --dry-run` shows what it would do",
-        )
     from mosaicsync.preflight import allowed_paths
 
     config, out, production = _project_session(session)
@@ -1234,20 +1226,32 @@ def promote(
         allow_out_of_order=opts["allow_out_of_order"],
     )
     with session.client(config, out) as client:
+
+        def run(dry: bool) -> dict[str, Any]:
+            return previews.promote(
+                config,
+                client,
+                production,
+                name,
+                options=options,
+                dry_run=dry,
+                on_event=out.deploy_event,
+                confirm=_confirm_destructive(session),
+            )
+
         if not yes and not dry_run:
+            # The dry run first: an unknown preview or a migration mismatch is reported before
+            # any question.
+            run(True)
+            _needs_yes(
+                session,
+                "promote changes the production site",
+                f"`mosaicsync promote {name} --dry-run` shows what it would do",
+            )
             click.confirm(
                 f"Promote preview {name} to production {production}?", abort=True, err=True
             )
-        done = previews.promote(
-            config,
-            client,
-            production,
-            name,
-            options=options,
-            dry_run=dry_run,
-            on_event=out.deploy_event,
-            confirm=_confirm_destructive(session),
-        )
+        done = run(dry_run)
     restore = done["restore"]
     data = {
         "preview": done["preview"],

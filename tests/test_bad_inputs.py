@@ -824,7 +824,16 @@ def rollback_unknown_id(ctx: Ctx) -> None:
 @case("rollback with no terminal and no --yes", 2, "so pass --yes", UNCHANGED)
 def rollback_without_yes(ctx: Ctx) -> None:
     ctx.deploy_first()
+    (ctx.public / "index.html").write_text("<!doctype html><p>second</p>")
+    ctx.deploy_first()
     ctx.args = ["rollback", "--json"]
+
+
+@case("rollback to an unknown id with no terminal and no --yes: the id is the error",
+      10, "restorable: #1", UNCHANGED)  # fmt: skip
+def rollback_unknown_id_without_yes(ctx: Ctx) -> None:
+    ctx.deploy_first()
+    ctx.args = ["rollback", "999", "--json"]
 
 
 @case("rollback with history switched off (`[history] keep = 0`)", 2, "deploy history is off",
