@@ -463,11 +463,9 @@ def promote(
             allow_destructive=options.allow_destructive,
             confirm=confirm,
         )
-        migrations = (
-            [m.filename for m in up.planned]
-            if up.dry_run
-            else [f"{a.version} {a.name}" for a in up.applied]
-        )
+        # The same names (the files) whether planned or applied.
+        applied = {a.version for a in up.applied}
+        migrations = [m.filename for m in up.planned if up.dry_run or m.version in applied]
     result = Restorer(deployer).run(
         preview.last_deploy_id,
         dry_run=dry_run,

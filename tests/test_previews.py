@@ -78,10 +78,18 @@ def test_preview_seed_promote_list_delete(
     preview_bytes = site_only(served_site(local_server, pid))
     assert b"<p>x</p>" in preview_bytes["site:index.html"]
 
+    planned = json.loads(
+        cli(["promote", "feature-x", "--dry-run", "--json"], folder, local_server).stdout
+    )
+    assert planned["migrations"] == ["0002_add_note.sql"] and applied(local_server, production) == [
+        1
+    ]
     promoted = json.loads(
         cli(["promote", "feature-x", "--yes", "--json"], folder, local_server).stdout
     )
-    assert promoted["migrations"] and applied(local_server, production) == [1, 2]
+    # Planned and applied migrations are named alike: by their files.
+    assert promoted["migrations"] == ["0002_add_note.sql"]
+    assert applied(local_server, production) == [1, 2]
     assert site_only(served_site(local_server, production)) == preview_bytes
     assert rows(local_server, production, "SELECT count(*) AS n FROM todos") == [{"n": 0}]
     history = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)
