@@ -1120,7 +1120,7 @@ def preview_list(session: Session) -> None:
       mosaicsync preview list --json
     """
     from mosaicsync import previews
-    from mosaicsync.output import printable
+    from mosaicsync.output import human_age, printable
 
     config, out, parent = _project_session(session)
     with session.client(config, out) as client:
@@ -1129,7 +1129,7 @@ def preview_list(session: Session) -> None:
     data = {"project_id": parent, "previews": [p.to_json(urls.get(p.project_id)) for p in items]}
     lines = [
         f"{printable(p.name):<24} {p.project_id:<12} {p.state:<9} "
-        f"{'expired' if p.expired else 'expires ' + p.expires_at}  age {p.age_s // 3600} h  "
+        f"{'expired' if p.expired else 'expires ' + p.expires_at}  age {human_age(p.age_s)}  "
         f"deploy #{p.last_deploy_id if p.last_deploy_id is not None else '-'} from production "
         f"#{p.parent_live_id if p.parent_live_id is not None else '-'}  "
         f"{printable(str(urls.get(p.project_id) or '(project gone)'))}"

@@ -57,6 +57,15 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def human_age(seconds: float) -> str:
+    """An age as people say it: the largest whole unit, down to seconds."""
+    s = max(0, int(seconds))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if s >= size:
+            return f"{s // size} {unit}"
+    return f"{s} s"
+
+
 class Output:
     """One per command run; `secrets` are masked in everything it prints."""
 

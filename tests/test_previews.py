@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mosaicsync.api import MosaicClient
+from mosaicsync.output import human_age
 from mosaicsync.previews import parse_ttl
 from tests.conftest import KEY_A, LocalServer
 from tests.test_history import cli, served_site
@@ -172,3 +173,9 @@ def test_ttl_forms() -> None:
     for bad in ("", "7", "d", "7x", "-1d", "1.5h"):
         with pytest.raises(Exception, match="not a duration"):
             parse_ttl(bad)
+
+
+def test_a_preview_age_is_shown_in_the_largest_whole_unit() -> None:
+    assert [human_age(s) for s in (0, 59, 60, 3599, 3600, 86399, 86400, 9 * 86400)] == [
+        "0 s", "59 s", "1 min", "59 min", "1 h", "23 h", "1 d", "9 d",
+    ]  # fmt: skip
