@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
@@ -31,6 +31,9 @@ from mosaicsync.errors import (
     NotFoundError,
 )
 from mosaicsync.manifest import sql_literal
+
+if TYPE_CHECKING:
+    from mosaicsync.migrate import Migrator
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 DEFAULT_NAME = "preview"
@@ -409,6 +412,12 @@ def check_migrations(
             "with it)"
         )
     newest = max((int(v) for v in mine), default=None)
+    for version in sorted(set(files) - set(mine) - set(theirs), key=int):
+        if newest is not None and int(version) < newest:
+            problems.append(
+                f"{version} is in the folder but not applied on the preview (it was not "
+                "reviewed with it)"
+            )
     return problems, newest
 
 
@@ -427,7 +436,6 @@ def promote(
     byte-identical to the preview's last deploy from the preview's stored content."""
     from mosaicsync.deploy import Deployer
     from mosaicsync.history import History
-    from mosaicsync.migrate import Migrator
     from mosaicsync.restore import Restorer
 
     preview = Registry(client, production).require(name)
@@ -452,11 +460,12 @@ def promote(
     source = History(client, preview.project_id, config.history_keep or 1)
     deployer = Deployer(config, client, production, options, on_event, confirm=confirm)
     migrations: list[str] = []
-    if newest is not None:
-        migrator = Migrator(
-            client, production, config.migrations_dir, lock_timeout=options.lock_timeout,
-            on_event=on_event,
-        )  # fmt: skip
+
+    def migrate(migrator: Migrator) -> None:
+        # Run by the restore once the preview's bytes are fetched, verified and searched, under
+        # its lease: a promote that cannot publish leaves production's schema alone too.
+        if newest is None:
+            return
         up = migrator.up(
             to=newest,
             dry_run=dry_run,
@@ -465,12 +474,14 @@ def promote(
         )
         # The same names (the files) whether planned or applied.
         applied = {a.version for a in up.applied}
-        migrations = [m.filename for m in up.planned if up.dry_run or m.version in applied]
+        migrations.extend(m.filename for m in up.planned if up.dry_run or m.version in applied)
+
     result = Restorer(deployer).run(
         preview.last_deploy_id,
         dry_run=dry_run,
         source=source,
         message=f"promote of {name} #{preview.last_deploy_id}",
+        before_publish=migrate,
     )
     return {
         "preview": preview.to_json(),

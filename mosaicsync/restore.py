@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from mosaicsync.upload import Stored
 
 if TYPE_CHECKING:
     from mosaicsync.deploy import Deployer
+    from mosaicsync.migrate import Migrator
 
 # Ranges of one pack closer than this are read in one request.
 MERGE_GAP = 64 * 1024
@@ -178,10 +179,13 @@ class Restorer:
         dry_run: bool = False,
         source: History | None = None,
         message: str | None = None,
+        before_publish: Callable[[Migrator], None] | None = None,
     ) -> RollbackResult:
         """Restore deploy `wanted` (None: the one before the live one) of this project's history,
         or, given `source` (another project's history: a preview's), of that one: a promote,
-        recorded with `message`."""
+        recorded with `message`. `before_publish` runs once every byte is fetched, verified and
+        searched for secrets, under the same lease (a promote's migrations): a restore that
+        cannot run changes nothing, not even the schema."""
         t0 = time.perf_counter()
         d = self.deployer
         project = self.client.get_project(self.project_id)
@@ -222,6 +226,8 @@ class Restorer:
                 outcome="nothing was restored",
                 hint="fix it with a new deploy; a reviewed file passes with --allow-secret PATH",
             )
+            if before_publish is not None:
+                before_publish(migrator)
             if source is history:
                 result.migrations_after = history.migrations_since(target)
             live = history.live()

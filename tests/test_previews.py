@@ -167,6 +167,39 @@ def test_what_a_preview_refuses(todo: tuple[Path, str], local_server: LocalServe
         cli(["preview", "delete", name, "--yes"], folder, local_server)
 
 
+def test_a_promote_that_cannot_publish_leaves_production_alone(
+    todo: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, production = todo
+    migrations = folder / "migrations"
+    (migrations / "0003_later.sql").write_text("CREATE TABLE later (x int);\n")
+    page = folder / "public" / "index.html"
+    page.write_text(page.read_text().replace("</body>", "<p>reviewed</p></body>"))
+    made = json.loads(cli(["preview", "a", "--no-seed", "--json"], folder, local_server).stdout)
+    pid = made["preview"]["project_id"]
+    assert applied(local_server, pid) == [1, 3] and applied(local_server, production) == [1]
+    before = served_site(local_server, production)
+
+    # A migration in the folder below the preview's newest that the preview never applied
+    # would reach production unreviewed: refused, named.
+    (migrations / "0002_between.sql").write_text("CREATE TABLE between_ (x int);\n")
+    unreviewed = cli(["promote", "a", "--yes"], folder, local_server, code=7)
+    assert "2 is in the folder but not applied on the preview" in unreviewed.stderr
+    (migrations / "0002_between.sql").unlink()
+
+    # The preview's stored bytes are gone: the restore stops before anything changes, and the
+    # migration it would have applied first is not applied either.
+    with MosaicClient(local_server.api, KEY_A) as client:
+        for o in client.list_storage(pid)["files"]:
+            if o["filename"].startswith(".mosaicsync/history/packs/"):
+                client.delete_object(pid, o["filename"])
+    gone = cli(["promote", "a", "--yes"], folder, local_server, code=10)
+    assert "no longer in this project's storage" in gone.stderr
+    assert applied(local_server, production) == [1]
+    assert served_site(local_server, production) == before
+    cli(["preview", "delete", "a", "--yes"], folder, local_server)
+
+
 def test_ttl_forms() -> None:
     assert parse_ttl("7d") == 7 * 86400 and parse_ttl("1w2d") == 9 * 86400
     assert parse_ttl("0s") == 0 and parse_ttl("90m") == 5400
