@@ -589,11 +589,18 @@ class History:
 
     def prune(self) -> int:
         """Delete deploys past `keep` (all file sets when history is off), then the blobs no
-        retained deploy needs and the packs left with none: objects first, then rows."""
+        retained deploy needs and the packs left with none: objects first, then rows.
+
+        `keep` counts complete deploys, and failed or interrupted ones separately (up to as
+        many again): a run of failures never pushes the live deploy, or the ones before it,
+        out of the history."""
         if self.enabled:
+            k = int(self.keep)
             rows = self._sql(
                 "WITH gone AS (DELETE FROM mosaicsync.deploys WHERE id NOT IN (SELECT id FROM "
-                f"mosaicsync.deploys ORDER BY id DESC LIMIT {self.keep}) RETURNING id) "
+                f"mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT {k}) "
+                "AND id NOT IN (SELECT id FROM mosaicsync.deploys WHERE state <> 'complete' "
+                f"ORDER BY id DESC LIMIT {k}) RETURNING id) "
                 "SELECT count(*) AS n FROM gone"
             )
         else:

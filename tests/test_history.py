@@ -362,6 +362,37 @@ def test_keep_bounds_rows_and_storage(site: tuple[Path, str], local_server: Loca
     assert clip["size"] == 2002
 
 
+def test_failed_deploys_never_push_the_live_one_out_of_the_history(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    toml = folder / "mosaic.toml"
+    toml.write_text(toml.read_text() + "\n[history]\nkeep = 2\n")
+    style = folder / "public" / "style.css"
+    first = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"]
+    style.write_text("body { margin: 1px }\n")
+    second = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"]
+    # Three deploys that failed midway, as a broken network would leave them.
+    with MosaicClient(local_server.api, KEY_A) as client:
+        for _ in range(3):
+            client.sql(
+                project_id,
+                "INSERT INTO mosaicsync.deploys (started_at, finished_at, uploaded, pruned, "
+                "bytes, files, duration_ms, state, kind, deployed_by, tool_version, run_id) "
+                "SELECT now(), now(), 0, 0, 0, 0, 0, 'failed', 'deploy', deployed_by, "
+                "tool_version, gen_random_uuid() FROM mosaicsync.deploys ORDER BY id DESC LIMIT 1",
+            )
+    style.write_text("body { margin: 2px }\n")
+    third = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"]
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)["deploys"]
+    complete = [d["id"] for d in listed if d["state"] == "complete"]
+    failed = [d["id"] for d in listed if d["state"] == "failed"]
+    # keep = 2 counts complete deploys; failures are kept beside them, up to as many again.
+    assert complete == [third, second] and len(failed) == 2 and first not in complete
+    cli(["rollback", "--yes"], folder, local_server)
+    assert served_site(local_server, project_id)["site:style.css"] == b"body { margin: 1px }\n"
+
+
 def test_storage_objects_answer_range_requests(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
