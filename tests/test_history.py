@@ -393,6 +393,33 @@ def test_failed_deploys_never_push_the_live_one_out_of_the_history(
     assert served_site(local_server, project_id)["site:style.css"] == b"body { margin: 1px }\n"
 
 
+def test_a_rollback_names_the_migrations_it_leaves_applied(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    first = json.loads(cli(["deploy", "-m", "first", "--json"], folder, local_server).stdout)
+    migrations = folder / "migrations"
+    migrations.mkdir(exist_ok=True)
+    (migrations / "0001_notes.sql").write_text("CREATE TABLE notes (body text);\n")
+    (folder / "public" / "style.css").write_text("body { margin: 3px }\n")
+    cli(["deploy", "-m", "second"], folder, local_server)
+
+    shown = cli(["rollback", "--dry-run"], folder, local_server)
+    assert "The schema was not rolled back" in shown.stdout and "1 notes" in shown.stdout
+    rolled = json.loads(cli(["rollback", "--yes", "--json"], folder, local_server).stdout)
+    assert rolled["rollback_to"]["id"] == first["deploy_id"]
+    assert rolled["schema_rolled_back"] is False
+    assert [(m["version"], m["name"]) for m in rolled["migrations_after"]] == [("1", "notes")]
+    newest = json.loads(cli(["deploys", "--limit", "1", "--json"], folder, local_server).stdout)
+    assert [d["id"] for d in newest["deploys"]] == [rolled["deploy_id"]]
+    unknown = cli(["deploys", "show", "999"], folder, local_server, code=10)
+    assert f"recorded: #{rolled['deploy_id']}" in unknown.stderr
+    with MosaicClient(local_server.api, KEY_A) as client:
+        assert client.sql(project_id, "SELECT to_regclass('notes') IS NOT NULL AS t") == [
+            {"t": True}
+        ]
+
+
 def test_storage_objects_answer_range_requests(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
