@@ -29,6 +29,7 @@ from mosaicsync.errors import (
     HistoryError,
     MigrationError,
     NotFoundError,
+    PlatformError,
 )
 from mosaicsync.manifest import sql_literal
 
@@ -315,6 +316,12 @@ def create_or_update(
                 f"the platform refused a new project for preview {name!r}: {exc.message}",
                 hint="the account's project limit may be reached: `mosaicsync preview prune` "
                 "deletes expired previews, `mosaicsync preview delete NAME --yes` one of them",
+            ) from None
+        except PlatformError as exc:
+            raise PlatformError(
+                f"the platform refused the project name "
+                f"{project_name(config.name, name)!r} for preview {name!r}: {exc.message}",
+                hint="choose a shorter preview NAME (or a shorter [app] name in mosaic.toml)",
             ) from None
         project_id = project["project_id"]
         registry.add(name, project_id, ttl_s, user_at_host())

@@ -122,6 +122,13 @@ def test_what_a_preview_refuses(todo: tuple[Path, str], local_server: LocalServe
     folder, production = todo
     bad = cli(["preview", "no spaces", "--no-seed"], folder, local_server, code=2)
     assert "not a valid preview name" in bad.stderr
+    # A valid NAME whose project name (`<app> · <NAME>`) the platform finds too long.
+    toml = folder / "mosaic.toml"
+    kept = toml.read_text()
+    toml.write_text(kept.replace('name = "Todo"', f'name = "{"T" * 60}"'))
+    long = cli(["preview", "n" * 63, "--no-seed"], folder, local_server, code=5)
+    assert "for preview 'nnn" in long.stderr and "shorter preview NAME" in long.stderr
+    toml.write_text(kept)
     made = json.loads(cli(["preview", "a", "--no-seed", "--json"], folder, local_server).stdout)
     pid = made["preview"]["project_id"]
     nested = cli(["preview", "b", "--project", pid, "--no-seed"], folder, local_server, code=2)
