@@ -1071,7 +1071,11 @@ def preview() -> None:
 @preview.command("create", hidden=True)
 @click.argument("name", required=False)
 @click.option("--ttl", default="7d", show_default=True, help="Expiry after this run: 30m, 12h, 7d.")
-@click.option("--seed/--no-seed", default=True, help="Load the seed data on first creation.")
+@click.option(
+    "--seed/--no-seed",
+    default=True,
+    help="Apply the seed files this preview has not had yet (each file once, ever).",
+)
 @deploy_options
 @common_options
 def preview_create(session: Session, name: str | None, ttl: str, seed: bool, **opts: Any) -> None:

@@ -367,6 +367,28 @@ def delete(client: MosaicClient, parent: str, name: str) -> Preview:
     """Delete preview NAME's project and its record; never a project that is not recorded."""
     registry = Registry(client, parent)
     preview = registry.require(name)
+    try:
+        marked = preview_parent(client, preview.project_id)
+    except NotFoundError:
+        marked = None  # already gone: the record goes too
+    else:
+        # The record lives in a database people can edit: the project's own marker must agree
+        # (a preview stopped before it was marked is still 'creating' and named for it), so a
+        # wrong row can never delete production or another app.
+        unmarked = (
+            marked is None
+            and preview.state == "creating"
+            and str(client.get_project(preview.project_id).get("name", "")).endswith(
+                SEPARATOR + name
+            )
+        )
+        if preview.project_id == parent or (marked != parent and not unmarked):
+            raise ConfigError(
+                f"project {preview.project_id} is recorded as preview {name!r} of {parent}, "
+                "but its own database does not say it is one: it was not deleted",
+                hint="check the row in mosaicsync.previews; `mosaicsync projects delete ID "
+                "--yes` deletes a project you are sure of",
+            )
     with contextlib.suppress(NotFoundError):  # already gone: the record goes too
         client.delete_project(preview.project_id)
     registry.remove(name)

@@ -11,7 +11,7 @@ import pytest
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.output import human_age
-from mosaicsync.previews import parse_ttl
+from mosaicsync.previews import Registry, parse_ttl
 from tests.conftest import KEY_A, LocalServer
 from tests.test_history import cli, served_site
 
@@ -170,6 +170,20 @@ def test_what_a_preview_refuses(todo: tuple[Path, str], local_server: LocalServe
     assert "expired" in expired.stderr
     unknown = cli(["promote", "nope", "--yes"], folder, local_server, code=4)
     assert "previews: a, gone, seeded" in unknown.stderr
+    # A row that points at a project which is not this parent's preview (production itself,
+    # or another app): never deleted, whatever the record says.
+    with MosaicClient(local_server.api, KEY_A) as client:
+        other = client.create_project("Another App")["project_id"]
+        registry = Registry(client, production)
+        registry.add("wrong", production, 3600, "x@y")
+        registry.update("wrong", state="ready")
+        registry.add("other", other, 3600, "x@y")
+        for name, pid in (("wrong", production), ("other", other)):
+            refused = cli(["preview", "delete", name, "--yes"], folder, local_server, code=2)
+            assert "does not say it is one: it was not deleted" in refused.stderr
+            assert client.get_project(pid)["project_id"] == pid
+            registry.remove(name)
+        client.delete_project(other)
     for name in ("a", "gone", "seeded"):
         cli(["preview", "delete", name, "--yes"], folder, local_server)
 
