@@ -4,6 +4,7 @@ seeded, promoted to production byte for byte from the preview's own stored deplo
 from __future__ import annotations
 
 import json
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.output import human_age
-from mosaicsync.previews import Registry, parse_ttl
+from mosaicsync.previews import Registry, default_name, parse_ttl
 from tests.conftest import KEY_A, LocalServer
 from tests.test_history import cli, served_site
 
@@ -233,3 +234,11 @@ def test_a_preview_age_is_shown_in_the_largest_whole_unit() -> None:
     assert [human_age(s) for s in (0, 59, 60, 3599, 3600, 86399, 86400, 9 * 86400)] == [
         "0 s", "59 s", "1 min", "59 min", "1 h", "23 h", "1 d", "9 d",
     ]  # fmt: skip
+
+
+def test_the_default_name_is_the_git_branch_when_it_is_a_valid_name(tmp_path: Path) -> None:
+    assert default_name(tmp_path) == "preview"  # not a git work tree
+    subprocess.run(["git", "init", "-q", "-b", "feature/login", str(tmp_path)], check=True)
+    assert default_name(tmp_path) == "feature/login"
+    subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "-b", "x" * 70], check=True)
+    assert default_name(tmp_path) == "preview"  # a branch that is no valid preview name
