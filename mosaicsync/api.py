@@ -17,7 +17,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -525,27 +525,43 @@ class MosaicClient:
         )
 
     def read_object(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The bytes of a public storage object, or of its range [start, end) when given.
+        """The bytes of a public storage object, or of its range [start, end) when given."""
+        if start is None or end is None:
+            return self._send("GET", url, safe=True).content
+        return self.read_ranges(url, [(start, end)])[0]
 
-        Asks for the range (as S3 honours it); a server that ignores it and sends the whole
-        object (200) is answered from that. The API key is never sent: storage URLs are public
-        and may live on another host.
+    def read_ranges(self, url: str, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each [start, end) span of a public storage object.
+
+        Asks for each range (as S3 honours it); a server that ignores Range and sends the whole
+        object (200) is answered from that one body for every span, not downloaded again. The
+        API key is never sent: storage URLs are public and may live on another host.
         """
-        ranged = start is not None and end is not None
-        if ranged and end <= start:  # type: ignore[operator]
-            return b""
-        headers = {"Range": f"bytes={start}-{end - 1}"} if ranged else {}  # type: ignore[operator]
-        response = self._send("GET", url, safe=True, headers=headers)
-        data = response.content
-        if not ranged or response.status_code == 206:
-            if ranged and len(data) != end - start:  # type: ignore[operator]
+        out: list[bytes] = []
+        whole: bytes | None = None
+        for start, end in spans:
+            if end <= start:
+                out.append(b"")
+                continue
+            if whole is not None:
+                out.append(whole[start:end])
+                continue
+            response = self._send(
+                "GET", url, safe=True, headers={"Range": f"bytes={start}-{end - 1}"}
+            )
+            data = response.content
+            if response.status_code != 206:
+                whole = data
+                out.append(whole[start:end])
+                continue
+            if len(data) != end - start:
                 raise UnavailableError(
-                    f"GET {_redacted_path(httpx.URL(url))}: asked for {end - start} bytes, "  # type: ignore[operator]
+                    f"GET {_redacted_path(httpx.URL(url))}: asked for {end - start} bytes, "
                     f"received {len(data)}",
                     hint="retry; if it persists the stored object is shorter than recorded",
                 )
-            return data
-        return data[start:end]
+            out.append(data)
+        return out
 
     def download_object(self, url: str, dest: Path) -> tuple[int, str]:
         """Stream a public storage object to `dest` (never whole in memory): (size, sha256)."""

@@ -299,12 +299,12 @@ class Restorer:
                 blob = blobs[blob_of(row)]
                 by_pack.setdefault(blob.pack, []).append(blob)
         for name, members in sorted(by_pack.items()):
-            url = listing[name]["url"]
-            for start, end in merged_ranges(members):
-                try:
-                    chunk = history.client.read_object(url, start, end)
-                except NotFoundError:
-                    self._missing([r.path for r in plan.puts if r.target == "site"])
+            spans = merged_ranges(members)
+            try:
+                chunks = history.client.read_ranges(listing[name]["url"], spans)
+            except NotFoundError:
+                self._missing([r.path for r in plan.puts if r.target == "site"])
+            for (start, end), chunk in zip(spans, chunks, strict=True):
                 result.fetched_bytes += len(chunk)
                 for b in members:
                     if start <= b.offset and b.offset + b.size <= end:

@@ -396,3 +396,37 @@ def test_an_https_client_still_verifies_the_certificate(monkeypatch, self_signed
             assert client.get_project("p1")["status"] == "running"
             context = client.http._transport._pool._ssl_context
             assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_ranges_of_a_server_that_ignores_range_come_from_one_download() -> None:
+    body = bytes(range(256)) * 4
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Range"))
+        assert "X-API-Key" not in request.headers  # storage URLs are public: no key sent
+        return httpx.Response(200, content=body)  # Range ignored: the whole object
+
+    client, _, _ = client_for(handler)
+    url = "http://storage.test/_storage/p/pack"
+    assert client.read_ranges(url, [(0, 10), (500, 600), (1000, 1024)]) == [
+        body[0:10], body[500:600], body[1000:1024],
+    ]  # fmt: skip
+    assert seen == ["bytes=0-9"]  # asked once, answered whole, sliced for every span
+
+
+def test_ranges_are_asked_one_by_one_and_a_short_answer_is_an_error() -> None:
+    body = bytes(range(200))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        first, last = request.headers["Range"].removeprefix("bytes=").split("-")
+        chunk = body[int(first) : int(last) + 1]
+        if int(first) >= 150:
+            chunk = chunk[:-1]  # a stored object shorter than recorded
+        return httpx.Response(206, content=chunk)
+
+    client, _, _ = client_for(handler)
+    url = "http://storage.test/_storage/p/pack"
+    assert client.read_ranges(url, [(0, 5), (5, 5), (100, 120)]) == [body[0:5], b"", body[100:120]]
+    with pytest.raises(UnavailableError, match="asked for 10 bytes, received 9"):
+        client.read_ranges(url, [(150, 160)])
