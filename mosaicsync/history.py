@@ -451,12 +451,13 @@ class History:
             return
         url = row.url or self._storage_url(row.path)
         if url is None:
-            return  # not in storage any more: nothing to keep
+            return self._lost(row.sha256)  # deleted by hand: nothing to keep
         with tempfile.TemporaryDirectory(prefix="mosaicsync-keep-") as tmp:
             dest = Path(tmp) / "object"
             size, sha = self.client.download_object(url, dest)
             if sha != row.sha256:
-                return  # someone replaced it by hand: these are not the deployed bytes
+                # Replaced by hand: these are not the deployed bytes.
+                return self._lost(row.sha256)
             name = OBJECTS + sha
             signed = self.client.upload_url(self.project_id, name, size)
             self.client.put_presigned(signed["upload_url"], dest, size, name=row.path)
@@ -468,6 +469,15 @@ class History:
         )
         with self._lock:
             self._kept.add(sha)
+
+    def _lost(self, blob: str) -> None:
+        """The deployed bytes `blob` are gone from storage and were never kept: the deploys
+        that served them can no longer be restored exactly, and `deploys` says so."""
+        self._sql(
+            "UPDATE mosaicsync.deploys SET restorable = false WHERE restorable AND id IN "
+            f"(SELECT f.deploy_id FROM mosaicsync.deploy_files f WHERE {_BLOB_OF} = "
+            f"{sql_literal(blob)})"
+        )
 
     def _storage_url(self, path: str) -> str | None:
         listing = self.client.list_storage(self.project_id)

@@ -141,7 +141,8 @@ def choose_target(entries: Sequence[Entry], wanted: int | None) -> Entry:
                     return e
                 why = (
                     "its history was not kept (a deploy before history, with [history] keep = "
-                    "0, or one that stopped before it finished)"
+                    "0, one that stopped before it finished, or one whose storage object was "
+                    "changed or deleted by hand before a later deploy replaced it)"
                 )
                 raise HistoryError(
                     f"deploy #{wanted} cannot be restored: {why}; restorable: {ids}",

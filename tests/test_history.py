@@ -420,6 +420,28 @@ def test_a_rollback_names_the_migrations_it_leaves_applied(
         ]
 
 
+def test_a_storage_object_changed_by_hand_makes_the_deploys_that_served_it_unrestorable(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    clip = folder / "public" / "clip.mp4"
+    clip.write_bytes(os.urandom(3000))
+    first = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"]
+    with MosaicClient(local_server.api, KEY_A) as client:  # someone replaces it in storage
+        signed = client.upload_url(project_id, "clip.mp4", 10)
+        httpx.put(signed["upload_url"], content=b"by hand!!!").raise_for_status()
+    clip.write_bytes(os.urandom(3001))
+    cli(["deploy"], folder, local_server)
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)["deploys"]
+    assert [(d["id"], d["restorable"]) for d in listed][-1] == (first, False)
+    refused = cli(["rollback", str(first), "--yes"], folder, local_server, code=10)
+    assert "changed or deleted by hand" in refused.stderr
+    assert (
+        "no deploy before the live one"
+        in cli(["rollback", "--yes"], folder, local_server, code=10).stderr
+    )
+
+
 def test_storage_objects_answer_range_requests(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
