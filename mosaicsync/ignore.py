@@ -205,10 +205,21 @@ class _Layer:
         self.rules = [rule for _, rule in compiled]
         self.spec = GitIgnoreSpec(patterns)
         self.prefilter = _union_regex(patterns)
+        self.split = _split_regexes(patterns)
 
-    def check(self, path: str) -> tuple[bool | None, _Rule | None]:
-        """(True, rule) if ignored, (False, rule) if a `!pattern` re-includes it, else no rule."""
-        if self.prefilter is not None and self.prefilter.match(path) is None:
+    def check(self, path: str, walked: bool = False) -> tuple[bool | None, _Rule | None]:
+        """(True, rule) if ignored, (False, rule) if a `!pattern` re-includes it, else no rule.
+
+        `walked`: every parent of `path` was checked and kept, so a pattern that cannot cross a
+        "/" can only match the last part of it (see `_split_regexes`).
+        """
+        if walked and self.split is not None:
+            tail, rest = self.split
+            if tail.match(path, path.rfind("/", 0, len(path) - 1) + 1) is None and (
+                rest is None or rest.match(path) is None
+            ):
+                return None, None
+        elif self.prefilter is not None and self.prefilter.match(path) is None:
             return None, None
         result = self.spec.check_file(path)
         if result.index is None:
@@ -216,13 +227,15 @@ class _Layer:
         return result.include, self.rules[result.index]
 
 
-def _union_regex(patterns: Sequence[object]) -> re.Pattern[str] | None:
-    """A regex matching whenever any excluding pattern matches, or None if one cannot be built.
+_ANY_DIR = "^(?:.+/)?"
+# What a pattern may end with and still match within one part of a path: the part's end, or the
+# "/" that ends a directory's key.
+_ONE_PART_ENDS = ("(?:(?:/)|$)", "(?:/)")
 
-    The spec walks its patterns one by one in Python; most paths match none, and this says so in
-    one match. Patterns sharing the "any directory" prefix are grouped so it is scanned once.
-    """
-    any_dir = "^(?:.+/)?"
+
+def _sources(patterns: Sequence[object]) -> tuple[list[str], list[str]] | None:
+    """The excluding patterns' regex sources, split into those that may match at any depth (their
+    "any directory" prefix cut off) and the rest; None if some cannot be combined."""
     grouped: list[str] = []
     alone: list[str] = []
     default_flags = re.compile("").flags
@@ -234,11 +247,15 @@ def _union_regex(patterns: Sequence[object]) -> re.Pattern[str] | None:
             return None
         # Group names repeat across patterns; only the union of matches matters here.
         source = re.sub(r"\(\?P<\w+>", "(?:", regex.pattern)
-        if source.startswith(any_dir):
-            grouped.append(source[len(any_dir) :])
+        if source.startswith(_ANY_DIR):
+            grouped.append(source[len(_ANY_DIR) :])
         else:
             alone.append(source)
-    branches = [f"{any_dir}(?:{'|'.join(grouped)})"] if grouped else []
+    return grouped, alone
+
+
+def _compile_union(grouped: Sequence[str], alone: Sequence[str]) -> re.Pattern[str] | None:
+    branches = [f"{_ANY_DIR}(?:{'|'.join(grouped)})"] if grouped else []
     branches += [f"(?:{source})" for source in alone]
     if not branches:
         return re.compile(r"(?!)")
@@ -246,6 +263,57 @@ def _union_regex(patterns: Sequence[object]) -> re.Pattern[str] | None:
         return re.compile("|".join(branches))
     except re.error:
         return None
+
+
+def _union_regex(patterns: Sequence[object]) -> re.Pattern[str] | None:
+    """A regex matching whenever any excluding pattern matches, or None if one cannot be built.
+
+    The spec walks its patterns one by one in Python; most paths match none, and this says so in
+    one match. Patterns sharing the "any directory" prefix are grouped so it is scanned once.
+    """
+    sources = _sources(patterns)
+    return None if sources is None else _compile_union(*sources)
+
+
+def _one_part(source: str) -> bool:
+    """Whether a pattern (its "any directory" prefix cut off) matches within one part of a path:
+    no "/" but the one that ends a directory, nothing that could match a "/" (`.`, a class
+    other than `[^/]`)."""
+    body = next((source[: -len(end)] for end in _ONE_PART_ENDS if source.endswith(end)), None)
+    if body is None:
+        return False
+    body = re.sub(r"\\[^/]|\[\^/\]", "", body)  # escaped characters, "any but /"
+    return not any(c in body for c in "/.[")
+
+
+def _split_regexes(
+    patterns: Sequence[object],
+) -> tuple[re.Pattern[str], re.Pattern[str] | None] | None:
+    """For a walk, which checks a folder before what is in it: (a regex of the patterns that match
+    within one part, tried on the last part only; a regex of the others, tried on the whole path),
+    or None where that would not be the same answer as `_union_regex`.
+
+    A one-part pattern matches a path at any depth; when it matches a parent, that parent was
+    ignored and the walk never went in, unless a `!pattern` let it: so with no `!pattern`, only the
+    last part can match. It is one anchored match on a short string instead of a match retried at
+    every "/" of the path.
+    """
+    if any(getattr(pattern, "include", None) is False for pattern in patterns):
+        return None
+    sources = _sources(patterns)
+    if sources is None:
+        return None
+    grouped, alone = sources
+    tail = [source for source in grouped if _one_part(source)]
+    deep = [source for source in grouped if not _one_part(source)]
+    try:
+        tail_regex = re.compile("|".join(f"(?:{source})" for source in tail) or r"(?!)")
+    except re.error:
+        return None
+    rest = _compile_union(deep, alone) if deep or alone else None
+    if (deep or alone) and rest is None:
+        return None
+    return tail_regex, rest
 
 
 def _compile(lines: Iterable[str], source: str) -> list[tuple[object, _Rule]]:
@@ -289,22 +357,26 @@ class IgnoreRules:
         # the lowercased path, so `.ENV` or `Server.PEM` on a case-insensitive disk are caught too.
         self._secrets = None if allow_secrets else _Layer(_compile(SECRET_IGNORES, "default"))
 
-    def match(self, rel_path: str, is_dir: bool) -> str | None:
-        """Why `rel_path` is ignored, or None; parents are not checked, as a walk prunes them."""
+    def match(self, rel_path: str, is_dir: bool, walked: bool = False) -> str | None:
+        """Why `rel_path` is ignored, or None; parents are not checked, as a walk prunes them.
+
+        `walked`: the caller checked every parent of `rel_path` and kept it (a walk does), which
+        makes the check faster and changes no answer.
+        """
         key = rel_path + "/" if is_dir else rel_path
         if self._secrets is not None:
-            secret = self.secret_reason(rel_path, is_dir)
+            secret = self.secret_reason(rel_path, is_dir, walked)
             if secret is not None:
                 return secret
-        include, rule = self._all.check(key)
+        include, rule = self._all.check(key, walked)
         return rule.reason if include and rule is not None else None
 
-    def secret_reason(self, rel_path: str, is_dir: bool) -> str | None:
+    def secret_reason(self, rel_path: str, is_dir: bool, walked: bool = False) -> str | None:
         """The secret rule `rel_path` matches, or None; None always when secrets are allowed."""
         if self._secrets is None:
             return None
         key = (rel_path + "/" if is_dir else rel_path).lower()
-        include, rule = self._secrets.check(key)
+        include, rule = self._secrets.check(key, walked)
         if not include or rule is None:
             return None
         include_all, _ = self._all.check(rel_path + "/" if is_dir else rel_path)
@@ -319,10 +391,10 @@ class IgnoreRules:
         check = self.secret_reason if secrets_only else self.match
         parts = rel_path.split("/")
         for depth in range(1, len(parts)):
-            reason = check("/".join(parts[:depth]), True)
+            reason = check("/".join(parts[:depth]), True, True)
             if reason is not None:
                 return reason
-        return check(rel_path, is_dir)
+        return check(rel_path, is_dir, True)
 
 
 def load_ignore_rules(

@@ -148,13 +148,13 @@ class _Walker:
                         if entry.is_symlink():
                             self.visit_link(entry.path, rel, chain, stack)
                         elif entry.is_dir(follow_symlinks=False):
-                            reason = match(rel, True)
+                            reason = match(rel, True, True)
                             if reason is not None:
                                 skipped.append(Skipped(rel + "/", reason))
                             else:
                                 stack.append((entry.path, rel + "/", (*chain, entry.path)))
                         elif entry.is_file(follow_symlinks=False):
-                            reason = match(rel, False)
+                            reason = match(rel, False, True)
                             if reason is not None:
                                 skipped.append(Skipped(rel, reason))
                             else:

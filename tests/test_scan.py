@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pathspec import GitIgnoreSpec
 
@@ -324,6 +324,46 @@ def test_the_fast_matcher_agrees_with_pathspec(
     secrets = GitIgnoreSpec.from_lines(SECRET_IGNORES)
     expected = secrets.match_file(key.lower()) or everything.check_file(key).include is True
     assert (rules.match(rel, is_dir) is not None) == expected
+
+
+WALK_SEGMENTS = [*SEGMENTS, ".docker", "config.json", ".config", "gcloud", "gh", "hosts.yml"]
+WALK_SEGMENTS += ["é.md"]
+WALK_LINES = [*USER_LINES, "*.b", "build/", "docs/*.md", "**/tmp", "x?y", "[ab]c"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(WALK_SEGMENTS), min_size=1, max_size=4),
+    is_dir=st.booleans(),
+    user=st.lists(st.sampled_from(WALK_LINES), max_size=5),
+)
+@example(parts=[".docker", "config.json"], is_dir=False, user=[])
+@example(parts=["a", ".config", "gcloud"], is_dir=True, user=[])
+@example(parts=["a", ".config", "gh", "hosts.yml"], is_dir=False, user=["*.b"])
+@example(parts=["docs", "é.md"], is_dir=False, user=["docs/*.md"])
+@example(parts=["a", "bc"], is_dir=False, user=["[ab]c"])
+def test_a_walk_s_shortcut_gives_the_answer_of_the_whole_check(
+    parts: list[str], is_dir: bool, user: list[str]
+) -> None:
+    # A walk checks each folder before going in, and then only the last part of a path needs the
+    # patterns that match within one part; the answer must not change (same reason, too).
+    rules = IgnoreRules([(DEFAULT_IGNORES, "default"), (user, CONFIG_SOURCE)])
+    parents = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+    if any(rules.match(parent, True) is not None for parent in parents):
+        return  # a walk never gets there
+    rel = "/".join(parts)
+    assert rules.match(rel, is_dir, True) == rules.match(rel, is_dir)
+    assert rules.match_with_parents(rel, is_dir) == rules.match(rel, is_dir)
+
+
+def test_the_walk_shortcut_is_used_only_without_a_re_including_pattern() -> None:
+    plain = IgnoreRules([(DEFAULT_IGNORES, "default"), (["*.psd"], CONFIG_SOURCE)])
+    assert plain._all.split is not None
+    tail, _ = plain._all.split
+    assert tail.match("x.pem") and tail.match("node_modules/") and not tail.match("index.html")
+    negated = IgnoreRules([(DEFAULT_IGNORES, "default"), (["!keep.psd"], CONFIG_SOURCE)])
+    assert negated._all.split is None
+    assert negated._secrets is not None and negated._secrets.split is not None
 
 
 # --- symlinks ------------------------------------------------------------------------------------
