@@ -1,8 +1,10 @@
 """Deploy history: every deploy recorded in the project's database, and the bytes to restore any
 retained one kept in the project's own storage, so every machine sees and restores the same past.
 
-- A row of `mosaicsync.deploys` per deploy (and per `watch` run), with its exact file set in
-  `mosaicsync.deploy_files`: the manifest as it stood when the deploy finished.
+- A row of `mosaicsync.deploys` per deploy (and per `watch` run), with its exact file set: the
+  manifest as it stood when the deploy finished, kept as spans (`mosaicsync.file_spans`): a row
+  holds one version of a file from the deploy that published it to the one that replaced or
+  deleted it, so a deploy writes only what it changed, not a copy of every row.
 - Bytes are content-addressed (`mosaicsync.blobs`, by the sha256 of the bytes as published, so a
   rewritten page is kept as it was served) and each distinct one is stored once. The site files
   a deploy added go into one pack per deploy (`.mosaicsync/history/packs/<sha256>.pack`, read
@@ -59,19 +61,6 @@ IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'mo
     ADD COLUMN IF NOT EXISTS replaces bigint,
     ADD COLUMN IF NOT EXISTS restorable boolean NOT NULL DEFAULT false,
     ADD COLUMN IF NOT EXISTS run_id uuid;
-  CREATE TABLE IF NOT EXISTS mosaicsync.deploy_files (
-    deploy_id bigint NOT NULL REFERENCES mosaicsync.deploys (id) ON DELETE CASCADE,
-    path text NOT NULL,
-    sha256 text NOT NULL,
-    size bigint NOT NULL,
-    target text NOT NULL,
-    url text,
-    uploaded_sha256 text,
-    generated boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (deploy_id, path)
-  );
-  CREATE INDEX IF NOT EXISTS deploy_files_blob
-    ON mosaicsync.deploy_files ((coalesce(uploaded_sha256, sha256)));
   CREATE TABLE IF NOT EXISTS mosaicsync.packs (
     name text PRIMARY KEY,
     size bigint NOT NULL,
@@ -83,6 +72,37 @@ IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'mo
     pack text NOT NULL,
     "offset" bigint NOT NULL
   );
+END IF;
+END $$;
+-- File sets as spans: deploy K's set is every row with first_id <= K < last_id (NULL: still
+-- live). A project recorded with whole copies per deploy (`deploy_files`) is converted once: a
+-- span per copied row, ending at the next recorded deploy.
+DO $$ BEGIN
+IF to_regclass('mosaicsync.file_spans') IS NULL THEN
+  CREATE TABLE mosaicsync.file_spans (
+    first_id bigint NOT NULL,
+    last_id bigint,
+    path text NOT NULL,
+    sha256 text NOT NULL,
+    size bigint NOT NULL,
+    target text NOT NULL,
+    url text,
+    uploaded_sha256 text,
+    generated boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (first_id, path)
+  );
+  CREATE UNIQUE INDEX file_spans_live ON mosaicsync.file_spans (path) WHERE last_id IS NULL;
+  CREATE INDEX file_spans_blob ON mosaicsync.file_spans ((coalesce(uploaded_sha256, sha256)));
+  IF to_regclass('mosaicsync.deploy_files') IS NOT NULL THEN
+    INSERT INTO mosaicsync.file_spans (first_id, last_id, path, sha256, size, target, url,
+                                       uploaded_sha256, generated)
+    SELECT f.deploy_id, n.next_id, f.path, f.sha256, f.size, f.target, f.url, f.uploaded_sha256,
+           f.generated
+    FROM mosaicsync.deploy_files f JOIN (
+      SELECT deploy_id, lead(deploy_id) OVER (ORDER BY deploy_id) AS next_id
+      FROM (SELECT DISTINCT deploy_id FROM mosaicsync.deploy_files) d) n USING (deploy_id);
+    DROP TABLE mosaicsync.deploy_files;
+  END IF;
 END IF;
 END $$;
 """
@@ -97,6 +117,12 @@ _ENTRY_COLUMNS = (
 
 # The blob a manifest row's published bytes are kept as.
 _BLOB_OF = "coalesce(f.uploaded_sha256, f.sha256)"
+_COLUMNS = "path, sha256, size, target, url, uploaded_sha256, generated"
+
+
+def _in_set(deploy_id: str) -> str:
+    """SQL: span `f` is part of the file set of deploy `deploy_id` (an SQL expression)."""
+    return f"f.first_id <= {deploy_id} AND (f.last_id IS NULL OR f.last_id > {deploy_id})"
 
 
 @dataclass(frozen=True)
@@ -278,6 +304,30 @@ class Finished:
     used_bytes: int
 
 
+def _spans_sql(deploy_id: int) -> str:
+    """SQL making deploy `deploy_id`'s file set the manifest as it stands: the live spans that no
+    longer match it end here, then a span starts for each row that none matches.
+
+    Run again for the same deploy (a watch run's entry is finished after every sync), a span
+    that started at this deploy and ended at it again held nothing: it is dropped.
+    """
+    n = int(deploy_id)
+    same = " AND ".join(
+        f"m.{c} = f.{c}" if c in ("path", "sha256", "size", "target", "generated")
+        else f"m.{c} IS NOT DISTINCT FROM f.{c}"
+        for c in _COLUMNS.split(", ")
+    )  # fmt: skip
+    return (
+        f"UPDATE mosaicsync.file_spans f SET last_id = {n} WHERE f.last_id IS NULL AND NOT "
+        f"EXISTS (SELECT 1 FROM mosaicsync.files m WHERE {same});\n"
+        f"DELETE FROM mosaicsync.file_spans WHERE first_id = {n} AND last_id = {n};\n"
+        f"INSERT INTO mosaicsync.file_spans (first_id, last_id, {_COLUMNS}) SELECT {n}, NULL, "
+        + ", ".join(f"m.{c}" for c in _COLUMNS.split(", "))
+        + " FROM mosaicsync.files m WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.file_spans f "
+        "WHERE f.last_id IS NULL AND f.path = m.path);\n"
+    )
+
+
 class History:
     """The history of one project, read and written through its SQL endpoint and storage."""
 
@@ -305,9 +355,12 @@ class History:
 
     def exists(self) -> bool:
         rows = self._sql(
-            "SELECT to_regclass('mosaicsync.deploy_files') IS NOT NULL AS yes, "
-            "to_regclass('mosaicsync.deploys') IS NOT NULL AS deploys"
+            "SELECT to_regclass('mosaicsync.file_spans') IS NOT NULL AS yes, "
+            "to_regclass('mosaicsync.deploy_files') IS NOT NULL AS copies"
         )
+        if rows[0]["copies"] and not rows[0]["yes"]:
+            self.ensure()  # recorded as whole copies: converted to spans once
+            return True
         return bool(rows[0]["yes"])
 
     def entries(self, limit: int | None = None) -> list[Entry]:
@@ -341,9 +394,8 @@ class History:
         after = ""
         while True:
             page = self._sql(
-                "SELECT path, sha256, size, target, url, uploaded_sha256, generated FROM "
-                f"mosaicsync.deploy_files WHERE deploy_id = {int(deploy_id)} {after}"
-                "ORDER BY path LIMIT 5000"
+                f"SELECT {_COLUMNS} FROM mosaicsync.file_spans f WHERE "
+                f"{_in_set(str(int(deploy_id)))} {after}ORDER BY path LIMIT 5000"
             )
             for r in page:
                 out[r["path"]] = ManifestRow(
@@ -474,9 +526,9 @@ class History:
         """The deployed bytes `blob` are gone from storage and were never kept: the deploys
         that served them can no longer be restored exactly, and `deploys` says so."""
         self._sql(
-            "UPDATE mosaicsync.deploys SET restorable = false WHERE restorable AND id IN "
-            f"(SELECT f.deploy_id FROM mosaicsync.deploy_files f WHERE {_BLOB_OF} = "
-            f"{sql_literal(blob)})"
+            "UPDATE mosaicsync.deploys d SET restorable = false WHERE d.restorable AND EXISTS "
+            f"(SELECT 1 FROM mosaicsync.file_spans f WHERE {_BLOB_OF} = {sql_literal(blob)} "
+            f"AND {_in_set('d.id')})"
         )
 
     def _storage_url(self, path: str) -> str | None:
@@ -504,17 +556,9 @@ class History:
         if self.enabled:
             packed, packed_bytes, missing = self._pack(packer, reproduce)
         restorable = "true" if self.enabled and not missing else "false"
-        # Replaced, not added to: a watch run's entry is finished again after every sync.
-        copy = (
-            f"DELETE FROM mosaicsync.deploy_files WHERE deploy_id = {int(deploy_id)};\n"
-            "INSERT INTO mosaicsync.deploy_files (deploy_id, path, sha256, size, target, url, "
-            f"uploaded_sha256, generated) SELECT {int(deploy_id)}, path, sha256, size, target, "
-            "url, uploaded_sha256, generated FROM mosaicsync.files ON CONFLICT DO NOTHING;\n"
-            if self.enabled
-            else ""
-        )
+        spans = _spans_sql(int(deploy_id)) if self.enabled else ""
         self._sql(
-            copy + f"UPDATE mosaicsync.deploys SET state = 'complete', finished_at = now(), "
+            spans + "UPDATE mosaicsync.deploys SET state = 'complete', finished_at = now(), "
             f"uploaded = {int(uploaded)}, pruned = {int(pruned)}, bytes = {int(bytes_sent)}, "
             f"files = {int(files)}, duration_ms = {int(duration_ms)}, "
             f"restorable = {restorable} WHERE id = {int(deploy_id)}"
@@ -606,23 +650,27 @@ class History:
         out of the history."""
         if self.enabled:
             k = int(self.keep)
+            # One statement: the spans see the deploys as they were, so the gone ones are named.
             rows = self._sql(
                 "WITH gone AS (DELETE FROM mosaicsync.deploys WHERE id NOT IN (SELECT id FROM "
                 f"mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT {k}) "
                 "AND id NOT IN (SELECT id FROM mosaicsync.deploys WHERE state <> 'complete' "
-                f"ORDER BY id DESC LIMIT {k}) RETURNING id) "
+                f"ORDER BY id DESC LIMIT {k}) RETURNING id), "
+                "spans AS (DELETE FROM mosaicsync.file_spans f WHERE f.last_id IS NOT NULL AND "
+                "NOT EXISTS (SELECT 1 FROM mosaicsync.deploys d WHERE d.state = 'complete' AND "
+                f"{_in_set('d.id')} AND d.id NOT IN (SELECT id FROM gone))) "
                 "SELECT count(*) AS n FROM gone"
             )
         else:
             rows = self._sql(
-                "WITH gone AS (DELETE FROM mosaicsync.deploy_files RETURNING deploy_id) "
-                "SELECT count(DISTINCT deploy_id) AS n FROM gone;\n"
+                "WITH gone AS (UPDATE mosaicsync.deploys SET restorable = false WHERE restorable "
+                "RETURNING id), spans AS (DELETE FROM mosaicsync.file_spans) "
+                "SELECT count(*) AS n FROM gone"
             )
-            self._sql("UPDATE mosaicsync.deploys SET restorable = false WHERE restorable")
         pruned = int(rows[0]["n"])
         dead = self._sql(
             "WITH dead AS (SELECT b.sha256, b.pack FROM mosaicsync.blobs b WHERE NOT EXISTS "
-            "(SELECT 1 FROM mosaicsync.deploy_files f WHERE "
+            "(SELECT 1 FROM mosaicsync.file_spans f WHERE "
             f"{_BLOB_OF} = b.sha256)) "
             "SELECT p.name, (SELECT count(*) FROM dead WHERE dead.pack = p.name) AS dead, "
             "(SELECT count(*) FROM mosaicsync.blobs b WHERE b.pack = p.name) AS total "
@@ -639,7 +687,7 @@ class History:
                 self.client.delete_object(self.project_id, name)
         self._sql(
             f"DELETE FROM mosaicsync.blobs b WHERE NOT EXISTS (SELECT 1 FROM "
-            f"mosaicsync.deploy_files f WHERE {_BLOB_OF} = b.sha256);\n"
+            f"mosaicsync.file_spans f WHERE {_BLOB_OF} = b.sha256);\n"
             + (
                 "DELETE FROM mosaicsync.packs WHERE name IN ("
                 + ", ".join(sql_literal(n) for n in empty)

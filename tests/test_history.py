@@ -538,3 +538,60 @@ def test_a_rollback_runs_the_deploys_secret_search_on_what_it_restores(
     assert served_site(local_server, project_id) == before
     cli(["rollback", "--yes", "--allow-secret", "public/app.js"], folder, local_server)
     assert b"mk_Ab12" in served_site(local_server, project_id)["site:app.js"]
+
+
+def test_a_deploy_writes_only_what_it_changed_and_copies_are_converted_once(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    # File sets are spans (a row per version of a file), so a deploy of one change writes a
+    # row or two, not a copy of the site; a project recorded with a copy per deploy (the first
+    # layout) is read and restored the same once converted.
+    from mosaicsync.history import History
+
+    folder, project_id = site
+    public = folder / "public"
+    ids, served = [], []
+    for i in range(3):
+        (public / "style.css").write_text(f"body {{ margin: {i}px }}\n")
+        if i == 1:
+            (public / "about.html").write_text("<!doctype html><p>About</p>")
+        if i == 2:
+            (public / "app.js").unlink()
+        ids.append(json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"])
+        served.append(served_site(local_server, project_id))
+    with MosaicClient(local_server.api, KEY_A) as client:
+        history = History(client, project_id, 20)
+        sets = {k: history.files(k) for k in ids}
+        assert "about.html" not in sets[ids[0]] and "about.html" in sets[ids[1]]
+        assert "app.js" in sets[ids[1]] and "app.js" not in sets[ids[2]]
+        assert len({row.sha256 for row in (sets[k]["style.css"] for k in ids)}) == 3
+        count = "SELECT count(*) AS n FROM mosaicsync.file_spans"
+        spans = client.sql(project_id, count)[0]["n"]
+        # The first deploy's files, then per later deploy its style.css and mosaic-assets.json
+        # at most, and about.html once: far fewer than a copy of every file per deploy.
+        assert spans < sum(len(s) for s in sets.values()) - len(sets[ids[0]])
+
+        # The first layout: every deploy's whole file set in `deploy_files`.
+        client.sql(
+            project_id,
+            "CREATE TABLE mosaicsync.deploy_files (deploy_id bigint NOT NULL, path text NOT NULL, "
+            "sha256 text NOT NULL, size bigint NOT NULL, target text NOT NULL, url text, "
+            "uploaded_sha256 text, generated boolean NOT NULL DEFAULT false, "
+            "PRIMARY KEY (deploy_id, path));\n"
+            "INSERT INTO mosaicsync.deploy_files SELECT d.id, f.path, f.sha256, f.size, f.target, "
+            "f.url, f.uploaded_sha256, f.generated FROM mosaicsync.deploys d JOIN "
+            "mosaicsync.file_spans f ON f.first_id <= d.id AND (f.last_id IS NULL OR "
+            "f.last_id > d.id);\n"
+            "DROP TABLE mosaicsync.file_spans",
+        )
+        converted = History(client, project_id, 20)
+        assert [e.id for e in converted.entries()] == ids[::-1]  # what every command reads first
+        assert {k: history.files(k) for k in ids} == sets
+        gone = "SELECT to_regclass('mosaicsync.deploy_files') IS NULL AS yes"
+        assert client.sql(project_id, gone)[0]["yes"] is True
+    cli(["rollback", str(ids[0]), "--yes"], folder, local_server)
+    assert served_site(local_server, project_id) == served[0]
+    (public / "style.css").write_text("body { margin: 9px }\n")
+    cli(["deploy"], folder, local_server)
+    cli(["rollback", str(ids[1]), "--yes"], folder, local_server)
+    assert served_site(local_server, project_id) == served[1]
