@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from pglast.parser import ParseError, parse_sql
-
 from mosaicsync import findings as fnd
 from mosaicsync import sqltext
 from mosaicsync.findings import Finding
@@ -235,6 +233,8 @@ class _Parsed:
 
 @lru_cache(maxsize=256)
 def _parse(text: str) -> tuple[_Parsed, ...] | None:
+    from pglast.parser import ParseError, parse_sql  # on first use: ~30 ms of start-up
+
     try:
         raw = parse_sql(text)
     except ParseError:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
-from pglast.parser import get_postgresql_version as _pglast_pg_version
 
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient, SqlError
@@ -88,6 +87,13 @@ MAX_ATTEMPTS = 5
 
 
 # -- results ---------------------------------------------------------------------------------------
+
+
+def _pglast_pg_version() -> tuple[int, ...]:
+    """The PostgreSQL release whose grammar pglast parses; imported on first use (start-up)."""
+    from pglast.parser import get_postgresql_version
+
+    return tuple(get_postgresql_version())
 
 
 class Linted(NamedTuple):
