@@ -22,17 +22,17 @@ from mosaicsync.errors import ConfigError
 from mosaicsync.events import Checked, Planned, Scanned
 from mosaicsync.findings import BROKEN_REFERENCE, Finding, ordered, raise_for, strictened
 from mosaicsync.hashcache import HashCache
-from mosaicsync.history import Entry, Finished, History, Packer, git_state
 from mosaicsync.ignore import IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest, save_copy
 from mosaicsync.plan import Plan, plan_deploy, route
 from mosaicsync.preflight import Preflight, Report, Secrets
 from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
 from mosaicsync.selection import user_at_host
-from mosaicsync.upload import Publisher, assets_json, sent_bytes
 
 if TYPE_CHECKING:
+    from mosaicsync.history import Entry, Finished, History, Packer
     from mosaicsync.migrate import Migrator
+    from mosaicsync.upload import Publisher
 
 CACHE_DIR = ".mosaicsync"
 MANIFEST_COPY = "manifest"  # the last deployed manifest, used while the platform's digest agrees
@@ -192,6 +192,8 @@ class Deployer:
     def publisher(self, history: History | None = None, packer: Packer | None = None) -> Publisher:
         """The upload path this deploy publishes through (a watch's syncs and a rollback use the
         same one), keeping what the history needs when it is given."""
+        from mosaicsync.upload import Publisher  # here: a no-op deploy never publishes
+
         return Publisher(
             self.client,
             self.project_id,
@@ -205,12 +207,16 @@ class Deployer:
         )
 
     def history(self) -> History:
+        from mosaicsync.history import History  # here: a no-op deploy records nothing
+
         return History(self.client, self.project_id, self.config.history_keep)
 
     def reproducer(self) -> Callable[[ManifestRow, str], bytes | None]:
         """Rebuilds the bytes a manifest row was published as, from the folder (for a deploy
         that resumes one stopped before its history was written); None when the folder no
         longer has them. The storage URL map is read once, at the first rewritten file."""
+        from mosaicsync.upload import assets_json, sent_bytes
+
         urls: dict[str, str] | None = None
 
         def storage_urls() -> dict[str, str]:
@@ -244,6 +250,8 @@ class Deployer:
         message: str | None = None,
     ) -> History:
         """Open this run's history entry (under the lease)."""
+        from mosaicsync.history import git_state
+
         history = self.history()
         message = message or self.options.message
         if kind == "rollback" and message is None:
@@ -386,6 +394,8 @@ class Deployer:
                 return result
 
             history = self.record("deploy", result)
+            from mosaicsync.history import Packer
+
             packer = Packer() if history.enabled else None
             try:
                 with ended_on_error(history, result.deploy_id):

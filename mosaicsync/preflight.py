@@ -246,9 +246,10 @@ class Preflight:
             if not chosen:
                 continue
             searched = f.sha256 in cache.clean or not leaks.worth_reading(f.path)
-            parsed = not referencing(f.path) or f.sha256 in cache.refs
+            referenced = referencing(f.path)
+            parsed = not referenced or f.sha256 in cache.refs
             if searched and parsed:
-                if referencing(f.path):
+                if referenced:
                     refs_by_file[f.path] = cache.refs[f.sha256]
                 continue
             read += 1
