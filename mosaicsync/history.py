@@ -115,6 +115,11 @@ _ENTRY_COLUMNS = (
     "extract(epoch FROM finished_at) AS finished_epoch"
 )
 
+_LIVE_SQL = (
+    f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE state = 'complete' "
+    "ORDER BY id DESC LIMIT 1"
+)
+
 # The blob a manifest row's published bytes are kept as.
 _BLOB_OF = "coalesce(f.uploaded_sha256, f.sha256)"
 _COLUMNS = "path, sha256, size, target, url, uploaded_sha256, generated"
@@ -382,10 +387,7 @@ class History:
     def live(self) -> Entry | None:
         if not self.exists():
             return None
-        rows = self._sql(
-            f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE state = 'complete' "
-            "ORDER BY id DESC LIMIT 1"
-        )
+        rows = self._sql(_LIVE_SQL)
         return Entry.from_row(rows[0]) if rows else None
 
     def files(self, deploy_id: int) -> dict[str, ManifestRow]:
@@ -460,8 +462,10 @@ class History:
         request sent again after a lost answer records it once.
         """
         run = sql_literal(run_id or str(uuid.uuid4()))
-        self.ensure()
-        replaced = self.live()
+        from mosaicsync.manifest import SCHEMA_SQL as MANIFEST_SQL
+
+        rows = self._sql(MANIFEST_SQL + SCHEMA_SQL + _LIVE_SQL)  # one request: tables, live one
+        replaced = Entry.from_row(rows[0]) if rows else None
         values = ", ".join(
             sql_literal(v)
             for v in (
@@ -563,8 +567,8 @@ class History:
             f"files = {int(files)}, duration_ms = {int(duration_ms)}, "
             f"restorable = {restorable} WHERE id = {int(deploy_id)}"
         )
-        pruned_deploys = self.prune()
-        return Finished(packed, packed_bytes, missing, pruned_deploys, self.used_bytes())
+        pruned_deploys, used = self.prune()
+        return Finished(packed, packed_bytes, missing, pruned_deploys, used)
 
     def _pack(
         self, packer: Packer | None, reproduce: Callable[[ManifestRow, str], bytes | None]
@@ -641,13 +645,17 @@ class History:
             self._sql(";\n".join(statements))
         return packed, offset, tuple(missing)
 
-    def prune(self) -> int:
+    def prune(self) -> tuple[int, int]:
         """Delete deploys past `keep` (all file sets when history is off), then the blobs no
-        retained deploy needs and the packs left with none: objects first, then rows.
+        retained deploy needs and the packs left with none: objects first, then rows. (Deploys
+        pruned, history bytes left in storage.)
 
         `keep` counts complete deploys, and failed or interrupted ones separately (up to as
         many again): a run of failures never pushes the live deploy, or the ones before it,
-        out of the history."""
+        out of the history. The blobs are looked at every time, not only when a span went: a
+        prune stopped after deleting objects leaves rows that this one finishes.
+        """
+        used = "(SELECT coalesce(sum(size), 0) FROM mosaicsync.packs) AS used"
         if self.enabled:
             k = int(self.keep)
             # One statement: the spans see the deploys as they were, so the gone ones are named.
@@ -659,13 +667,13 @@ class History:
                 "spans AS (DELETE FROM mosaicsync.file_spans f WHERE f.last_id IS NOT NULL AND "
                 "NOT EXISTS (SELECT 1 FROM mosaicsync.deploys d WHERE d.state = 'complete' AND "
                 f"{_in_set('d.id')} AND d.id NOT IN (SELECT id FROM gone))) "
-                "SELECT count(*) AS n FROM gone"
+                f"SELECT (SELECT count(*) FROM gone) AS n, {used}"
             )
         else:
             rows = self._sql(
                 "WITH gone AS (UPDATE mosaicsync.deploys SET restorable = false WHERE restorable "
                 "RETURNING id), spans AS (DELETE FROM mosaicsync.file_spans) "
-                "SELECT count(*) AS n FROM gone"
+                f"SELECT (SELECT count(*) FROM gone) AS n, {used}"
             )
         pruned = int(rows[0]["n"])
         dead = self._sql(
@@ -678,24 +686,25 @@ class History:
             "OR NOT EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE b.pack = p.name)"
         )
         if not dead:
-            return pruned
+            return pruned, int(rows[0]["used"])
         from mosaicsync.errors import NotFoundError
 
         empty = [r["name"] for r in dead if int(r["dead"]) == int(r["total"])]
         for name in empty:
             with contextlib.suppress(NotFoundError):
                 self.client.delete_object(self.project_id, name)
-        self._sql(
+        left = self._sql(
             f"DELETE FROM mosaicsync.blobs b WHERE NOT EXISTS (SELECT 1 FROM "
             f"mosaicsync.file_spans f WHERE {_BLOB_OF} = b.sha256);\n"
             + (
                 "DELETE FROM mosaicsync.packs WHERE name IN ("
                 + ", ".join(sql_literal(n) for n in empty)
-                + ")"
+                + ");\n"
                 if empty
-                else "SELECT 1"
+                else ""
             )
+            + f"SELECT {used}"
         )
         with self._lock:
             self._kept.clear()
-        return pruned
+        return pruned, int(left[0]["used"])
