@@ -58,6 +58,18 @@ SITE_CONTENT_TYPES: dict[str, str] = {
 }
 SITE_EXTENSIONS = frozenset(SITE_CONTENT_TYPES)
 
+
+def extension(path: str) -> str:
+    """A path's extension, lowercased, as `posixpath.splitext` finds it ("" for `.htaccess` or
+    `README`). Every rule keyed by type asks here: it runs for every file of every walk, at a
+    third of splitext's cost."""
+    name = path[path.rfind("/") + 1 :]
+    dot = name.rfind(".")
+    if dot <= 0 or not name[:dot].lstrip("."):
+        return ""
+    return name[dot:].lower()
+
+
 # Text types go to the files endpoint as UTF-8; the others as base64.
 TEXT_EXTENSIONS = frozenset({".html", ".css", ".js", ".json", ".txt", ".svg"})
 

@@ -14,12 +14,12 @@ the value itself never reaches output, a log or JSON.
 from __future__ import annotations
 
 import functools
-import posixpath
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from mosaicsync.contract import extension
 from mosaicsync.findings import SECRET, Finding
 
 CHUNK = 1 << 20
@@ -183,7 +183,7 @@ class Searcher:
 
 def worth_reading(path: str) -> bool:
     """False for media and archives, which cannot carry a pasted key as text."""
-    return posixpath.splitext(path)[1].lower() not in BINARY_EXTENSIONS
+    return extension(path) not in BINARY_EXTENSIONS
 
 
 def position(source: Path, offset: int) -> tuple[int, int]:

@@ -106,8 +106,8 @@ def sql_literal(value: object) -> str:
 
 def local_digest(entries: Iterable[tuple[str, str, str]]) -> str:
     """sha256 over `path\\tsha256\\ttarget` lines in byte order, as `DIGEST_SQL` computes it."""
-    lines = sorted(entries, key=lambda e: e[0].encode("utf-8"))
-    text = "\n".join(f"{p}\t{s}\t{t}" for p, s, t in lines)
+    # Code point order is UTF-8 byte order, and paths are unique: the tuples sort by path.
+    text = "\n".join(map("\t".join, sorted(entries)))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -6,7 +6,6 @@ rules are tested exhaustively without a server.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -65,8 +64,7 @@ class Plan:
 
 def route(path: str, size: int, *, max_site_file: int = contract.MAX_SITE_FILE) -> Target:
     """Static hosting takes only some types, up to a size cap; anything else goes to storage."""
-    extension = posixpath.splitext(path)[1].lower()
-    if extension in contract.SITE_EXTENSIONS and size <= max_site_file:
+    if contract.extension(path) in contract.SITE_EXTENSIONS and size <= max_site_file:
         return "site"
     return "storage"
 

@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 import tinycss2
 
+from mosaicsync.contract import extension
+
 REWRITTEN_EXTENSIONS = frozenset({".html", ".css"})
 
 
@@ -88,7 +90,7 @@ def references(text: str, from_path: str) -> list[Reference]:
 
 
 def needs_rewrite(path: str) -> bool:
-    return posixpath.splitext(path)[1].lower() in REWRITTEN_EXTENSIONS
+    return extension(path) in REWRITTEN_EXTENSIONS
 
 
 def rewrite(text: str, from_path: str, storage_urls: Mapping[str, str]) -> Rewritten:

@@ -128,22 +128,17 @@ class _Walker:
         match = self.rules.match
         found = self.found
         skipped = self.skipped
+        check = publishable.check
         stack = [(directory, prefix, chain)]
         while stack:
             directory, prefix, chain = stack.pop()
-            names: dict[str, str] = {}
+            unusual = False  # a name that is not ASCII: two names may then be one once normalized
             try:
                 with os.scandir(directory) as entries:
                     for entry in entries:
-                        name = _nfc(entry.name)
-                        if name in names:
-                            raise ScanError(
-                                f"{prefix}{entry.name!a} and {prefix}{names[name]!a} have the same "
-                                "name once Unicode-normalized (NFC), so they would overwrite each "
-                                "other",
-                                hint="rename one of them",
-                            )
-                        names[name] = entry.name
+                        name = entry.name
+                        if not name.isascii():
+                            name, unusual = _nfc(name), True
                         rel = prefix + name
                         if entry.is_symlink():
                             self.visit_link(entry.path, rel, chain, stack)
@@ -157,13 +152,19 @@ class _Walker:
                             reason = match(rel, False, True)
                             if reason is not None:
                                 skipped.append(Skipped(rel, reason))
-                            else:
-                                publishable.check(rel)
-                                st = _stat(entry.path, rel, entry)
-                                if st is not None:
-                                    found.append(_Found(rel, entry.path, stat_key(st)))
+                                continue
+                            check(rel)
+                            try:
+                                st = entry.stat()
+                            except FileNotFoundError:
+                                continue  # deleted since it was listed: gone, not broken
+                            except OSError as exc:
+                                raise _unreadable(rel, exc) from exc
+                            found.append(_Found(rel, entry.path, stat_key(st)))
                         else:
                             self.skip_special(rel)
+                if unusual:
+                    _refuse_nfc_twins(directory, prefix)
             except OSError as exc:
                 shown = prefix or "./"
                 raise ScanError(
@@ -265,10 +266,29 @@ def _stat(path: str, rel: str, entry: os.DirEntry[str] | None = None) -> os.stat
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ScanError(
-            f"cannot read {rel}: {exc.strerror or exc}",
-            hint=f"fix its permissions, or add {rel} to {IGNORE_FILE}",
-        ) from exc
+        raise _unreadable(rel, exc) from exc
+
+
+def _unreadable(rel: str, exc: OSError) -> ScanError:
+    return ScanError(
+        f"cannot read {rel}: {exc.strerror or exc}",
+        hint=f"fix its permissions, or add {rel} to {IGNORE_FILE}",
+    )
+
+
+def _refuse_nfc_twins(directory: str, prefix: str) -> None:
+    """Two names of one folder that are one once Unicode-normalized would overwrite each other
+    on the platform (looked for only in a folder that has a name that is not ASCII)."""
+    names: dict[str, str] = {}
+    for raw in sorted(os.listdir(directory)):
+        name = _nfc(raw)
+        if name in names:
+            raise ScanError(
+                f"{prefix}{raw!a} and {prefix}{names[name]!a} have the same name once "
+                "Unicode-normalized (NFC), so they would overwrite each other",
+                hint="rename one of them",
+            )
+        names[name] = raw
 
 
 def _real_root(static_root: Path) -> str:

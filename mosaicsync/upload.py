@@ -12,7 +12,6 @@ import base64
 import functools
 import hashlib
 import json
-import posixpath
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mosaicsync.api import MosaicClient, auto_concurrency
-from mosaicsync.contract import TEXT_EXTENSIONS
+from mosaicsync.contract import TEXT_EXTENSIONS, extension
 from mosaicsync.errors import NotFoundError
 from mosaicsync.events import Transferred
 from mosaicsync.manifest import Manifest, ManifestRow
@@ -339,8 +338,7 @@ class Publisher:
         self._arrived(f, "site", len(data), counter, result)
 
     def _send_site_bytes(self, path: str, data: bytes) -> None:
-        ext = posixpath.splitext(path)[1].lower()
-        if ext in TEXT_EXTENSIONS:
+        if extension(path) in TEXT_EXTENSIONS:
             try:
                 self.client.upload_file(self.project_id, path, data.decode("utf-8"))
                 return

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mosaicsync import contract
+from mosaicsync.manifest import local_digest
 from mosaicsync.plan import (
     Plan,
     RemoteEntry,
@@ -288,3 +290,30 @@ def test_html_is_published_after_everything_else(
     is_site = [u.target == "site" for u in rest]
     assert is_site == sorted(is_site)  # storage objects before site assets
     assert publish_order(list(reversed(uploads))) == uploads  # a total, stable order
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="ab./.Ab_é", max_size=12))
+@example("a/.htaccess")
+@example("..b")
+@example("dir.d/README")
+@example("x.TAR.GZ")
+def test_extension_is_the_one_splitext_finds(path: str) -> None:
+    # One cheap function decides every type-keyed rule (route, rewrite, secret search).
+    assert contract.extension(path) == posixpath.splitext(path)[1].lower()
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(
+        st.text(alphabet="aZ/._é€😀\u00ff", min_size=1, max_size=8),
+        st.sampled_from(["site", "storage"]),
+        max_size=12,
+    )
+)
+def test_the_local_digest_orders_paths_as_the_platform_does(paths: dict[str, str]) -> None:
+    # DIGEST_SQL sorts by path COLLATE "C": UTF-8 bytes. The local side must agree on any name.
+    entries = [(p, hashlib.sha256(p.encode()).hexdigest(), t) for p, t in paths.items()]
+    by_bytes = sorted(entries, key=lambda e: e[0].encode("utf-8"))
+    text = "\n".join(f"{p}\t{s}\t{t}" for p, s, t in by_bytes)
+    assert local_digest(reversed(entries)) == hashlib.sha256(text.encode()).hexdigest()
