@@ -370,7 +370,8 @@ def _resolve(
     started_ns: int,
     workers: int,
 ) -> tuple[list[LocalFile], int, int]:
-    """LocalFiles for the walk's result, reading only the files the cache cannot vouch for."""
+    """LocalFiles for the walk's result, reading only the files the cache cannot vouch for;
+    (files, files read, bytes read, files the cache now holds)."""
     misses: list[_Found] = []
     for item in found:
         if cache is not None:
@@ -378,17 +379,19 @@ def _resolve(
         if not item.sha:
             misses.append(item)
     bytes_hashed = _hash_all(misses, workers)
+    held = len(found) - len(misses)
     if cache is not None:
         settled_before = started_ns - RACY_WINDOW_NS
         for item in misses:
             key = item.key
             if max(key[1], key[3]) < settled_before:
                 cache.store(item.rel, key, item.sha)
+                held += 1
             else:
                 cache.discard(item.rel)
     files = [LocalFile(item.rel, item.path, item.key[0], item.sha) for item in found]
     files.sort(key=lambda local: local.path)
-    return files, len(misses), bytes_hashed
+    return files, len(misses), bytes_hashed, held
 
 
 def scan(
@@ -403,10 +406,12 @@ def scan(
     root = _real_root(static_root)
     walker = _Walker(root, rules)
     walker.walk(root, "", (root,))
-    files, hashed, bytes_hashed = _resolve(
+    files, hashed, bytes_hashed, held = _resolve(
         walker.found, cache, started_ns, workers or os.cpu_count() or 1
     )
-    if cache is not None:
+    if cache is not None and len(cache) != held:
+        # Entries the walk did not meet: files gone since. (Equal counts: every entry is one of
+        # the files found, so there is nothing to drop; a set of every path costs a big site.)
         cache.retain({local.path for local in files})
     walker.skipped.sort(key=lambda skipped: skipped.path)
     return ScanResult(files, walker.skipped, hashed, bytes_hashed)
@@ -435,7 +440,7 @@ def scan_paths(
         if len(walker.found) == before:
             gone.add(rel)
     unique = {item.rel: item for item in walker.found}
-    files, _, _ = _resolve(list(unique.values()), cache, started_ns, os.cpu_count() or 1)
+    files, _, _, _ = _resolve(list(unique.values()), cache, started_ns, os.cpu_count() or 1)
     if cache is not None:
         for rel in gone:
             cache.discard_tree(rel)

@@ -760,3 +760,20 @@ def test_scan_paths_accepts_a_name_in_another_unicode_form(tmp_path: Path) -> No
 def test_scan_paths_refuses_paths_outside_the_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         scan_paths(tmp_path, ["../etc/passwd"], rules_for(tmp_path))
+
+
+def test_the_cache_forgets_a_deleted_file_even_when_another_took_its_place(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "public"
+    write(root, "a.txt", "a")
+    write(root, "b.txt", "b")
+    settle()
+    cache = HashCache(tmp_path / "hashes")
+    scan(root, rules_for(root), cache)
+    assert "a.txt" in cache and "b.txt" in cache and len(cache) == 2
+    (root / "a.txt").unlink()
+    write(root, "c.txt", "c")
+    settle()
+    scan(root, rules_for(root), cache)  # as many files as before, one of them new
+    assert "a.txt" not in cache and "b.txt" in cache and "c.txt" in cache and len(cache) == 2
