@@ -128,6 +128,29 @@ def project_rules(config: Config, *, allow_secrets: bool = False) -> IgnoreRules
     )
 
 
+class _Ahead:
+    """Requests sent on a thread of their own while this one works: their answer, or their
+    error, when asked for."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._answer: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            self._answer = work()
+        except BaseException as exc:  # handed to the caller of get()
+            self._error = exc
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._answer
+
+
 @dataclass
 class CheckReport:
     """What `check` found: every finding of the content checks and of the pending migrations."""
@@ -323,30 +346,36 @@ class Deployer:
 
     def run(self) -> DeployResult:
         t0 = time.perf_counter()
-        project = self.client.get_project(self.project_id)
-        if project.get("status") != "running":
-            project = self.client.wait_until_running(self.project_id)
+        # With nothing to migrate, the deployed files' digest decides whether anything changed:
+        # it is asked for (and the project looked up) while the folder is walked and checked.
+        quick = not self.options.dry_run and not self._has_migrations()
+        ahead = _Ahead(lambda: self._look_up(quick))
+        try:
+            self.rules = project_rules(self.config, allow_secrets=self.options.allow_secrets)
+            scanned = self.scanned = scan_project(self.config, rules=self.rules)
+            skipped = [s.path for s in scanned.skipped]
+            self.emit(
+                Scanned(
+                    len(scanned.files), scanned.hashed, scanned.bytes_hashed, skipped,
+                    (time.perf_counter() - t0) * 1000,
+                )
+            )  # fmt: skip
+            # Before anything is sent: a page holding the key is never published, not even in
+            # part. (A dry run reports what would stop the deploy instead.)
+            findings = self.check(scanned.files, scanned.skipped, stop=not self.options.dry_run)
+        except Exception:
+            ahead.get()  # the project's own error (not found, a bad key) comes first, as before
+            raise
+        project, deployed_digest = ahead.get()
         result = DeployResult(self.project_id, project.get("url", ""), dry_run=self.options.dry_run)
-
-        self.rules = project_rules(self.config, allow_secrets=self.options.allow_secrets)
-        scanned = self.scanned = scan_project(self.config, rules=self.rules)
-        result.skipped = [s.path for s in scanned.skipped]
-        self.emit(
-            Scanned(
-                len(scanned.files), scanned.hashed, scanned.bytes_hashed, result.skipped,
-                (time.perf_counter() - t0) * 1000,
-            )
-        )  # fmt: skip
-        # Before anything is sent: a page holding the key is never published, not even in part.
-        # (A dry run reports what would stop the deploy instead.)
-        result.findings = self.check(scanned.files, scanned.skipped, stop=not self.options.dry_run)
+        result.skipped, result.findings = skipped, findings
         files = scanned.files
         targets = {f.path: route(f.path, f.size) for f in files}
         mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
         if not files and self.options.prune and not self.options.dry_run:
             # An empty root is most often a build that produced nothing: pruning the live site
             # down to it would take the whole site offline.
-            _, deployed = self.manifest.ensure()
+            _, deployed = deployed_digest or self.manifest.ensure()
             if deployed:
                 raise ConfigError(
                     f"the static root {self.config.static_root} has no files to publish, so "
@@ -355,9 +384,9 @@ class Deployer:
                     "`--no-prune` deploys without deleting anything",
                 )
         checked = False
-        if not self.options.dry_run and not self._has_migrations():
+        if deployed_digest is not None:
             # Nothing to migrate and nothing changed: done, without taking the lease.
-            if self.manifest.ensure()[0] == mine:
+            if deployed_digest[0] == mine:
                 return self._noop(result, files, targets, t0)
             checked = True
         # Imported here: the migration runner and its SQL parser cost a no-op deploy ~50 ms.
@@ -432,6 +461,14 @@ class Deployer:
             result.plan = plan_summary(plan)
         result.duration_ms = int((time.perf_counter() - t0) * 1000)
         return result
+
+    def _look_up(self, quick: bool) -> tuple[dict[str, Any], tuple[str, int] | None]:
+        """The project (once running) and, for a deploy with nothing to migrate, the deployed
+        files' digest and count."""
+        project = self.client.get_project(self.project_id)
+        if project.get("status") != "running":
+            project = self.client.wait_until_running(self.project_id)
+        return project, self.manifest.ensure() if quick else None
 
     def _has_migrations(self) -> bool:
         directory = self.config.migrations_dir

@@ -167,6 +167,24 @@ def test_symlink_escape_is_refused(project_dir: Path, local_server: LocalServer)
     assert "leak.txt" in out.stderr
 
 
+def test_the_project_s_error_comes_before_the_folder_s(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    # The project is looked up while the folder is walked; when both are wrong, the project's
+    # error is the one reported (as when it was looked up first), and nothing is sent.
+    outside = project_dir.parent / "outside.txt"
+    outside.write_text("secret")
+    (project_dir / "public" / "leak.txt").symlink_to(outside)
+    toml = project_dir / "mosaic.toml"
+    toml.write_text(toml.read_text().replace(project_id_of(project_dir), "gone-zzz"))
+    out = run_cli(["deploy"], project_dir, local_server, check=False)
+    assert out.returncode == 4, out.stderr
+    assert "gone-zzz" in out.stderr and "leak.txt" not in out.stderr
+    (project_dir / "public" / "leak.txt").unlink()
+    out = run_cli(["deploy"], project_dir, local_server, check=False)
+    assert out.returncode == 4 and "gone-zzz" in out.stderr
+
+
 def test_second_clone_without_cache_deploys_nothing(
     project_dir: Path, local_server: LocalServer
 ) -> None:
