@@ -464,27 +464,34 @@ class History:
         run = sql_literal(run_id or str(uuid.uuid4()))
         from mosaicsync.manifest import SCHEMA_SQL as MANIFEST_SQL
 
-        rows = self._sql(MANIFEST_SQL + SCHEMA_SQL + _LIVE_SQL)  # one request: tables, live one
-        replaced = Entry.from_row(rows[0]) if rows else None
         values = ", ".join(
             sql_literal(v)
             for v in (
                 kind, who, tool_version, message,
                 git.commit if git else None, git.branch if git else None,
-                git.dirty if git else None, restores, replaced.id if replaced else None,
+                git.dirty if git else None, restores,
             )
         )  # fmt: skip
+        live = (
+            "(SELECT id FROM mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT 1)"
+        )
+        # One request: the tables, the entry (replacing the live deploy), the entry it replaces.
         rows = self._sql(
-            "UPDATE mosaicsync.deploys SET state = 'interrupted' WHERE state = 'running' "
+            MANIFEST_SQL
+            + SCHEMA_SQL
+            + "UPDATE mosaicsync.deploys SET state = 'interrupted' WHERE state = 'running' "
             f"AND run_id IS DISTINCT FROM {run}::uuid;\n"
             "INSERT INTO mosaicsync.deploys (started_at, finished_at, uploaded, pruned, bytes, "
             "files, duration_ms, state, kind, deployed_by, tool_version, message, git_commit, "
             "git_branch, git_dirty, restores, replaces, run_id) "
-            f"SELECT now(), NULL, 0, 0, 0, 0, 0, 'running', {values}, {run}::uuid WHERE NOT "
-            f"EXISTS (SELECT 1 FROM mosaicsync.deploys WHERE run_id = {run}::uuid);\n"
-            f"SELECT id FROM mosaicsync.deploys WHERE run_id = {run}::uuid"
+            f"SELECT now(), NULL, 0, 0, 0, 0, 0, 'running', {values}, {live}, {run}::uuid "
+            f"WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.deploys WHERE run_id = {run}::uuid);\n"
+            "SELECT n.id AS new_id, r.* FROM mosaicsync.deploys n LEFT JOIN LATERAL (SELECT "
+            f"{_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE id = n.replaces) r ON true "
+            f"WHERE n.run_id = {run}::uuid"
         )
-        return int(rows[0]["id"]), replaced
+        replaced = Entry.from_row(rows[0]) if rows[0]["id"] is not None else None
+        return int(rows[0]["new_id"]), replaced
 
     def end(self, deploy_id: int, state: str) -> None:
         """A deploy that stopped (failed, interrupted): said so, best effort."""
