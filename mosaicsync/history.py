@@ -35,7 +35,7 @@ from typing import Any
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.contract import TOOL_STORAGE_PREFIX
-from mosaicsync.manifest import ManifestRow, sql_literal
+from mosaicsync.manifest import ROW_COLUMNS, ManifestRow, sql_literal
 
 PREFIX = TOOL_STORAGE_PREFIX + "history/"
 PACKS = PREFIX + "packs/"
@@ -115,14 +115,12 @@ _ENTRY_COLUMNS = (
     "extract(epoch FROM finished_at) AS finished_epoch"
 )
 
-_LIVE_SQL = (
-    f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE state = 'complete' "
-    "ORDER BY id DESC LIMIT 1"
-)
+# The live deploy: the newest complete one.
+_LIVE_ID = "(SELECT id FROM mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT 1)"
+_LIVE_SQL = f"SELECT {_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE id = {_LIVE_ID}"
 
 # The blob a manifest row's published bytes are kept as.
 _BLOB_OF = "coalesce(f.uploaded_sha256, f.sha256)"
-_COLUMNS = "path, sha256, size, target, url, uploaded_sha256, generated"
 
 
 def _in_set(deploy_id: str) -> str:
@@ -309,6 +307,13 @@ class Finished:
     used_bytes: int
 
 
+def _tables_sql() -> str:
+    """The manifest's tables and the history's, created where missing (one request's worth)."""
+    from mosaicsync.manifest import SCHEMA_SQL as MANIFEST_SQL
+
+    return MANIFEST_SQL + SCHEMA_SQL
+
+
 def _spans_sql(deploy_id: int) -> str:
     """SQL making deploy `deploy_id`'s file set the manifest as it stands: the live spans that no
     longer match it end here, then a span starts for each row that none matches.
@@ -320,14 +325,15 @@ def _spans_sql(deploy_id: int) -> str:
     same = " AND ".join(
         f"m.{c} = f.{c}" if c in ("path", "sha256", "size", "target", "generated")
         else f"m.{c} IS NOT DISTINCT FROM f.{c}"
-        for c in _COLUMNS.split(", ")
+        for c in ROW_COLUMNS.split(", ")
     )  # fmt: skip
     return (
         f"UPDATE mosaicsync.file_spans f SET last_id = {n} WHERE f.last_id IS NULL AND NOT "
         f"EXISTS (SELECT 1 FROM mosaicsync.files m WHERE {same});\n"
         f"DELETE FROM mosaicsync.file_spans WHERE first_id = {n} AND last_id = {n};\n"
-        f"INSERT INTO mosaicsync.file_spans (first_id, last_id, {_COLUMNS}) SELECT {n}, NULL, "
-        + ", ".join(f"m.{c}" for c in _COLUMNS.split(", "))
+        f"INSERT INTO mosaicsync.file_spans (first_id, last_id, {ROW_COLUMNS}) SELECT {n}, "
+        "NULL, "
+        + ", ".join(f"m.{c}" for c in ROW_COLUMNS.split(", "))
         + " FROM mosaicsync.files m WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.file_spans f "
         "WHERE f.last_id IS NULL AND f.path = m.path);\n"
     )
@@ -352,9 +358,7 @@ class History:
 
     def ensure(self) -> None:
         """Create the manifest's tables and the history's, in one request."""
-        from mosaicsync.manifest import SCHEMA_SQL as MANIFEST_SQL
-
-        self._sql(MANIFEST_SQL + SCHEMA_SQL + "SELECT 1 AS ok")
+        self._sql(_tables_sql() + "SELECT 1 AS ok")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -396,7 +400,7 @@ class History:
         after = ""
         while True:
             page = self._sql(
-                f"SELECT {_COLUMNS} FROM mosaicsync.file_spans f WHERE "
+                f"SELECT {ROW_COLUMNS} FROM mosaicsync.file_spans f WHERE "
                 f"{_in_set(str(int(deploy_id)))} {after}ORDER BY path LIMIT 5000"
             )
             for r in page:
@@ -462,8 +466,6 @@ class History:
         request sent again after a lost answer records it once.
         """
         run = sql_literal(run_id or str(uuid.uuid4()))
-        from mosaicsync.manifest import SCHEMA_SQL as MANIFEST_SQL
-
         values = ", ".join(
             sql_literal(v)
             for v in (
@@ -472,19 +474,15 @@ class History:
                 git.dirty if git else None, restores,
             )
         )  # fmt: skip
-        live = (
-            "(SELECT id FROM mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT 1)"
-        )
         # One request: the tables, the entry (replacing the live deploy), the entry it replaces.
         rows = self._sql(
-            MANIFEST_SQL
-            + SCHEMA_SQL
+            _tables_sql()
             + "UPDATE mosaicsync.deploys SET state = 'interrupted' WHERE state = 'running' "
             f"AND run_id IS DISTINCT FROM {run}::uuid;\n"
             "INSERT INTO mosaicsync.deploys (started_at, finished_at, uploaded, pruned, bytes, "
             "files, duration_ms, state, kind, deployed_by, tool_version, message, git_commit, "
             "git_branch, git_dirty, restores, replaces, run_id) "
-            f"SELECT now(), NULL, 0, 0, 0, 0, 0, 'running', {values}, {live}, {run}::uuid "
+            f"SELECT now(), NULL, 0, 0, 0, 0, 0, 'running', {values}, {_LIVE_ID}, {run}::uuid "
             f"WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.deploys WHERE run_id = {run}::uuid);\n"
             "SELECT n.id AS new_id, r.* FROM mosaicsync.deploys n LEFT JOIN LATERAL (SELECT "
             f"{_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE id = n.replaces) r ON true "

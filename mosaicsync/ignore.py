@@ -182,6 +182,7 @@ DEFAULT_IGNORES: tuple[str, ...] = (
 )
 
 IGNORE_FILE = ".mosaicignore"
+DEFAULT_SOURCE = "default"  # the default layer's label; its patterns are known to be valid
 CONFIG_SOURCE = "mosaic.toml [static] ignore"
 
 
@@ -318,8 +319,10 @@ def _split_regexes(
     if any(not pattern.include for pattern in patterns):
         return None
     grouped, alone = _sources(patterns)
-    tail = [source for source in grouped if _one_part(source)]
-    deep = [source for source in grouped if not _one_part(source)]
+    tail: list[str] = []
+    deep: list[str] = []
+    for source in grouped:
+        (tail if _one_part(source) else deep).append(source)
     try:
         tail_regex = re.compile("|".join(f"(?:{source})" for source in tail) or r"(?!)")
     except re.error:
@@ -341,7 +344,7 @@ def _compile(lines: Iterable[str], source: str) -> list[_Pattern]:
             continue
         try:
             regex, include = GitIgnoreSpecPattern.pattern_to_regex(line)
-            if regex is not None and source != "default":
+            if regex is not None and source != DEFAULT_SOURCE:
                 re.compile(regex)
         except (ValueError, re.error) as exc:
             where = source if source == CONFIG_SOURCE else f"{source} line {number}"
@@ -373,7 +376,7 @@ class IgnoreRules:
         self._all = _Layer(compiled)
         # Checked apart from the other layers so that no `!pattern` can re-include a secret; on
         # the lowercased path, so `.ENV` or `Server.PEM` on a case-insensitive disk are caught too.
-        self._secrets = None if allow_secrets else _Layer(_compile(SECRET_IGNORES, "default"))
+        self._secrets = None if allow_secrets else _Layer(_compile(SECRET_IGNORES, DEFAULT_SOURCE))
 
     def match(self, rel_path: str, is_dir: bool, walked: bool = False) -> str | None:
         """Why `rel_path` is ignored, or None; parents are not checked, as a walk prunes them.
@@ -426,7 +429,7 @@ def load_ignore_rules(
 
     Every layer is gitignore syntax relative to the static root; later layers win.
     """
-    layers: list[tuple[Iterable[str], str]] = [(DEFAULT_IGNORES, "default")]
+    layers: list[tuple[Iterable[str], str]] = [(DEFAULT_IGNORES, DEFAULT_SOURCE)]
     candidates = [static_root / IGNORE_FILE]
     if not _same_dir(static_root, project_dir):
         candidates.append(project_dir / IGNORE_FILE)

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS mosaicsync.deploys (
 );
 """
 
+# The columns of a manifest row (`ManifestRow`'s fields), in this order wherever rows are read.
+ROW_COLUMNS = "path, sha256, size, target, url, uploaded_sha256, generated"
+
 # The same digest is computed locally (`local_digest`) and by the server: a no-op deploy then
 # costs one tiny request instead of downloading the whole manifest.
 DIGEST_SQL = """
@@ -206,8 +209,8 @@ class Manifest:
         after = ""
         while True:
             page = self._sql(
-                "SELECT path, sha256, size, target, url, uploaded_sha256, generated "
-                f"FROM mosaicsync.files {after}ORDER BY path LIMIT {FETCH_PAGE}"
+                f"SELECT {ROW_COLUMNS} FROM mosaicsync.files {after}ORDER BY path "
+                f"LIMIT {FETCH_PAGE}"
             )
             rows += page
             if len(page) < FETCH_PAGE:

@@ -154,13 +154,9 @@ class _Walker:
                                 skipped.append(Skipped(rel, reason))
                                 continue
                             check(rel)
-                            try:
-                                st = entry.stat()
-                            except FileNotFoundError:
-                                continue  # deleted since it was listed: gone, not broken
-                            except OSError as exc:
-                                raise _unreadable(rel, exc) from exc
-                            found.append(_Found(rel, entry.path, stat_key(st)))
+                            st = _stat(entry.path, rel, entry)
+                            if st is not None:
+                                found.append(_Found(rel, entry.path, stat_key(st)))
                         else:
                             self.skip_special(rel)
                 if unusual:
@@ -266,14 +262,10 @@ def _stat(path: str, rel: str, entry: os.DirEntry[str] | None = None) -> os.stat
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _unreadable(rel, exc) from exc
-
-
-def _unreadable(rel: str, exc: OSError) -> ScanError:
-    return ScanError(
-        f"cannot read {rel}: {exc.strerror or exc}",
-        hint=f"fix its permissions, or add {rel} to {IGNORE_FILE}",
-    )
+        raise ScanError(
+            f"cannot read {rel}: {exc.strerror or exc}",
+            hint=f"fix its permissions, or add {rel} to {IGNORE_FILE}",
+        ) from exc
 
 
 def _refuse_nfc_twins(directory: str, prefix: str) -> None:
@@ -369,7 +361,7 @@ def _resolve(
     cache: HashCache | None,
     started_ns: int,
     workers: int,
-) -> tuple[list[LocalFile], int, int]:
+) -> tuple[list[LocalFile], int, int, int]:
     """LocalFiles for the walk's result, reading only the files the cache cannot vouch for;
     (files, files read, bytes read, files the cache now holds)."""
     misses: list[_Found] = []
