@@ -2,14 +2,15 @@
 
 Every path the client uses is in `ROUTES`, built from `contract.API_ROUTES`: adapting to the live
 platform is a one-table change.
-The transport is injectable: unit tests pass `httpx.MockTransport`, integration tests use the real
-local platform.
+The transport is injectable (`wire.Transport`): unit tests pass a stand-in that answers from a
+function, integration tests use the real local platform through `wire.Pool`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json as _json
 import math
 import os
 import random
@@ -21,9 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import httpx
+from urllib.parse import quote, urlsplit
 
 from mosaicsync import __version__
 from mosaicsync.contract import API_ROUTES
@@ -40,6 +39,7 @@ from mosaicsync.errors import (
 # RetryPolicy lives in retry.py with every other backoff; callers may import it from here too.
 from mosaicsync.events import RequestEvent
 from mosaicsync.retry import Backoff, RetryPolicy, poll
+from mosaicsync.wire import Pool, Response, Transport, TransportError
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ ROUTES: dict[str, Route] = {
 }
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_USER_AGENT = f"mosaicsync/{__version__}"
 
 
 class SqlError(PlatformError):
@@ -97,9 +98,9 @@ class SqlError(PlatformError):
         self.detail = detail
 
 
-def _redacted_path(url: httpx.URL) -> str:
+def _redacted_path(url: str) -> str:
     """The path only: presigned URLs carry their signature in the query string."""
-    return url.path
+    return urlsplit(url).path
 
 
 def auto_concurrency(rtt_ms: float | None) -> int:
@@ -133,7 +134,7 @@ def _refuse_text_that_is_not_utf8(fields: dict[str, Any]) -> None:
 
 
 class DeferredCAContext(ssl.SSLContext):
-    """The verifying TLS context httpx builds by default (hostname checked, certificate
+    """The verifying TLS context of `ssl.create_default_context` (hostname checked, certificate
     required; CA certificates from SSL_CERT_FILE, else SSL_CERT_DIR, else certifi), except that
     the CA certificates load at the first TLS handshake instead of when the client is built.
 
@@ -194,7 +195,7 @@ class MosaicClient:
         api_url: str,
         api_key: str,
         *,
-        transport: httpx.BaseTransport | None = None,
+        transport: Transport | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         on_request: Callable[[RequestEvent], None] | None = None,
@@ -218,15 +219,11 @@ class MosaicClient:
         self.rng = rng or random.Random()
         # The fastest answer seen so far: the round trip to the platform, without its work.
         self.min_rtt_ms: float | None = None
-        self.http = httpx.Client(
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"User-Agent": f"mosaicsync/{__version__}"},
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            follow_redirects=False,
-            verify=DeferredCAContext(),
+        self.http: Transport = transport or Pool(
+            timeout=timeout,
+            connect_timeout=10.0,
+            context=DeferredCAContext(),
+            max_idle=max_connections,
         )
 
     def api_key_for_checks(self) -> str:
@@ -282,7 +279,7 @@ class MosaicClient:
         missing = [key for key in expect if not isinstance(body, dict) or key not in body]
         if missing:
             raise PlatformError(
-                f"{route.method} {_redacted_path(response.request.url)}: the answer has no "
+                f"{route.method} {_redacted_path(response.url)}: the answer has no "
                 f"{', '.join(repr(k) for k in missing)} field; is {self.api_url} a Mosaic API?",
                 hint="check --api-url, MOSAIC_API_URL or the target's api_url",
             )
@@ -297,51 +294,52 @@ class MosaicClient:
         headers: dict[str, str] | None = None,
         json: Any = None,
         content_factory: Callable[[], Iterator[bytes] | bytes] | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
+        headers = {"User-Agent": _USER_AGENT, **(headers or {})}
+        payload: bytes | None = None
+        if json is not None:
+            payload = _json.dumps(
+                json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+            headers["Content-Type"] = "application/json"
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
-            request = self.http.build_request(
-                method,
-                url,
-                headers=headers,
-                json=json,
-                content=content_factory() if content_factory else None,
-            )
             try:
-                response = self.http.send(request)
-            except httpx.TransportError as exc:
-                self._report(request, None, started, attempt, type(exc).__name__)
+                response = self.http.send(
+                    method, url, headers, content_factory() if content_factory else payload
+                )
+            except TransportError as exc:
+                self._report(method, url, None, started, attempt, type(exc).__name__)
                 # A request that never connected was never processed: always safe to resend.
-                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if attempt >= self.retry.attempts or not (safe or never_sent):
+                if attempt >= self.retry.attempts or not (safe or not exc.sent):
                     raise UnavailableError(
-                        f"{method} {_redacted_path(request.url)}: {_describe(exc)} "
+                        f"{method} {_redacted_path(url)}: {exc.describe} "
                         f"(after {attempt} attempt{'s' if attempt > 1 else ''})",
                         hint=f"check that {self.api_url} is reachable; for the local platform "
                         "run `mosaicsync local`",
                     ) from None
                 self.sleep(self.retry.delay(attempt, None, self.rng))
                 continue
-            self._report(request, response.status_code, started, attempt, None)
+            self._report(method, url, response.status, started, attempt, None)
             ms = (time.perf_counter() - started) * 1000
             if self.min_rtt_ms is None or ms < self.min_rtt_ms:
                 self.min_rtt_ms = ms
-            status = response.status_code
+            status = response.status
             # 429 means "not processed": retrying it is safe for any request.
             retryable = status == 429 or (status in RETRYABLE_STATUS and safe)
             if retryable and attempt < self.retry.attempts:
-                response.close()
                 self.sleep(self.retry.delay(attempt, response.headers.get("retry-after"), self.rng))
                 continue
             if status >= 400:
-                raise self._error(request, response, attempt)
+                raise self._error(response, attempt)
             return response
 
     def _report(
         self,
-        request: httpx.Request,
+        method: str,
+        url: str,
         status: int | None,
         started: float,
         attempt: int,
@@ -349,33 +347,28 @@ class MosaicClient:
     ) -> None:
         if self.on_request:
             ms = (time.perf_counter() - started) * 1000
-            self.on_request(
-                RequestEvent(
-                    request.method, _redacted_path(request.url), status, ms, attempt, error
-                )
-            )
+            self.on_request(RequestEvent(method, _redacted_path(url), status, ms, attempt, error))
 
     @staticmethod
-    def _json(response: httpx.Response) -> Any:
+    def _json(response: Response) -> Any:
         try:
             return response.json()
         except ValueError:
             raise PlatformError(
-                f"{response.request.method} {_redacted_path(response.request.url)}: "
-                f"the platform answered {response.status_code} with a body that is not JSON"
+                f"{response.method} {_redacted_path(response.url)}: "
+                f"the platform answered {response.status} with a body that is not JSON"
             ) from None
 
-    def _error(
-        self, request: httpx.Request, response: httpx.Response, attempts: int
-    ) -> MosaicError:
-        status = response.status_code
+    def _error(self, response: Response, attempts: int) -> MosaicError:
+        status = response.status
         try:
             body = response.json()
         except ValueError:
             body = {}
         message = body.get("error") if isinstance(body, dict) else None
-        message = message or response.reason_phrase or f"HTTP {status}"
-        where = f"{request.method} {_redacted_path(request.url)}"
+        message = message or response.reason or f"HTTP {status}"
+        path = _redacted_path(response.url)
+        where = f"{response.method} {path}"
         if status == 401:
             return AuthError(
                 f"{where}: {message}",
@@ -405,7 +398,7 @@ class MosaicClient:
                 hint="retry later; if it persists, run "
                 "`mosaicsync ticket --diagnostics --subject S --message M`",
             )
-        if isinstance(body, dict) and "code" in body and request.url.path.endswith("/sql"):
+        if isinstance(body, dict) and "code" in body and path.endswith("/sql"):
             return SqlError(
                 message,
                 code=body.get("code"),
@@ -488,7 +481,7 @@ class MosaicClient:
         *,
         name: str | None = None,
         command: str = "the command",
-    ) -> httpx.Response:
+    ) -> Response:
         """Stream a file from disk to a presigned URL (never whole in memory); retried whole.
 
         The URL was signed for `size`, the size measured before. A file that grows or shrinks
@@ -550,13 +543,13 @@ class MosaicClient:
                 "GET", url, safe=True, headers={"Range": f"bytes={start}-{end - 1}"}
             )
             data = response.content
-            if response.status_code != 206:
+            if response.status != 206:
                 whole = data
                 out.append(whole[start:end])
                 continue
             if len(data) != end - start:
                 raise UnavailableError(
-                    f"GET {_redacted_path(httpx.URL(url))}: asked for {end - start} bytes, "
+                    f"GET {_redacted_path(url)}: asked for {end - start} bytes, "
                     f"received {len(data)}",
                     hint="retry; if it persists the stored object is shorter than recorded",
                 )
@@ -571,25 +564,22 @@ class MosaicClient:
             digest = hashlib.sha256()
             size = 0
             try:
-                with self.http.stream("GET", url) as response, open(dest, "wb") as out:
-                    if response.status_code >= 400:
-                        response.read()
-                        if response.status_code in RETRYABLE_STATUS and (
-                            attempt < self.retry.attempts
-                        ):
+                with self.http.stream("GET", url, {}) as response, open(dest, "wb") as out:
+                    if response.status >= 400:
+                        failed = response.read()
+                        if response.status in RETRYABLE_STATUS and (attempt < self.retry.attempts):
                             self.sleep(self.retry.delay(attempt, None, self.rng))
                             continue
-                        raise self._error(response.request, response, attempt)
+                        raise self._error(failed, attempt)
                     for chunk in response.iter_bytes(1024 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
                         out.write(chunk)
                 return size, digest.hexdigest()
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 if attempt >= self.retry.attempts:
                     raise UnavailableError(
-                        f"GET {_redacted_path(httpx.URL(url))}: {_describe(exc)} "
-                        f"(after {attempt} attempts)",
+                        f"GET {_redacted_path(url)}: {exc.describe} (after {attempt} attempts)",
                         hint=f"check that {self.api_url} is reachable",
                     ) from None
                 self.sleep(self.retry.delay(attempt, None, self.rng))
@@ -614,13 +604,3 @@ class MosaicClient:
         if project_id:
             body["project_id"] = project_id
         return self.call("create_ticket", json=body)
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "cannot connect"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "the connection was dropped"
-    return type(exc).__name__

@@ -63,10 +63,9 @@ def diagnostics_text() -> str:
 
 def run_doctor(session: Any) -> dict[str, Any]:
     """Each check is {name, ok, detail}; the first failure does not hide the others."""
-    import httpx
-
-    from mosaicsync.api import ROUTES
+    from mosaicsync.api import ROUTES, DeferredCAContext
     from mosaicsync.credentials import credentials_path, resolve_api_key
+    from mosaicsync.wire import Pool, TransportError
 
     checks: list[dict[str, Any]] = []
 
@@ -99,24 +98,23 @@ def run_doctor(session: Any) -> dict[str, Any]:
     # header as they are, after one attempt, and also asks without a key.
     probe = ROUTES["list_projects"]
     started = time.time()
+    pool = Pool(timeout=10, connect_timeout=10, context=DeferredCAContext())
     try:
-        response = httpx.request(
-            probe.method,
-            url + probe.path,
-            headers={"X-API-Key": key.value} if key else {},
-            timeout=10,
-        )
+        headers = {"X-API-Key": key.value} if key else {}
+        response = pool.send(probe.method, url + probe.path, headers, None)
         ms = (time.time() - started) * 1000
-        check("reachable", True, f"{url} answered {response.status_code} in {ms:.0f} ms")
+        check("reachable", True, f"{url} answered {response.status} in {ms:.0f} ms")
         if key:
-            ok = response.status_code == 200
-            check("key accepted", ok, "yes" if ok else f"HTTP {response.status_code}")
+            ok = response.status == 200
+            check("key accepted", ok, "yes" if ok else f"HTTP {response.status}")
         date = response.headers.get("date")
         if date:
             skew = parsedate_to_datetime(date).timestamp() - (started + time.time()) / 2
             check("clock skew", abs(skew) < 60, f"{skew:+.1f} s against the platform")
-    except httpx.HTTPError as exc:
-        check("reachable", False, f"{url}: {type(exc).__name__}")
+    except TransportError as exc:
+        check("reachable", False, f"{url}: {exc.describe}")
+    finally:
+        pool.close()
     if config is not None:
         try:
             check("project", True, session.project_id(config))

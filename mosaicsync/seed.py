@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
-
 from mosaicsync.api import MosaicClient, SqlError
 from mosaicsync.config import Config
 from mosaicsync.contract import MAX_REQUEST_BYTES
@@ -29,6 +27,7 @@ from mosaicsync.migrate.requests import CATALOG_RACE, Batch
 from mosaicsync.migrate.runner import Migrator, UpResult, default_applied_by, error_location
 from mosaicsync.selection import Selection, is_loopback_url
 from mosaicsync.sqltext import LineIndex, SqlTextError, analyze, checksum, normalize
+from mosaicsync.wire import TransportError
 
 ALREADY_SEEDED = "MS003"
 MAX_ATTEMPTS = 3
@@ -295,7 +294,7 @@ class Seeder:
                     # Recorded meanwhile: by another run, or by our own lost attempt.
                     return attempt > 1
                 raise self._failure(seed, batch, exc) from None
-            except (UnavailableError, httpx.TransportError) as exc:
+            except (UnavailableError, TransportError) as exc:
                 # The outcome is unknown; the guard makes a resend apply it at most once.
                 if attempt >= MAX_ATTEMPTS:
                     raise MigrationError(

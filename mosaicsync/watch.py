@@ -23,7 +23,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
 from watchfiles import Change
 
 from mosaicsync.api import MosaicClient, RetryPolicy
@@ -58,6 +57,7 @@ from mosaicsync.notify import Notifier
 from mosaicsync.plan import plan_sync
 from mosaicsync.retry import Backoff
 from mosaicsync.scan import LocalFile, Skipped, scan_paths
+from mosaicsync.wire import TransportError
 
 DEFAULT_DEBOUNCE_MS = 30
 MAX_WAIT_MS = 1000  # a never-ending stream of changes still syncs this often
@@ -249,7 +249,7 @@ class _Stopping(Exception):
 
 # Failures that say "not now" rather than "not this": the changes are kept and retried.
 # A deploy holding the lease longer than --lock-timeout is one of them.
-_RETRIED: tuple[type[Exception], ...] = (UnavailableError, httpx.TransportError, LockTimeout)
+_RETRIED: tuple[type[Exception], ...] = (UnavailableError, TransportError, LockTimeout)
 
 
 # -- the watch ----------------------------------------------------------------------------------
@@ -706,7 +706,7 @@ class Watcher:
         if lease is None:
             return
         self._mirror_digest = None  # unknown unless read below: the next take reloads
-        unreachable = (MosaicError, httpx.TransportError, _Stopping)
+        unreachable = (MosaicError, TransportError, _Stopping)
         if settled and not self._stop.is_set():
             with contextlib.suppress(*unreachable):
                 self._mirror_digest = self.manifest.ensure()[0]

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from starlette.routing import Match
 
+from mosaicsync import wire
 from mosaicsync.api import ROUTES, MosaicClient, RetryPolicy, SqlError
 from mosaicsync.contract import API_PREFIX, API_ROUTES
 from mosaicsync.errors import (
@@ -28,6 +29,7 @@ from mosaicsync.errors import (
 )
 from mosaicsync.local.app import API_ENDPOINTS
 from mosaicsync.local.app import routes as local_routes
+from tests.answering import Answering
 
 KEY = "mk_unit_test_secret_key"
 
@@ -38,7 +40,7 @@ def client_for(handler, **kw) -> tuple[MosaicClient, list[float], list]:
     client = MosaicClient(
         "http://platform.test/v1/project/",
         KEY,
-        transport=httpx.MockTransport(handler),
+        transport=Answering(handler),
         sleep=sleeps.append,
         rng=random.Random(1),
         on_request=events.append,
@@ -138,7 +140,7 @@ def test_does_not_retry_unsafe_post_on_5xx() -> None:
 
 def test_connect_errors_are_retried_then_unavailable() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+        raise wire.ConnectFailed("refused")
 
     client, sleeps, _ = client_for(handler, retry=RetryPolicy(attempts=3))
     with pytest.raises(UnavailableError) as info:
@@ -238,21 +240,22 @@ def test_auto_concurrency_hides_the_round_trip() -> None:
     assert auto_concurrency(1000) == 64
 
 
-class _ReadingServer(httpx.BaseTransport):
+class _ReadingServer(Answering):
     """Reads a request body chunk by chunk, as a server would, calling `after_chunk` after each:
     a file can be changed at a known point of its upload, without a race."""
 
     def __init__(self, after_chunk) -> None:
+        super().__init__(lambda request: httpx.Response(200, json={}))
         self.after_chunk = after_chunk
         self.received = 0
         self.requests = 0
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def send(self, method, url, headers, body) -> wire.Response:
         self.requests += 1
-        for n, chunk in enumerate(request.stream, 1):
+        for n, chunk in enumerate(body, 1):
             self.received += len(chunk)
             self.after_chunk(n)
-        return httpx.Response(200, json={})
+        return super().send(method, url, headers, b"")
 
 
 MIB = 1024 * 1024
@@ -394,7 +397,7 @@ def test_an_https_client_still_verifies_the_certificate(monkeypatch, self_signed
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         with MosaicClient(api_url, KEY, retry=no_retry) as client:
             assert client.get_project("p1")["status"] == "running"
-            context = client.http._transport._pool._ssl_context
+            context = client.http.context
             assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 

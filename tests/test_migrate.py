@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
+from mosaicsync import wire
 from mosaicsync.api import MosaicClient
 from mosaicsync.contract import MAX_REQUEST_BYTES
 from mosaicsync.errors import ConfigError, MigrationError
@@ -65,28 +65,28 @@ def table_exists(client: MosaicClient, project_id: str, name: str) -> bool:
     return bool(rows[0]["present"])
 
 
-class FaultyTransport(httpx.BaseTransport):
+class FaultyTransport:
     """Real network underneath; `decide(query)` may drop a request or its response."""
 
     def __init__(self, decide: Callable[[str], str | None]) -> None:
-        self.inner = httpx.HTTPTransport()
+        self.inner = wire.Pool()
         self.decide = decide
-        self.after: Callable[[httpx.Request], None] | None = None
+        self.after: Callable[[str, str, dict[str, str], bytes], None] | None = None
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.content
+    def send(self, method: str, url: str, headers: dict[str, str], body) -> wire.Response:
         sql = json.loads(body)["query"] if body else ""
         action = self.decide(sql) if sql else None
         if action == "drop_before":
-            raise httpx.ReadError("dropped before the server saw it", request=request)
-        response = self.inner.handle_request(request)
+            raise wire.Dropped("dropped before the server saw it")
+        response = self.inner.send(method, url, headers, body)
         if action == "drop_after":
-            response.read()
-            response.close()
-            raise httpx.ReadError("response lost after the server processed it", request=request)
+            raise wire.Dropped("response lost after the server processed it")
         if self.after is not None:
-            self.after(request)
+            self.after(method, url, headers, body)
         return response
+
+    def stream(self, method: str, url: str, headers: dict[str, str]):
+        return self.inner.stream(method, url, headers)
 
     def close(self) -> None:
         self.inner.close()
@@ -543,20 +543,19 @@ def test_a_late_duplicate_of_a_batch_is_refused_by_the_guard(
     local_server: LocalServer, project_id: str, tmp_path: Path
 ) -> None:
     write(tmp_path, "0001_log.sql", "CREATE TABLE log (v int);\nINSERT INTO log VALUES (1);\n")
-    replies: list[httpx.Response] = []
+    replies: list[wire.Response] = []
     transport = FaultyTransport(lambda sql: None)
 
-    def replay(request: httpx.Request) -> None:
-        sql = json.loads(request.content)["query"]
+    def replay(method: str, url: str, headers: dict[str, str], body: bytes) -> None:
+        sql = json.loads(body)["query"]
         if sql.startswith("/* mosaicsync run=") and not replies:
-            replies.append(transport.inner.handle_request(request))
-            replies[0].read()
+            replies.append(transport.inner.send(method, url, headers, body))
 
     transport.after = replay
     with MosaicClient(local_server.api, KEY_A, transport=transport) as c:
         Migrator(c, project_id, tmp_path).up()
         assert query(c, project_id, "SELECT count(*) AS n FROM log") == [{"n": 1}]
-    assert replies[0].status_code == 400
+    assert replies[0].status == 400
     assert replies[0].json()["code"] == "MS001"
 
 
@@ -711,13 +710,13 @@ def test_resend_refused_as_already_applied_by_this_run_counts_as_success(
     class LyingProbe(FaultyTransport):
         """The first probe claims nothing happened, so the runner resends a committed batch."""
 
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            sql = json.loads(request.content)["query"] if request.content else ""
+        def send(self, method, url, headers, body) -> wire.Response:
+            sql = json.loads(body)["query"] if body else ""
             if "pg_stat_activity" in sql and state["dropped"] and not state["faked"]:
                 state["faked"] = True
-                body = {"success": True, "data": [{"running": 0, "row": None}]}
-                return httpx.Response(200, json=body, request=request)
-            return super().handle_request(request)
+                answer = {"success": True, "data": [{"running": 0, "row": None}]}
+                return wire.Response(method, url, 200, "OK", {}, json.dumps(answer).encode())
+            return super().send(method, url, headers, body)
 
     events: list = []
     with MosaicClient(local_server.api, KEY_A, transport=LyingProbe(decide)) as c:

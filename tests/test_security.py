@@ -99,9 +99,10 @@ def test_no_secret_in_any_output_log_or_traceback(
         run(["deploy"], proxy.api_url)
     run(["projects", "list"], key=KEY_B + "x")
     boom = (
-        "import sys, httpx\n"
-        "def send(self, request, **kw): raise RuntimeError(f'boom {request.method}')\n"
-        "httpx.Client.send = send\n"
+        "import sys\n"
+        "from mosaicsync import wire\n"
+        "def send(self, method, url, headers, body): raise RuntimeError(f'boom {method}')\n"
+        "wire.Pool.send = send\n"
         "from mosaicsync.cli import main\n"
         "sys.argv = ['mosaicsync', 'deploy', '--verbose']\n"
         "main()\n"

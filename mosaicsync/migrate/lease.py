@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from mosaicsync.api import SqlError
 from mosaicsync.errors import (
     LeaseLost,
@@ -44,6 +42,7 @@ from mosaicsync.migrate.requests import (
     take_lease_sql,
 )
 from mosaicsync.retry import Backoff, poll
+from mosaicsync.wire import TransportError
 
 # A statement cancelled by the server (statement_timeout) while the holder's batch held the row.
 QUERY_CANCELED = "57014"
@@ -167,7 +166,7 @@ class Lease:
                     if exc.code == LEASE_LOST:
                         run.lost = True
                         return
-                except (MosaicError, httpx.TransportError):
+                except (MosaicError, TransportError):
                     pass  # a blip: the next renewal, well within the TTL, tries again
 
         renewer = threading.Thread(target=renew, name="mosaicsync-lease", daemon=True)
@@ -198,7 +197,7 @@ class Lease:
             return
         try:
             self.sql(release_lease_sql(run.run_id, run.fence), idempotent=True)
-        except (PlatformError, UnavailableError, httpx.TransportError):
+        except (PlatformError, UnavailableError, TransportError):
             return
         run.holds_lease = False
         self.emit(LockReleased(run.fence))
@@ -208,7 +207,7 @@ class Lease:
         run.holds_lease = False
         try:
             lock = read_history(self.sql, create=False, sleep=self.sleep, rng=self.rng).lock
-        except (PlatformError, UnavailableError, httpx.TransportError):
+        except (PlatformError, UnavailableError, TransportError):
             lock = None
         holder = f"; it is now held by {lock.describe()}" if lock and lock.active else ""
         return LeaseLost(

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
-
 from mosaicsync import __version__
 from mosaicsync.api import MosaicClient, SqlError
 from mosaicsync.errors import (
@@ -82,6 +80,7 @@ from mosaicsync.sqltext import (
     line_col,
     locate,
 )
+from mosaicsync.wire import TransportError
 
 MAX_ATTEMPTS = 5
 
@@ -552,7 +551,7 @@ class Migrator:
     ) -> tuple[int, AppliedMigration | None]:
         try:
             rows = self._sql(probe_sql(run.run_id, version, step), idempotent=True)
-        except (UnavailableError, httpx.TransportError) as exc:
+        except (UnavailableError, TransportError) as exc:
             raise MigrationError(
                 f"the outcome of migration {version} is unknown and the platform cannot be "
                 f"reached to check it ({exc})",
@@ -587,7 +586,7 @@ class Migrator:
             try:
                 try:
                     return self._sql(batch.sql, idempotent=False)
-                except (UnavailableError, httpx.TransportError) as exc:
+                except (UnavailableError, TransportError) as exc:
                     raise _Unknown(str(exc)) from None
             except SqlError as exc:
                 if exc.code == LEASE_LOST:
@@ -862,7 +861,7 @@ class Migrator:
                 return
             except SqlError as exc:
                 raise self._failure(migration, batch, exc, step) from None
-            except (UnavailableError, httpx.TransportError, PlatformError) as exc:
+            except (UnavailableError, TransportError, PlatformError) as exc:
                 self._emit(OutcomeUnknown(migration.version, step, attempt, str(exc)))
                 self._wait_until_idle(run, migration, step)
                 before_resend()
