@@ -287,15 +287,15 @@ class Pool:
         if scheme == "https":
             context = self.context or ssl.create_default_context()
             if proxy:
-                conn = http.client.HTTPSConnection(proxy.host, proxy.port, context=context)
+                conn = _HTTPSConnection(proxy.host, proxy.port, context=context)
                 conn.set_tunnel(host, port, headers=proxy.headers)
             else:
-                conn = http.client.HTTPSConnection(host, port, context=context)
+                conn = _HTTPSConnection(host, port, context=context)
         elif proxy:
             conn = _ProxiedConnection(proxy.host, proxy.port)
             conn.proxy_headers = proxy.headers
         else:
-            conn = http.client.HTTPConnection(host, port)
+            conn = _HTTPConnection(host, port)
         conn.timeout = self.connect_timeout
         try:
             conn.connect()
@@ -324,7 +324,36 @@ class Pool:
         conn.close()
 
 
-class _ProxiedConnection(http.client.HTTPConnection):
+class _OneWrite:
+    """Sends a request whose body is bytes in one write, head and body together.
+
+    `http.client` writes the head, then the body: two segments, so the server wakes up twice
+    per request (its CPU is what bounds a deploy of small files on one machine). This overrides
+    its `_send_output` and reads its `_buffer`, both unchanged since Python 3.6; a body that is
+    an iterator (a file streamed to storage) still goes the standard way.
+    """
+
+    _buffer: list[bytes]
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if isinstance(message_body, bytes) and not encode_chunked:
+            self._buffer.extend((b"", message_body))
+            whole = b"\r\n".join(self._buffer)
+            del self._buffer[:]
+            self.send(whole)  # type: ignore[attr-defined]
+            return
+        super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+
+
+class _HTTPConnection(_OneWrite, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
+class _ProxiedConnection(_HTTPConnection):
     """Plain HTTP through a proxy: the request line carries the whole URL."""
 
     proxy_headers: dict[str, str]

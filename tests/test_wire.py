@@ -3,6 +3,7 @@ whether the request was sent, streams, proxies from the environment."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import socket
@@ -229,3 +230,21 @@ def test_a_proxy_of_another_kind_is_refused_with_what_to_do(
     with pytest.raises(wire.ConnectFailed, match="only http:// proxies") as info:
         pool.send("GET", "http://platform.invalid/x", {}, None)
     assert "NO_PROXY" in str(info.value)
+
+
+def test_a_request_with_a_bytes_body_leaves_in_one_write(
+    server: _Server, pool: wire.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    send = http.client.HTTPConnection.send
+
+    def recorded(self: http.client.HTTPConnection, data: bytes) -> None:
+        writes.append(bytes(data))
+        send(self, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", recorded)
+    response = pool.send("PUT", f"{server.url}/obj", {}, b"x" * 5000)
+    assert response.json() == {"received": 5000}
+    assert len(writes) == 1  # head and body together: the server wakes up once
+    assert writes[0].startswith(b"PUT /obj HTTP/1.1\r\n")
+    assert writes[0].endswith(b"\r\n\r\n" + b"x" * 5000)
