@@ -6,6 +6,8 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mosaicsync import leaks
 from mosaicsync.credentials import redact
@@ -145,3 +147,19 @@ def test_a_50_mb_file_is_one_linear_pass():
     data = (b"function f(a){return a+1}" * 40 + b"\n") * 50_000
     assert len(data) > 50_000_000
     assert list(searcher().search(io.BytesIO(data + KEY.encode()))) != []
+
+
+@pytest.mark.parametrize("index", range(len(leaks._LITERALS)))
+def test_every_match_starts_with_the_literal_its_chunk_is_skipped_without(index: int) -> None:
+    # A chunk without a pattern's literal is not searched by the pattern: sound only if no
+    # match can start otherwise. Texts that hold a match, drawn from the pattern itself.
+    literal, pattern = leaks._patterns()[index]
+
+    @given(st.from_regex(pattern))
+    def holds(data: bytes) -> None:
+        matches = list(pattern.finditer(data))
+        assert matches
+        for match in matches:
+            assert data.startswith(literal, match.start()), (literal, match.group(0))
+
+    holds()
