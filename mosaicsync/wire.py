@@ -26,7 +26,7 @@ import threading
 from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote, urlsplit
 
 Body = bytes | Iterable[bytes] | None
@@ -83,23 +83,12 @@ class Response:
         return _json.loads(self.content)
 
 
-class Stream:
-    """An answer whose body is read as it arrives (a download never whole in memory)."""
+class Stream(Response):
+    """An answer whose body is read as it arrives (a download never whole in memory); `read`
+    reads what is left into `content`. Made with a `Response`'s fields but the content."""
 
-    def __init__(
-        self,
-        method: str,
-        url: str,
-        status: int,
-        reason: str,
-        headers: Mapping[str, str],
-        read: Callable[[int], bytes],
-    ) -> None:
-        self.method = method
-        self.url = url
-        self.status = status
-        self.reason = reason
-        self.headers = headers
+    def __init__(self, *head: Any, read: Callable[[int], bytes]) -> None:
+        super().__init__(*head, b"")
         self._read = read
 
     def iter_bytes(self, size: int) -> Iterator[bytes]:
@@ -114,8 +103,8 @@ class Stream:
 
     def read(self) -> Response:
         """The rest of the body, as a whole `Response`."""
-        content = b"".join(self.iter_bytes(1024 * 1024))
-        return Response(self.method, self.url, self.status, self.reason, self.headers, content)
+        self.content = b"".join(self.iter_bytes(1024 * 1024))
+        return self
 
 
 class Transport(Protocol):
@@ -170,6 +159,16 @@ def _mapped(exc: BaseException) -> TransportError:
     return Dropped(f"{type(exc).__name__}: {exc}")
 
 
+def _fail(conn: http.client.HTTPConnection, exc: BaseException) -> NoReturn:
+    """An exchange failed midway: its connection is closed (a request half sent or an answer
+    half read cannot carry another), a network failure is raised as a `TransportError`, and
+    anything else (the body's own error: a file that changed while it was read) as it is."""
+    conn.close()
+    if isinstance(exc, OSError | http.client.HTTPException):
+        raise _mapped(exc) from exc
+    raise exc
+
+
 def _closed_by_peer(sock: socket.socket | None) -> bool:
     """An idle keep-alive connection the server has closed (or sent something unasked on)."""
     if sock is None:
@@ -216,36 +215,19 @@ class Pool:
                 conn.close()
 
     def send(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
-        conn, origin, target = self._acquire(url)
+        conn, origin, raw = self._exchange(method, url, headers, body)
         try:
-            conn.request(method, target, body=body, headers=self._headers(conn, headers))
-            raw = conn.getresponse()
             content = raw.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _mapped(exc) from exc
-        except BaseException:
-            # The body's own error (a file that changed while it was read): the request is
-            # half sent, so the connection cannot carry another.
-            conn.close()
-            raise
+        except BaseException as exc:
+            _fail(conn, exc)
         self._release(origin, conn, raw)
         return Response(method, url, raw.status, raw.reason, raw.headers, content)
 
     @contextmanager
     def stream(self, method: str, url: str, headers: dict[str, str]) -> Iterator[Stream]:
-        conn, origin, target = self._acquire(url)
+        conn, origin, raw = self._exchange(method, url, headers, None)
         try:
-            conn.request(method, target, headers=self._headers(conn, headers))
-            raw = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _mapped(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        try:
-            yield Stream(method, url, raw.status, raw.reason, raw.headers, raw.read)
+            yield Stream(method, url, raw.status, raw.reason, raw.headers, read=raw.read)
         except BaseException:
             conn.close()
             raise
@@ -253,6 +235,17 @@ class Pool:
             self._release(origin, conn, raw)
         else:
             conn.close()
+
+    def _exchange(
+        self, method: str, url: str, headers: dict[str, str], body: Body
+    ) -> tuple[http.client.HTTPConnection, _Origin, http.client.HTTPResponse]:
+        """Send the request and read the answer's head; the body is the caller's to read."""
+        conn, origin, target = self._acquire(url)
+        try:
+            conn.request(method, target, body=body, headers=self._headers(conn, headers))
+            return conn, origin, conn.getresponse()
+        except BaseException as exc:
+            _fail(conn, exc)
 
     def _headers(self, conn: http.client.HTTPConnection, headers: dict[str, str]) -> dict[str, str]:
         if isinstance(conn, _ProxiedConnection):

@@ -46,7 +46,7 @@ class Answering:
             chunk, rest = rest[:size], rest[size:]
             return bytes(chunk)
 
-        yield wire.Stream(method, url, r.status_code, r.reason_phrase, r.headers, read)
+        yield wire.Stream(method, url, r.status_code, r.reason_phrase, r.headers, read=read)
 
     def close(self) -> None:
         self.closed = True
