@@ -39,7 +39,7 @@ from mosaicsync.errors import (
 # RetryPolicy lives in retry.py with every other backoff; callers may import it from here too.
 from mosaicsync.events import RequestEvent
 from mosaicsync.retry import Backoff, RetryPolicy, poll
-from mosaicsync.wire import Pool, Response, Transport, TransportError
+from mosaicsync.wire import Pool, Response, Transport, TransportError, Untrusted
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,10 @@ ROUTES: dict[str, Route] = {
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _USER_AGENT = f"mosaicsync/{__version__}"
+_UNTRUSTED_HINT = (
+    "behind a proxy that inspects TLS, put its CA certificate in a file and set SSL_CERT_FILE "
+    "to it; otherwise check --api-url"
+)
 
 
 class SqlError(PlatformError):
@@ -317,7 +321,9 @@ class MosaicClient:
                     raise UnavailableError(
                         f"{method} {_redacted_path(url)}: {exc.describe} "
                         f"(after {attempt} attempt{'s' if attempt > 1 else ''})",
-                        hint=f"check that {self.api_url} is reachable; for the local platform "
+                        hint=_UNTRUSTED_HINT
+                        if isinstance(exc, Untrusted)
+                        else f"check that {self.api_url} is reachable; for the local platform "
                         "run `mosaicsync local`",
                     ) from None
                 self.sleep(self.retry.delay(attempt, None, self.rng))

@@ -49,6 +49,13 @@ class ConnectTimedOut(ConnectFailed):
     describe = "timed out"
 
 
+class Untrusted(ConnectFailed):
+    """The server's TLS certificate did not verify (an unknown issuer: often a proxy that
+    inspects TLS, whose CA must then be named in SSL_CERT_FILE)."""
+
+    describe = "its TLS certificate is not trusted"
+
+
 class TimedOut(TransportError):
     describe = "timed out"
 
@@ -295,6 +302,9 @@ class Pool:
         except TimeoutError as exc:
             conn.close()
             raise ConnectTimedOut(f"{host}:{port}: {exc or 'timed out'}") from exc
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise Untrusted(f"{host}:{port}: {exc.verify_message}") from exc
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise ConnectFailed(f"{host}:{port}: {exc}") from exc

@@ -381,7 +381,7 @@ def test_an_https_client_still_verifies_the_certificate(monkeypatch, self_signed
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     no_retry = RetryPolicy(attempts=1)
     with _serve(tls) as api_url:
-        # Unknown issuer: refused, as httpx's default context refuses it.
+        # Unknown issuer: refused, as a default verifying context refuses it.
         with (
             MosaicClient(api_url, KEY, retry=no_retry) as client,
             pytest.raises(UnavailableError) as refused,
@@ -393,7 +393,10 @@ def test_an_https_client_still_verifies_the_certificate(monkeypatch, self_signed
             causes.append(exc)
             exc = exc.__cause__ or exc.__context__
         assert any(isinstance(c, ssl.SSLCertVerificationError) for c in causes), causes
-        # Trusted (SSL_CERT_FILE, as httpx honours it): the same server answers.
+        # Said as what it is, with what to do (a TLS-inspecting proxy's CA), not "cannot connect".
+        assert "its TLS certificate is not trusted" in refused.value.message
+        assert "SSL_CERT_FILE" in (refused.value.hint or "")
+        # Trusted (SSL_CERT_FILE): the same server answers.
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         with MosaicClient(api_url, KEY, retry=no_retry) as client:
             assert client.get_project("p1")["status"] == "running"
