@@ -12,11 +12,7 @@ import copy
 import hashlib
 import json as _json
 import math
-import os
 import random
-import ssl
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -137,60 +133,6 @@ def _refuse_text_that_is_not_utf8(fields: dict[str, Any]) -> None:
                 ) from None
 
 
-class DeferredCAContext(ssl.SSLContext):
-    """The verifying TLS context of `ssl.create_default_context` (hostname checked, certificate
-    required; CA certificates from SSL_CERT_FILE, else SSL_CERT_DIR, else certifi), except that
-    the CA certificates load at the first TLS handshake instead of when the client is built.
-
-    Loading them costs tens of milliseconds, paid by every command before; a client that only
-    speaks plain HTTP (the local platform) never needs them. Every TLS connection goes through
-    `wrap_socket` or `wrap_bio`, so none is made before they are loaded.
-    """
-
-    _loaded = False
-
-    def __new__(cls) -> DeferredCAContext:
-        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
-
-    def __init__(self) -> None:
-        self._load_lock = threading.Lock()
-        self.verify_mode = ssl.CERT_REQUIRED
-        self.check_hostname = True
-        if sys.version_info >= (3, 13):  # what ssl.create_default_context adds there
-            self.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
-        keylog = os.environ.get("SSLKEYLOGFILE")
-        if keylog and not sys.flags.ignore_environment:
-            self.keylog_filename = keylog
-
-    @property
-    def ca_loaded(self) -> bool:
-        return self._loaded
-
-    def load_ca(self) -> None:
-        if self._loaded:
-            return
-        with self._load_lock:
-            if self._loaded:
-                return
-            if os.environ.get("SSL_CERT_FILE"):
-                self.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
-            elif os.environ.get("SSL_CERT_DIR"):
-                self.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
-            else:
-                import certifi
-
-                self.load_verify_locations(cafile=certifi.where())
-            self._loaded = True
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        self.load_ca()
-        return super().wrap_socket(*args, **kwargs)
-
-    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
-        self.load_ca()
-        return super().wrap_bio(*args, **kwargs)
-
-
 class MosaicClient:
     """One keep-alive HTTP client for one platform and key."""
 
@@ -226,7 +168,6 @@ class MosaicClient:
         self.http: Transport = transport or Pool(
             timeout=timeout,
             connect_timeout=10.0,
-            context=DeferredCAContext(),
             max_idle=max_connections,
         )
 

@@ -63,7 +63,7 @@ def diagnostics_text() -> str:
 
 def run_doctor(session: Any) -> dict[str, Any]:
     """Each check is {name, ok, detail}; the first failure does not hide the others."""
-    from mosaicsync.api import ROUTES, DeferredCAContext
+    from mosaicsync.api import ROUTES
     from mosaicsync.credentials import credentials_path, resolve_api_key
     from mosaicsync.wire import Pool, TransportError
 
@@ -98,7 +98,7 @@ def run_doctor(session: Any) -> dict[str, Any]:
     # header as they are, after one attempt, and also asks without a key.
     probe = ROUTES["list_projects"]
     started = time.time()
-    pool = Pool(timeout=10, connect_timeout=10, context=DeferredCAContext())
+    pool = Pool(timeout=10, connect_timeout=10)
     try:
         headers = {"X-API-Key": key.value} if key else {}
         response = pool.send(probe.method, url + probe.path, headers, None)

@@ -4,11 +4,12 @@ A deploy of small files is bound by the client's CPU per request, and most of it
 library's: on loopback httpx spent 0.80-0.94 ms of CPU per request where `http.client` spends
 0.20-0.22 ms, and importing httpx cost every command about 75 ms before its first byte of work.
 The client needs little of a general library: JSON in and out, a streamed PUT and a streamed
-GET, no redirects, no compression, no cookies. What it does need is here: TLS verified with the
-context the caller gives, proxies from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY,
-NO_PROXY, as httpx honoured them), separate connect and read timeouts, connections reused
-across threads, and errors that say whether the request can have reached the server (which
-decides whether resending it is safe).
+GET, no redirects, no compression, no cookies. What it does need is here: TLS verified against
+the CA certificates of SSL_CERT_FILE, SSL_CERT_DIR or certifi (loaded at the first handshake),
+proxies from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY, as httpx honoured
+them), separate connect and read timeouts, connections reused across threads, and errors that
+say whether the request can have reached the server (which decides whether resending it is
+safe).
 
 Retries, error mapping and the routes live one level up, in `api.MosaicClient`; a `Transport`
 is only "send this, return what came back".
@@ -22,6 +23,7 @@ import os
 import select
 import socket
 import ssl
+import sys
 import threading
 from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -187,6 +189,60 @@ def _closed_by_peer(sock: socket.socket | None) -> bool:
     return bool(readable)
 
 
+class DeferredCAContext(ssl.SSLContext):
+    """The verifying TLS context of `ssl.create_default_context` (hostname checked, certificate
+    required; CA certificates from SSL_CERT_FILE, else SSL_CERT_DIR, else certifi), except that
+    the CA certificates load at the first TLS handshake instead of when the client is built.
+
+    Loading them costs tens of milliseconds, paid by every command before; a client that only
+    speaks plain HTTP (the local platform) never needs them. Every TLS connection goes through
+    `wrap_socket` or `wrap_bio`, so none is made before they are loaded.
+    """
+
+    _loaded = False
+
+    def __new__(cls) -> DeferredCAContext:
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self) -> None:
+        self._load_lock = threading.Lock()
+        self.verify_mode = ssl.CERT_REQUIRED
+        self.check_hostname = True
+        if sys.version_info >= (3, 13):  # what ssl.create_default_context adds there
+            self.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+        keylog = os.environ.get("SSLKEYLOGFILE")
+        if keylog and not sys.flags.ignore_environment:
+            self.keylog_filename = keylog
+
+    @property
+    def ca_loaded(self) -> bool:
+        return self._loaded
+
+    def load_ca(self) -> None:
+        if self._loaded:
+            return
+        with self._load_lock:
+            if self._loaded:
+                return
+            if os.environ.get("SSL_CERT_FILE"):
+                self.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
+            elif os.environ.get("SSL_CERT_DIR"):
+                self.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
+            else:
+                import certifi
+
+                self.load_verify_locations(cafile=certifi.where())
+            self._loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self.load_ca()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self.load_ca()
+        return super().wrap_bio(*args, **kwargs)
+
+
 class Pool:
     """Keep-alive connections, reused across threads: each request takes an idle connection to
     its origin (or opens one) and gives it back once its answer has been read whole.
@@ -200,13 +256,13 @@ class Pool:
         *,
         timeout: float = 60.0,
         connect_timeout: float = 10.0,
-        context: ssl.SSLContext | None = None,
+        context: ssl.SSLContext | None = None,  # default: a DeferredCAContext
         headers: Mapping[str, str] | None = None,
         max_idle: int = 32,
     ) -> None:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self.context = context
+        self.context = context or DeferredCAContext()
         self.headers = dict(headers or {})
         self.max_idle = max_idle
         self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
@@ -285,7 +341,7 @@ class Pool:
         proxy = _proxy_for(scheme, host)
         conn: http.client.HTTPConnection
         if scheme == "https":
-            context = self.context or ssl.create_default_context()
+            context = self.context
             if proxy:
                 conn = _HTTPSConnection(proxy.host, proxy.port, context=context)
                 conn.set_tunnel(host, port, headers=proxy.headers)
