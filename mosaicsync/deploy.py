@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mosaicsync import __version__
+from mosaicsync.ahead import Ahead
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import Config
 from mosaicsync.errors import ConfigError
@@ -126,29 +127,6 @@ def project_rules(config: Config, *, allow_secrets: bool = False) -> IgnoreRules
     return load_ignore_rules(
         config.static_root, config.project_dir, config.static_ignore, allow_secrets=allow_secrets
     )
-
-
-class _Ahead:
-    """Requests sent on a thread of their own while this one works: their answer, or their
-    error, when asked for."""
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        self._answer: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
-        self._thread.start()
-
-    def _run(self, work: Callable[[], Any]) -> None:
-        try:
-            self._answer = work()
-        except BaseException as exc:  # handed to the caller of get()
-            self._error = exc
-
-    def get(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._answer
 
 
 @dataclass
@@ -349,7 +327,7 @@ class Deployer:
         # With nothing to migrate, the deployed files' digest decides whether anything changed:
         # it is asked for (and the project looked up) while the folder is walked and checked.
         quick = not self.options.dry_run and not self._has_migrations()
-        ahead = _Ahead(lambda: self._look_up(quick))
+        ahead = Ahead(lambda: self._look_up(quick))
         try:
             self.rules = project_rules(self.config, allow_secrets=self.options.allow_secrets)
             scanned = self.scanned = scan_project(self.config, rules=self.rules)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from mosaicsync import contract
 from mosaicsync.scan import LocalFile
@@ -16,8 +16,7 @@ from mosaicsync.scan import LocalFile
 Target = Literal["site", "storage"]
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteEntry:
+class RemoteEntry(NamedTuple):
     """One row of the remote manifest: what we deployed at `path`, and where it went."""
 
     path: str
