@@ -187,7 +187,8 @@ class Searcher:
 
 
 def worth_reading(path: str) -> bool:
-    """False for media and archives, which cannot carry a pasted key as text."""
+    """False for media and archives, which cannot carry a pasted key as text. By type alone
+    (`extension`): a caller may ask once per type."""
     return extension(path) not in BINARY_EXTENSIONS
 
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from mosaicsync import leaks
 from mosaicsync.atomic import write_atomic
+from mosaicsync.contract import extension
 from mosaicsync.findings import SKIPPED, Finding, ordered
 from mosaicsync.hashcache import ensure_cache_dir
 from mosaicsync.ignore import IgnoreRules
@@ -243,12 +244,18 @@ class Preflight:
         refs_by_file: dict[str, list[Any]] = {}
         read = 0
         is_referencing = referencing()
+        # Both rules go by type alone: each is asked once per extension, not once per file.
+        by_type: dict[str, tuple[bool, bool]] = {}
         for f in files:
             chosen = wanted is None or f.path in wanted
             if not chosen:
                 continue
-            searched = f.sha256 in cache.clean or not leaks.worth_reading(f.path)
-            referenced = is_referencing(f.path)
+            kind = extension(f.path)
+            rules_say = by_type.get(kind)
+            if rules_say is None:
+                rules_say = by_type[kind] = (leaks.worth_reading(f.path), is_referencing(f.path))
+            searched = f.sha256 in cache.clean or not rules_say[0]
+            referenced = rules_say[1]
             parsed = not referenced or f.sha256 in cache.refs
             if searched and parsed:
                 if referenced:

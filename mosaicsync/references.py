@@ -15,6 +15,7 @@ Files over `MAX_CHECKED_BYTES`, binary or not UTF-8 are not parsed; `read_text` 
 from __future__ import annotations
 
 import bisect
+import functools
 import posixpath
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -47,7 +48,8 @@ class Ref(NamedTuple):
 
 
 def is_checked(path: str) -> bool:
-    """Whether the published file at `path` is read for references (HTML and CSS)."""
+    """Whether the published file at `path` is read for references (HTML and CSS). By type
+    alone (`extension`): a caller may ask once per type."""
     return needs_rewrite(path)
 
 
@@ -192,18 +194,27 @@ class _Site:
         self, published: Collection[str], skipped: Sequence[Skipped], rules: IgnoreRules
     ) -> None:
         self.published = {*published, ASSETS_FILE}
-        self.by_lower: dict[str, str] = {}
-        for path in sorted(self.published):
-            self.by_lower.setdefault(path.lower(), path)
         self.skipped_files = {s.path: s.reason for s in skipped if not s.path.endswith("/")}
         self.skipped_dirs = sorted(
             (s for s in skipped if s.path.endswith("/")), key=lambda s: len(s.path)
         )
         self.rules = rules
         self._why: dict[tuple[str, ...], tuple[str, str] | None] = {}
+        self._problems: dict[tuple[str, str], tuple[str, str] | None] = {}
 
     def problem(self, value: str, file: str) -> tuple[str, str] | None:
-        """(reason, hint) when `value` in `file` reaches no published file, else None."""
+        """(reason, hint) when `value` in `file` reaches no published file, else None.
+
+        It depends on the value and the file's folder alone, and pages of a site share most of
+        their references (a stylesheet, a logo, the home page): each pair is judged once."""
+        key = (value, file.rpartition("/")[0])
+        try:
+            return self._problems[key]
+        except KeyError:
+            found = self._problems[key] = self._problem(value, file)
+            return found
+
+    def _problem(self, value: str, file: str) -> tuple[str, str] | None:
         if not is_local(value):
             return None
         target = resolve(value, file)
@@ -226,6 +237,14 @@ class _Site:
             self._why[candidates] = self._why_not(candidates)
         return self._why[candidates]
 
+    @functools.cached_property
+    def _by_lower(self) -> dict[str, str]:
+        """Published paths by lowercased path (the first in order): built on the first miss."""
+        found: dict[str, str] = {}
+        for path in sorted(self.published):
+            found.setdefault(path.lower(), path)
+        return found
+
     def _why_not(self, candidates: tuple[str, ...]) -> tuple[str, str]:
         wanted = candidates[0]
         shown = _shown(wanted)
@@ -237,7 +256,7 @@ class _Site:
                     "remove the reference; such files are never published",
                 )
         for candidate in candidates:
-            actual = self.by_lower.get(candidate.lower())
+            actual = self._by_lower.get(candidate.lower())
             if actual is not None:
                 return (
                     f"`{_shown(candidate)}` is published as `{_shown(actual)}`; web servers "

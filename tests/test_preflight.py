@@ -7,12 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from mosaicsync import leaks
 from mosaicsync.api import MosaicClient
 from mosaicsync.config import load_config
+from mosaicsync.contract import extension
 from mosaicsync.deploy import Deployer, DeployOptions
 from mosaicsync.events import Checked
 from mosaicsync.findings import BROKEN_REFERENCE, SECRET
+from mosaicsync.references import is_checked
 from tests.conftest import KEY_A, LocalServer
 from tests.test_deploy import project_dir, project_id_of, run_cli, site_get  # noqa: F401
 from tests.test_watch import Run, cli_env, make_site, served, wait_until
@@ -200,3 +205,21 @@ def test_storage_put_runs_the_same_secret_search(
     run_cli(["storage", "put", str(notes), "--allow-secret"], project_dir, local_server)
     listed = run_cli(["storage", "ls", "--json"], project_dir, local_server)
     assert [f["filename"] for f in json.loads(listed.stdout)["files"]] == ["notes.txt"]
+
+
+_NAMES = ["index.html", "A.HTML", "site.css", "app.js", "photo.JPG", "x.tar.gz", ".htaccess",
+          "README", "font.woff2", "data.json", ".env.html", "page.html.bak", "v1.2"]  # fmt: skip
+
+
+@given(st.lists(st.text(min_size=1, max_size=6).filter(lambda t: "/" not in t), max_size=3),
+       st.sampled_from(_NAMES), st.text(max_size=4).filter(lambda t: "/" not in t))  # fmt: skip
+def test_the_rules_a_check_asks_once_per_type_go_by_type_alone(
+    folders: list[str], name: str, prefix: str
+) -> None:
+    """The check asks whether a file is searched and whether it is parsed once per extension;
+    any path of that type must get the same answers."""
+    path = "/".join([*folders, prefix + name])
+    twin = "elsewhere/twin" + extension(path)
+    assert extension(twin) == extension(path)
+    assert leaks.worth_reading(path) == leaks.worth_reading(twin)
+    assert is_checked(path) == is_checked(twin)

@@ -294,3 +294,13 @@ def test_a_minified_page_at_the_limit_parses(tmp_path: Path) -> None:
     assert (
         refs[-1].line == 1 and refs[-1].column == len(page) - len(chunk) + chunk.index("p.html") + 1
     )
+
+
+def test_one_reference_is_judged_from_each_page_folder(tmp_path: Path) -> None:
+    """The same relative reference reaches a file from one folder and nothing from another:
+    each page gets its own verdict, whatever was judged before it."""
+    rules = ignore.load_ignore_rules(tmp_path, tmp_path)
+    published = ["a/x.html", "a/y.html", "a/img.png", "b/z.html"]
+    refs = {p: [Ref(1, 1, "img.png")] for p in ("a/x.html", "a/y.html", "b/z.html")}
+    found = check(refs, published, [], rules)
+    assert [(f.file, f.kind) for f in found] == [("b/z.html", findings.BROKEN_REFERENCE)]
