@@ -185,6 +185,8 @@ class _Cache:
             "last_state": self.last_state,
             "last_findings": self.last_findings,
         }
+        # Not fsynced: each file is replaced whole, and one cut short by a power cut fails to
+        # parse and is rebuilt by the next run, as a missing one is.
         with contextlib.suppress(OSError):
             ensure_cache_dir(self.path.parent)
             if self._clean is not None:  # loaded, so maybe changed: written first
@@ -194,8 +196,18 @@ class _Cache:
                     "clean": sorted(self._clean),
                     "refs": self._refs,
                 }
-                write_atomic(self.path, json.dumps(verdicts, separators=(",", ":")), mode=0o600)
-            write_atomic(self._last_path, json.dumps(last, separators=(",", ":")), mode=0o600)
+                write_atomic(
+                    self.path,
+                    json.dumps(verdicts, separators=(",", ":")),
+                    mode=0o600,
+                    durable=False,
+                )
+            write_atomic(
+                self._last_path,
+                json.dumps(last, separators=(",", ":")),
+                mode=0o600,
+                durable=False,
+            )
         self.dirty = False
 
 
