@@ -388,7 +388,7 @@ class Deployer:
             result.live = self.manifest.live
             copy = self.config.project_dir / CACHE_DIR / MANIFEST_COPY
             remote, rows = self.manifest.fetch(copy)
-            plan = plan_deploy(files, remote, prune=self.options.prune)
+            plan = plan_deploy(files, remote, prune=self.options.prune, targets=targets)
             self.emit(Planned(plan, noop=False))
             result.unchanged = len(plan.unchanged)
             result.storage = sorted(p for p, t in targets.items() if t == "storage")
@@ -406,22 +406,28 @@ class Deployer:
             packer = Packer() if history.enabled else None
             try:
                 with ended_on_error(history, result.deploy_id):
-                    published = self.publisher(history, packer).publish(plan, files, rows)
-                    if self.manifest.view is not None:
-                        save_copy(copy, self.manifest.view)
+                    published = self.publisher(history, packer).publish(plan, files, rows, targets)
+                    # The copy is written while the history's requests are on the wire (the
+                    # view is no longer changed: a later fetch replaces it, never edits it).
+                    view = self.manifest.view
+                    saving = Ahead(lambda: save_copy(copy, view)) if view is not None else None
                     result.uploaded, result.pruned = published.uploaded, published.pruned
                     result.bytes = published.bytes
                     result.duration_ms = int((time.perf_counter() - t0) * 1000)
-                    result.history = history.finish(
-                        result.deploy_id,  # type: ignore[arg-type]
-                        packer=packer,
-                        reproduce=self.reproducer(),
-                        uploaded=result.uploaded,
-                        pruned=result.pruned,
-                        bytes_sent=result.bytes,
-                        files=len(files),
-                        duration_ms=result.duration_ms,
-                    )
+                    try:
+                        result.history = history.finish(
+                            result.deploy_id,  # type: ignore[arg-type]
+                            packer=packer,
+                            reproduce=self.reproducer(),
+                            uploaded=result.uploaded,
+                            pruned=result.pruned,
+                            bytes_sent=result.bytes,
+                            files=len(files),
+                            duration_ms=result.duration_ms,
+                        )
+                    finally:
+                        if saving is not None:
+                            saving.get()
             finally:
                 if packer:
                     packer.close()

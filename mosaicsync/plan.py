@@ -97,10 +97,13 @@ def plan_deploy(
     *,
     prune: bool = True,
     max_site_file: int = contract.MAX_SITE_FILE,
+    targets: Mapping[str, Target] | None = None,
 ) -> Plan:
     """Compare the scanned files with the remote manifest, by exact path and sha256.
 
     With `prune=False` (`--no-prune`) nothing is deleted, not even a copy left in the old target.
+    `targets` is `route` of every local file when the caller has it already (a deploy needs it
+    for its digest first), so that 10k files are not routed twice.
     """
     uploads: list[Upload] = []
     gone: list[RemoteEntry] = []
@@ -110,7 +113,11 @@ def plan_deploy(
         if file.path in seen:
             raise ValueError(f"{file.path} is listed twice in the local files")
         seen.add(file.path)
-        target = route(file.path, file.size, max_site_file=max_site_file)
+        target = (
+            targets[file.path]
+            if targets is not None
+            else route(file.path, file.size, max_site_file=max_site_file)
+        )
         entry = remote.get(file.path)
         if entry is None:
             uploads.append(Upload(file, target, "new"))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +109,20 @@ class Publisher:
                 self._on_event(event)
 
     def publish(
-        self, plan: Plan, files: Sequence[LocalFile], rows: dict[str, ManifestRow]
+        self,
+        plan: Plan,
+        files: Sequence[LocalFile],
+        rows: dict[str, ManifestRow],
+        targets: Mapping[str, str] | None = None,
     ) -> Published:
         """Publish `plan` in the safe order and record what arrived.
 
         `files` is every local file (the storage map and the rewrite need them all), `rows` the
-        deployed manifest; a watch's plan covers only the paths that changed.
+        deployed manifest; a watch's plan covers only the paths that changed. `targets` is
+        `route` of every file in `files`, when the caller has it already.
         """
-        targets = {f.path: route(f.path, f.size) for f in files}
+        if targets is None:
+            targets = {f.path: route(f.path, f.size) for f in files}
         result = Published(storage=sorted(p for p, t in targets.items() if t == "storage"))
         writer = _ManifestWriter(self.manifest)
         counter = _Counter(len(plan.uploads))
@@ -131,7 +137,7 @@ class Publisher:
         self,
         plan: Plan,
         files: Sequence[LocalFile],
-        targets: dict[str, str],
+        targets: Mapping[str, str],
         rows: dict[str, ManifestRow],
         writer: _ManifestWriter,
         counter: _Counter,
@@ -360,7 +366,7 @@ class Publisher:
     def _storage_urls(
         self,
         files: Sequence[LocalFile],
-        targets: dict[str, str],
+        targets: Mapping[str, str],
         rows: dict[str, ManifestRow],
         storage_uploads: Sequence[Upload],
         writer: _ManifestWriter,

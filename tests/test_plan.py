@@ -246,6 +246,22 @@ def test_prune_spares_local_paths_except_copies_left_in_the_old_target(
     assert len({entry.path for entry in plan.prune}) == len(plan.prune)
 
 
+@settings(max_examples=200, deadline=None)
+@given(files=local_trees(), remote_state=manifests(), prune=st.booleans())
+def test_a_plan_from_the_callers_routing_is_the_plan_routed_here(
+    files: list[LocalFile], remote_state: dict[str, RemoteEntry], prune: bool
+) -> None:
+    targets = {f.path: route(f.path, f.size, max_site_file=CAP) for f in files}
+    given_targets = plan_deploy(
+        files, remote_state, prune=prune, max_site_file=CAP, targets=targets
+    )
+    assert given_targets == plan_deploy(files, remote_state, prune=prune, max_site_file=CAP)
+    # The routing given is the one followed: nothing is routed again behind the caller's back.
+    elsewhere = {path: "storage" for path in targets}
+    moved = plan_deploy(files, remote_state, prune=prune, max_site_file=CAP, targets=elsewhere)
+    assert {u.target for u in moved.uploads} <= {"storage"}
+
+
 @settings(max_examples=300, deadline=None)
 @given(files=local_trees(), remote_state=manifests())
 def test_applying_the_plan_yields_the_local_tree(
