@@ -86,13 +86,14 @@ class Publisher:
         rewrite: bool = True,
         prune: bool = True,
         on_event: Callable[[object], None] | None = None,
-        keep: Callable[[bytes], None] | None = None,
+        keep: Callable[[bytes, bytes], None] | None = None,
         before_replace: Callable[[ManifestRow], None] | None = None,
     ) -> None:
         self.client = client
         # Deploy history's two hooks (history.py): `keep` is handed the bytes of every site file
-        # as published, `before_replace` each deployed storage object about to be overwritten or
-        # deleted, so that its bytes stay restorable.
+        # as published, with their sha256 digest (computed here already), `before_replace` each
+        # deployed storage object about to be overwritten or deleted, so that its bytes stay
+        # restorable.
         self.keep = keep
         self.before_replace = before_replace
         self.project_id = project_id
@@ -335,11 +336,13 @@ class Publisher:
         # new bytes): its hash and size, never those of a rewritten copy, which the planner
         # would otherwise see as a change on every later deploy.
         source_sha = hashlib.sha256(source).hexdigest()
+        if source_sha == f.sha256:
+            source_sha = f.sha256  # the scan's string, not a second one (11 MB at 100k files)
         data = sent_bytes(f.path, source, storage_urls)
         uploaded_sha = hashlib.sha256(data).hexdigest() if data is not source else None
         self._send_site_bytes(f.path, data)
         if self.keep:
-            self.keep(data)
+            self.keep(data, bytes.fromhex(uploaded_sha or source_sha))
         writer.add(ManifestRow(f.path, source_sha, len(source), "site", None, uploaded_sha))
         self._arrived(f, "site", len(data), counter, result)
 
@@ -427,7 +430,7 @@ class Publisher:
         data = _assets_json(storage_urls)
         self.client.upload_file(self.project_id, ASSETS_FILE, data.decode())
         if self.keep:
-            self.keep(data)
+            self.keep(data, hashlib.sha256(data).digest())
         with self._event_lock:
             result.uploaded += 1
             result.bytes += len(data)

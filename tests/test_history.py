@@ -20,7 +20,7 @@ import pytest
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.errors import HistoryError
-from mosaicsync.history import Blob, Entry, live_entry
+from mosaicsync.history import Blob, Entry, Packer, live_entry
 from mosaicsync.manifest import ManifestRow
 from mosaicsync.migrate import Migrator
 from mosaicsync.restore import RestorePlan, choose_target, merged_ranges, plan_restore
@@ -197,6 +197,21 @@ def test_ranges_of_one_pack_are_merged_when_close() -> None:
     assert merged_ranges(blobs) == [(0, 15), (200_000, 200_005)]
     assert merged_ranges(blobs, gap=10**6) == [(0, 200_005)]
     assert merged_ranges([]) == []
+
+
+def test_a_packer_finds_what_it_kept_by_digest() -> None:
+    packer = Packer()
+    try:
+        assert packer and packer.count == 0  # an empty packer is still a packer
+        for data in (b"one", b"two", b"one"):
+            packer.add(data, hashlib.sha256(data).digest())
+        assert packer.count == 3
+        for data in (b"one", b"two"):
+            number = packer.find(hashlib.sha256(data).digest())
+            assert number is not None and packer.read(number) == data
+        assert packer.find(hashlib.sha256(b"three").digest()) is None
+    finally:
+        packer.close()
 
 
 def entry(i: int, state: str = "complete", restorable: bool = True, kind: str = "deploy") -> Entry:
@@ -595,3 +610,31 @@ def test_a_deploy_writes_only_what_it_changed_and_copies_are_converted_once(
     cli(["deploy"], folder, local_server)
     cli(["rollback", str(ids[1]), "--yes"], folder, local_server)
     assert served_site(local_server, project_id) == served[1]
+
+
+def test_equal_contents_are_packed_once_and_restored_at_every_path(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    folder, project_id = site
+    public = folder / "public"
+    same = ("/* shared */\n" + os.urandom(3000).hex() + "\n").encode()
+    (public / "a.css").write_bytes(same)
+    (public / "b.css").write_bytes(same)
+    first = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)["deploy_id"]
+    served_first = served_site(local_server, project_id)
+    with MosaicClient(local_server.api, KEY_A) as client:
+        blobs = client.sql(
+            project_id,
+            "SELECT size FROM mosaicsync.blobs "
+            f"WHERE sha256 = '{hashlib.sha256(same).hexdigest()}'",
+        )
+        packs = client.sql(project_id, "SELECT size FROM mosaicsync.packs")
+    assert [int(b["size"]) for b in blobs] == [len(same)]
+    # The one pack holds each distinct content of the site once.
+    site_contents = {data for name, data in served_first.items() if name.startswith("site:")}
+    assert [int(p["size"]) for p in packs] == [sum(map(len, site_contents))]
+    (public / "a.css").write_text("a { color: red }\n")
+    (public / "b.css").write_text("b { color: blue }\n")
+    cli(["deploy", "--json"], folder, local_server)
+    cli(["rollback", str(first), "--yes"], folder, local_server)
+    assert served_site(local_server, project_id) == served_first
