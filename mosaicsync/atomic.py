@@ -9,25 +9,49 @@ fails before the rename.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 _TEMP_TRIES = 100
+_PIECE_ITEMS = 4096  # items encoded at a time by `utf8_pieces`
+
+
+def utf8_pieces(items: Iterable[str], sep: str) -> Iterator[bytes]:
+    """`sep.join(items)` encoded as UTF-8, a few thousand items at a time: a 100k-file index
+    is then never held whole, nor as text and bytes at once (three copies of ~20 MB)."""
+    it = iter(items)
+    lead = ""
+    while chunk := list(itertools.islice(it, _PIECE_ITEMS)):
+        yield (lead + sep.join(chunk)).encode("utf-8")
+        lead = sep
 
 
 def write_atomic(
-    path: Path, data: bytes | str, *, mode: int | None = None, durable: bool = True
+    path: Path,
+    data: bytes | str | Iterable[bytes],
+    *,
+    mode: int | None = None,
+    durable: bool = True,
 ) -> None:
-    """Replace `path` (not what a symlink there points to) with `data`; text is written as UTF-8.
+    """Replace `path` (not what a symlink there points to) with `data`; text is written as UTF-8,
+    an iterable of bytes piece by piece (an error it raises leaves `path` as it was).
 
     `mode` None keeps the mode of the file being replaced, and gives a new file what `open()`
     would (0666 less the umask). `durable` fsyncs before the rename, so a power cut cannot leave
     an empty file under the name; a cache that is only an optimisation may skip it.
     """
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+    pieces: Iterable[bytes]
+    if isinstance(data, str):
+        pieces = (data.encode("utf-8"),)
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        pieces = (data,)
+    else:
+        pieces = data
     if mode is None:
         with contextlib.suppress(FileNotFoundError):
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -37,7 +61,8 @@ def write_atomic(
             if mode is not None and stat.S_IMODE(os.fstat(f.fileno()).st_mode) != mode:
                 # The umask narrowed the mode it was created with; make it exactly `mode`.
                 os.fchmod(f.fileno(), mode)
-            f.write(payload)
+            for piece in pieces:
+                f.write(piece)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

@@ -10,7 +10,7 @@ import os
 import zlib
 from pathlib import Path
 
-from mosaicsync.atomic import write_atomic
+from mosaicsync.atomic import utf8_pieces, write_atomic
 
 _CACHE_MAGIC = b"mosaicsync-hashcache"
 _CACHE_VERSION = 1
@@ -103,12 +103,15 @@ class HashCache:
         """
         if not self._dirty and self.path.exists():
             return
-        payload = "\0".join(itertools.chain.from_iterable(self._entries.items())).encode("utf-8")
-        header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, zlib.crc32(payload))
+        pieces = list(utf8_pieces(itertools.chain.from_iterable(self._entries.items()), "\0"))
+        checksum = 0
+        for piece in pieces:
+            checksum = zlib.crc32(piece, checksum)
+        header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, checksum)
         try:
             ensure_cache_dir(self.path.parent)
             # No fsync: a cache cut short by a power loss fails its checksum and is rebuilt.
-            write_atomic(self.path, header + payload, durable=False)
+            write_atomic(self.path, [header, *pieces], durable=False)
         except OSError:
             return
         self._dirty = False

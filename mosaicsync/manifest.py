@@ -7,6 +7,7 @@ statement here is idempotent, so a request whose response was lost can be sent a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import NamedTuple
 
 from mosaicsync.ahead import Ahead
 from mosaicsync.api import MosaicClient
-from mosaicsync.atomic import write_atomic
+from mosaicsync.atomic import utf8_pieces, write_atomic
 from mosaicsync.hashcache import ensure_cache_dir
 from mosaicsync.plan import RemoteEntry
 
@@ -111,8 +112,14 @@ def sql_literal(value: object) -> str:
 def local_digest(entries: Iterable[tuple[str, str, str]]) -> str:
     """sha256 over `path\\tsha256\\ttarget` lines in byte order, as `DIGEST_SQL` computes it."""
     # Code point order is UTF-8 byte order, and paths are unique: the tuples sort by path.
-    text = "\n".join(map("\t".join, sorted(entries)))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _sha256_of(utf8_pieces(map("\t".join, sorted(entries)), "\n"))
+
+
+def _sha256_of(pieces: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 def _row_fields(r: ManifestRow) -> tuple[str, str, str, str, str, str, str]:
@@ -126,9 +133,12 @@ def _row_fields(r: ManifestRow) -> tuple[str, str, str, str, str, str, str]:
 
 def rows_digest(rows: Iterable[ManifestRow]) -> str:
     """sha256 over every column of `rows` in byte order of path, as `FULL_DIGEST_SQL` does."""
-    ordered = sorted(rows, key=lambda r: r.path.encode("utf-8"))
-    text = "\n".join("\t".join(_row_fields(r)) for r in ordered)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    ordered = sorted(rows, key=_path)  # code point order is UTF-8 byte order
+    return _sha256_of(utf8_pieces(("\t".join(_row_fields(r)) for r in ordered), "\n"))
+
+
+def _path(row: ManifestRow) -> str:
+    return row.path
 
 
 def save_copy(path: Path, rows: dict[str, ManifestRow]) -> None:
@@ -136,10 +146,10 @@ def save_copy(path: Path, rows: dict[str, ManifestRow]) -> None:
     short fails its digest and is read from the platform again). Unwritable: no error."""
     try:
         digest = rows_digest(rows.values())
-        payload = "\0".join(f for r in rows.values() for f in _row_fields(r)).encode("utf-8")
         header = b"%s %d %s\n" % (_COPY_MAGIC, _COPY_VERSION, digest.encode("ascii"))
+        fields = (f for r in rows.values() for f in _row_fields(r))
         ensure_cache_dir(path.parent)
-        write_atomic(path, header + payload, durable=False)
+        write_atomic(path, itertools.chain((header,), utf8_pieces(fields, "\0")), durable=False)
     except (OSError, ValueError):  # unwritable, or a name UTF-8 cannot encode: no copy
         return
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from mosaicsync import atomic
-from mosaicsync.atomic import write_atomic
+from mosaicsync.atomic import utf8_pieces, write_atomic
 
 
 def mode(path: Path) -> int:
@@ -131,3 +134,29 @@ def test_temp_names_are_unique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     write_atomic(path, "x")
     assert path.read_text() == "x"
     assert (tmp_path / ".f.aaaa.tmp").read_text() == "another writer's temp file"
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.text(), max_size=50), sep=st.sampled_from(["\0", "\n", "\t"]))
+@example(items=[f"é{i}" for i in range(9000)], sep="\0")  # across two piece boundaries
+@example(items=["", ""] * 4096, sep="\n")
+def test_pieces_join_to_the_whole_text(items: list[str], sep: str) -> None:
+    encodable = [item.encode("utf-8", "replace").decode("utf-8") for item in items]
+    assert b"".join(utf8_pieces(encodable, sep)) == sep.join(encodable).encode("utf-8")
+
+
+def test_pieces_are_written_in_order_and_a_failing_one_keeps_the_old_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index"
+    write_atomic(path, [b"head\n", b"a", b"b"])
+    assert path.read_bytes() == b"head\nab"
+
+    def failing() -> Iterator[bytes]:
+        yield b"new"
+        raise UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed")
+
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, failing())
+    assert path.read_bytes() == b"head\nab"
+    assert os.listdir(tmp_path) == ["index"]

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mosaicsync import contract
-from mosaicsync.manifest import local_digest
+from mosaicsync.manifest import ManifestRow, local_digest, rows_digest
 from mosaicsync.plan import (
     Plan,
     RemoteEntry,
@@ -333,3 +333,22 @@ def test_the_local_digest_orders_paths_as_the_platform_does(paths: dict[str, str
     by_bytes = sorted(entries, key=lambda e: e[0].encode("utf-8"))
     text = "\n".join(f"{p}\t{s}\t{t}" for p, s, t in by_bytes)
     assert local_digest(reversed(entries)) == hashlib.sha256(text.encode()).hexdigest()
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.text(alphabet="aZ/._é€😀\u00ff", min_size=1, max_size=8), st.booleans(), max_size=12
+    )
+)
+def test_the_rows_digest_orders_paths_as_the_platform_does(paths: dict[str, bool]) -> None:
+    # FULL_DIGEST_SQL sorts by path COLLATE "C" as well; every column counts.
+    rows = [
+        ManifestRow(p, hashlib.sha256(p.encode()).hexdigest(), len(p), "site", None, None, g)
+        for p, g in paths.items()
+    ]
+    by_bytes = sorted(rows, key=lambda r: r.path.encode("utf-8"))
+    text = "\n".join(
+        f"{r.path}\t{r.sha256}\t{r.size}\tsite\t-\t-\t{int(r.generated)}" for r in by_bytes
+    )
+    assert rows_digest(reversed(rows)) == hashlib.sha256(text.encode()).hexdigest()
