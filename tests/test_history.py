@@ -210,6 +210,15 @@ def test_a_packer_finds_what_it_kept_by_digest() -> None:
             number = packer.find(hashlib.sha256(data).digest())
             assert number is not None and packer.read(number) == data
         assert packer.find(hashlib.sha256(b"three").digest()) is None
+        # Kept after a search, and among many: each is found, and nothing else is.
+        contents = [os.urandom(1 + i % 50) for i in range(500)]
+        for data in contents:
+            packer.add(data, hashlib.sha256(data).digest())
+        for data in [b"one", *contents]:
+            number = packer.find(hashlib.sha256(data).digest())
+            assert number is not None and packer.read(number) == data
+        for data in (b"", b"three", os.urandom(60)):
+            assert packer.find(hashlib.sha256(data).digest()) is None
     finally:
         packer.close()
 
