@@ -517,12 +517,15 @@ def _assets_row(storage_urls: dict[str, str]) -> ManifestRow | None:
 
 @functools.cache
 def _fewer_malloc_arenas() -> None:
-    """Cap glibc's malloc at two arenas before the upload threads start.
+    """Cap glibc's malloc at two arenas before the upload threads start, and keep big buffers
+    out of them.
 
     glibc gives each new thread an arena of its own (up to eight per core), and each upload
     thread's arena then keeps the request and file buffers it freed: with two, the cold deploy
-    of 30k files peaked at 99 MB instead of 122 MB, for the same CPU time. Elsewhere (macOS,
-    musl) there is nothing to do.
+    of 30k files peaked at 99 MB instead of 122 MB, for the same CPU time. A fixed mmap
+    threshold stops glibc from raising it after each big buffer freed (up to 32 MB), which
+    put the bodies of big files in the arenas, where they stayed: 100k files, 155 -> 138 MB.
+    Elsewhere (macOS, musl) there is nothing to do.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -530,7 +533,9 @@ def _fewer_malloc_arenas() -> None:
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
 class _Counter:
