@@ -141,30 +141,37 @@ class GitState:
 
 
 def git_state(folder: Path) -> GitState | None:
-    """Read with `git` itself; None outside a work tree or without git."""
+    """Read with `git` itself, in one `git status`; None outside a work tree, before the first
+    commit or without git."""
     git = shutil.which("git")
     if git is None:
         return None
-
-    def run(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                [git, "-C", str(folder), *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = run("rev-parse", "--verify", "-q", "HEAD")
-    if not commit:
+    try:
+        done = subprocess.run(
+            [git, "-C", str(folder), "status", "--porcelain=v2", "--branch",
+             "--untracked-files=normal"],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=10,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
         return None
-    branch = run("symbolic-ref", "-q", "--short", "HEAD") or None
-    status = run("status", "--porcelain", "--untracked-files=normal")
-    return GitState(commit, branch, bool(status))
+    if done.returncode != 0:
+        return None
+    commit = branch = None
+    dirty = False
+    for line in done.stdout.splitlines():
+        if line.startswith("# branch.oid "):
+            commit = line.removeprefix("# branch.oid ")
+        elif line.startswith("# branch.head "):
+            branch = line.removeprefix("# branch.head ")
+        elif line and not line.startswith("#"):
+            dirty = True
+    if not commit or commit == "(initial)":
+        return None
+    return GitState(commit, None if branch == "(detached)" else branch, dirty)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pytest
 
 from mosaicsync.api import MosaicClient
 from mosaicsync.errors import HistoryError
-from mosaicsync.history import Blob, Entry, Packer, live_entry
+from mosaicsync.history import Blob, Entry, GitState, Packer, git_state, live_entry
 from mosaicsync.manifest import ManifestRow
 from mosaicsync.migrate import Migrator
 from mosaicsync.restore import RestorePlan, choose_target, merged_ranges, plan_restore
@@ -647,3 +647,27 @@ def test_equal_contents_are_packed_once_and_restored_at_every_path(
     cli(["deploy", "--json"], folder, local_server)
     cli(["rollback", str(first), "--yes"], folder, local_server)
     assert served_site(local_server, project_id) == served_first
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_the_git_state_is_commit_branch_and_dirty_read_in_one_status(tmp_path: Path) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    assert git_state(folder) is None  # not a work tree
+    git(folder, "init", "-q", "-b", "main")
+    (folder / "index.html").write_text("<p>hi</p>")
+    assert git_state(folder) is None  # no commit yet
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "first")
+    head = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert git_state(folder) == GitState(head, "main", False)
+    (folder / "new.css").write_text("a{}")
+    assert git_state(folder) == GitState(head, "main", True)  # untracked counts as dirty
+    (folder / "new.css").unlink()
+    (folder / "index.html").write_text("<p>edited</p>")
+    assert git_state(folder) == GitState(head, "main", True)
+    git(folder, "checkout", "-q", "--", "index.html")
+    git(folder, "checkout", "-q", "--detach")
+    assert git_state(folder) == GitState(head, None, False)
