@@ -27,11 +27,11 @@ from mosaicsync import findings
 from mosaicsync.findings import Finding
 from mosaicsync.ignore import IgnoreRules
 from mosaicsync.publishable import ASSETS_FILE
-from mosaicsync.rewrite import REWRITTEN_EXTENSIONS, needs_rewrite, references, resolve
 from mosaicsync.scan import Skipped
+from mosaicsync.sitepaths import PAGE_EXTENSIONS, is_page, resolve
 
 # The pages whose references are checked: the ones the storage rewrite reads.
-CHECKED_EXTENSIONS = REWRITTEN_EXTENSIONS
+CHECKED_EXTENSIONS = PAGE_EXTENSIONS
 
 # Bigger files are not parsed. The tokenizers are pure Python (about 0.5 to 1 MB a second on
 # markup dense with tags and CSS urls), and a page or stylesheet this big is generated: its
@@ -50,7 +50,7 @@ class Ref(NamedTuple):
 def is_checked(path: str) -> bool:
     """Whether the published file at `path` is read for references (HTML and CSS). By type
     alone (`extension`): a caller may ask once per type."""
-    return needs_rewrite(path)
+    return is_page(path)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -133,6 +133,8 @@ class _Lines:
 
 def extract(text: str, path: str) -> list[Ref]:
     """The local references of the HTML or CSS file published at `path`, in order."""
+    from mosaicsync.rewrite import references  # the parsers: only when a page is read
+
     found = [ref for ref in references(text, path) if is_local(ref.value)]
     if not found:
         return []

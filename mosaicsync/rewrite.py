@@ -20,42 +20,16 @@ from dataclasses import dataclass
 from html.entities import html5
 from html.parser import HTMLParser
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
 import tinycss2
 
-from mosaicsync.contract import extension
-
-REWRITTEN_EXTENSIONS = frozenset({".html", ".css"})
+from mosaicsync.sitepaths import resolve
 
 
 @dataclass(frozen=True)
 class Rewritten:
     text: str
     references: tuple[str, ...]  # storage paths this file now points at
-
-
-def resolve(ref: str, from_path: str) -> str | None:
-    """The site path a reference in `from_path` points at, or None if it leaves the site."""
-    if not ref or ref.startswith(("#", "data:", "mailto:", "javascript:", "//")):
-        return None
-    try:
-        parts = urlsplit(ref)
-    except ValueError:  # e.g. an unclosed IPv6 bracket: not a reference we can follow
-        return None
-    if parts.scheme or parts.netloc:
-        return None
-    path = unquote(parts.path)
-    if not path:
-        return None
-    if path.startswith("/"):
-        joined = path.lstrip("/")
-    else:
-        joined = posixpath.join(posixpath.dirname(from_path), path)
-    normalized = posixpath.normpath(joined)
-    if normalized.startswith("../") or normalized == "..":
-        return None
-    return normalized
 
 
 class Reference(NamedTuple):
@@ -87,10 +61,6 @@ def references(text: str, from_path: str) -> list[Reference]:
             block = _css_urls(text[tag.end : tag.content_end], stylesheet=True)
             found += (Reference(css.start + tag.end, css.value) for css in block)
     return sorted(found)
-
-
-def needs_rewrite(path: str) -> bool:
-    return extension(path) in REWRITTEN_EXTENSIONS
 
 
 def rewrite(text: str, from_path: str, storage_urls: Mapping[str, str]) -> Rewritten:

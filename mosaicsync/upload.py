@@ -28,6 +28,7 @@ from mosaicsync.manifest import Manifest, ManifestRow
 from mosaicsync.plan import Plan, RemoteEntry, Upload, route
 from mosaicsync.publishable import ASSETS_FILE
 from mosaicsync.scan import LocalFile
+from mosaicsync.sitepaths import is_page
 
 _T = TypeVar("_T")
 
@@ -407,12 +408,12 @@ class Publisher:
         storage_urls: dict[str, str],
     ) -> list[Upload]:
         """Unchanged HTML/CSS whose rewritten copy would differ from what was sent go again."""
-        from mosaicsync.rewrite import needs_rewrite, rewrite
+        from mosaicsync.rewrite import rewrite
 
         queued = {u.file.path for u in site_uploads}
         extra = []
         for f in plan.unchanged:
-            if f.path in queued or not needs_rewrite(f.path) or route(f.path, f.size) != "site":
+            if f.path in queued or not is_page(f.path) or route(f.path, f.size) != "site":
                 continue
             try:
                 text = f.abs_path.read_bytes().decode("utf-8")
@@ -481,13 +482,11 @@ class Stored:
 def sent_bytes(path: str, source: bytes, storage_urls: dict[str, str]) -> bytes:
     """The bytes a site file is published as: HTML and CSS pointing at storage-routed files get
     their public URLs (see rewrite.py); anything else, `source` itself (the same object)."""
-    if not storage_urls:
+    if not storage_urls or not is_page(path):
         return source
-    # The HTML and CSS parsers load only when a deploy has storage files to point at.
-    from mosaicsync.rewrite import needs_rewrite, rewrite
+    # The HTML and CSS parsers load only when a page may point at storage files.
+    from mosaicsync.rewrite import rewrite
 
-    if not needs_rewrite(path):
-        return source
     try:
         text = source.decode("utf-8")
     except UnicodeDecodeError:  # not text: sent as it is

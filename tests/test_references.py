@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -304,3 +306,26 @@ def test_one_reference_is_judged_from_each_page_folder(tmp_path: Path) -> None:
     refs = {p: [Ref(1, 1, "img.png")] for p in ("a/x.html", "a/y.html", "b/z.html")}
     found = check(refs, published, [], rules)
     assert [(f.file, f.kind) for f in found] == [("b/z.html", findings.BROKEN_REFERENCE)]
+
+
+def test_checking_known_references_and_publishing_a_script_load_no_page_parser(
+    tmp_path: Path,
+) -> None:
+    """A deploy of one changed script checks the pages' cached references and sends the script
+    as it is: neither needs the HTML and CSS parsers (~17 ms to import)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mosaicsync import ignore, preflight, upload\n"
+        "from mosaicsync.references import Ref, check, is_checked\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "rules = ignore.load_ignore_rules(root, root)\n"
+        "refs = {'index.html': [Ref(1, 1, 'app.js'), Ref(2, 1, 'gone.png')]}\n"
+        "found = check(refs, ['index.html', 'app.js', 'font.woff2'], [], rules)\n"
+        "assert [f.file for f in found] == ['index.html'], found\n"
+        "assert is_checked('index.html') and not is_checked('app.js')\n"
+        "assert upload.sent_bytes('app.js', b'x()', {'font.woff2': 'https://s/f'}) == b'x()'\n"
+        "print(sorted({'mosaicsync.rewrite', 'tinycss2', 'html.parser'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mosaicsync import rewrite as rewrite_module
-from mosaicsync.rewrite import references, resolve, rewrite
+from mosaicsync.rewrite import references, rewrite
+from mosaicsync.sitepaths import resolve
 
 URLS = {
     "fonts/brand.woff2": "http://s.example/p/fonts/brand.woff2",
