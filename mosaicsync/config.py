@@ -30,8 +30,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import pathspec
-
 from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import LOCAL_API_URL, PROJECT_ID_PATTERN
 from mosaicsync.credentials import api_url_problem, redact
@@ -520,6 +518,8 @@ def _ignore_patterns(
         if not isinstance(pattern, str):
             check.add(where, f"expected a string, got {_type_name(pattern)}", fix)
             continue
+        import pathspec  # only for a project that has patterns: it costs a start ~15 ms
+
         try:
             pathspec.GitIgnoreSpec.from_lines([pattern])
         except ValueError as exc:  # pathspec's pattern errors are ValueErrors

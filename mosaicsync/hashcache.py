@@ -13,7 +13,7 @@ from pathlib import Path
 from mosaicsync.atomic import utf8_pieces, write_atomic
 
 _CACHE_MAGIC = b"mosaicsync-hashcache"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2 adds the rules its paths were vetted under; 1 is still read
 
 
 StatKey = tuple[int, int, int, int]
@@ -26,15 +26,35 @@ def stat_key(st: os.stat_result) -> StatKey:
 class HashCache:
     """sha256 by relative path, trusted only while (size, mtime_ns, inode, ctime_ns) all match.
 
-    On disk: a header line `mosaicsync-hashcache 1 <crc32>` and then NUL-separated pairs of path
-    and "size mtime_ns inode ctime_ns sha256"; NUL cannot occur in a file name, so nothing needs
-    escaping and loading is two C-level splits.
+    On disk: a header line `mosaicsync-hashcache 2 <crc32> <vetted>` and then NUL-separated pairs
+    of path and "size mtime_ns inode ctime_ns sha256"; NUL cannot occur in a file name, so nothing
+    needs escaping and loading is two C-level splits.
+
+    `vetted` is what the scanner vouches for: every path held was found publishable by a walk
+    under the rules of that fingerprint ("-": no such promise), so the next walk under the same
+    rules need not judge those paths again.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._entries: dict[str, str] = {}
         self._dirty = False
+        self._vetted = ""
+
+    @property
+    def vetted(self) -> str:
+        return self._vetted
+
+    @vetted.setter
+    def vetted(self, fingerprint: str) -> None:
+        if fingerprint != self._vetted:
+            self._vetted = fingerprint
+            self._dirty = True
+
+    def vetted_paths(self, fingerprint: str) -> dict[str, str]:
+        """The paths held, if they were vetted under `fingerprint`; else none (a mapping whose
+        keys are the paths: only membership is meant)."""
+        return self._entries if fingerprint and fingerprint == self._vetted else {}
 
     @classmethod
     def load(cls, path: Path) -> HashCache:
@@ -46,11 +66,11 @@ class HashCache:
             return cache
         except OSError:
             data = b""
-        entries = _parse_cache(data)
-        if entries is None:
+        parsed = _parse_cache(data)
+        if parsed is None:
             cache._dirty = True  # replace the unusable file on the next save
         else:
-            cache._entries = entries
+            cache._entries, cache._vetted = parsed
         return cache
 
     def __len__(self) -> int:
@@ -104,10 +124,11 @@ class HashCache:
         if not self._dirty and self.path.exists():
             return
         pieces = list(utf8_pieces(itertools.chain.from_iterable(self._entries.items()), "\0"))
-        checksum = 0
+        vetted = (self._vetted or "-").encode()
+        checksum = zlib.crc32(vetted)
         for piece in pieces:
             checksum = zlib.crc32(piece, checksum)
-        header = b"%s %d %08x\n" % (_CACHE_MAGIC, _CACHE_VERSION, checksum)
+        header = b"%s %d %08x %s\n" % (_CACHE_MAGIC, _CACHE_VERSION, checksum, vetted)
         try:
             ensure_cache_dir(self.path.parent)
             # No fsync: a cache cut short by a power loss fails its checksum and is rebuilt.
@@ -126,19 +147,30 @@ def ensure_cache_dir(folder: Path) -> None:
         marker.write_text("# mosaicsync's local cache: never committed\n*\n")
 
 
-def _parse_cache(data: bytes) -> dict[str, str] | None:
+def _parse_cache(data: bytes) -> tuple[dict[str, str], str] | None:
+    """(entries, vetted fingerprint) of a cache file, or None when it cannot be used."""
     try:
         header, _, payload = data.partition(b"\n")
-        magic, version, checksum = header.split(b" ")
-        if magic != _CACHE_MAGIC or int(version) != _CACHE_VERSION:
+        fields = header.split(b" ")
+        if fields[0] != _CACHE_MAGIC:
             return None
-        if int(checksum, 16) != zlib.crc32(payload):
+        version = int(fields[1])
+        if version == 1 and len(fields) == 3:
+            vetted = b"-"  # written before paths were vouched for: hashes only
+            checksum = zlib.crc32(payload)
+        elif version == _CACHE_VERSION and len(fields) == 4:
+            vetted = fields[3]
+            checksum = zlib.crc32(payload, zlib.crc32(vetted))
+        else:
             return None
+        if int(fields[2], 16) != checksum:
+            return None
+        fingerprint = "" if vetted == b"-" else vetted.decode("ascii")
         if not payload:
-            return {}
+            return {}, fingerprint
         parts = payload.decode("utf-8").split("\0")
-    except ValueError:  # a bad header, a bad number or bad UTF-8
+    except (ValueError, IndexError):  # a bad header, a bad number or bad UTF-8
         return None
     if len(parts) % 2:
         return None
-    return dict(zip(parts[0::2], parts[1::2], strict=True))
+    return dict(zip(parts[0::2], parts[1::2], strict=True)), fingerprint

@@ -8,17 +8,19 @@ here, so a name skipped by one is skipped by all (editor temp files included).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from pathspec import GitIgnoreSpec
-from pathspec.gitignore import GitIgnoreSpecPattern
+from typing import TYPE_CHECKING
 
 from mosaicsync.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 # Never published, whatever a `!pattern` says, unless the caller passes allow_secrets=True: the
 # files where common tools keep credentials. Matched on the lowercased path, so every pattern here
@@ -224,6 +226,8 @@ class _Layer:
 
     @functools.cached_property
     def spec(self) -> GitIgnoreSpec:
+        from pathspec import GitIgnoreSpec
+
         return GitIgnoreSpec.from_lines([pattern.line for pattern in self.patterns])
 
     @functools.cached_property
@@ -337,6 +341,8 @@ def _compile(lines: Iterable[str], source: str) -> list[_Pattern]:
     """The patterns of one layer; an invalid line is a ConfigError naming where it is.
 
     The defaults are known to be valid and are not compiled here (see `_Layer`)."""
+    from pathspec.gitignore import GitIgnoreSpecPattern
+
     compiled: list[_Pattern] = []
     for number, raw in enumerate(lines, start=1):
         line = unicodedata.normalize("NFC", raw.rstrip("\r\n"))
@@ -360,7 +366,10 @@ def _compile(lines: Iterable[str], source: str) -> list[_Pattern]:
 class IgnoreRules:
     """The ignore layers of one project, built once and reused by every walk (and a watcher).
 
-    `layers` are (gitignore lines, source label) pairs, lowest precedence first.
+    `layers` are (gitignore lines, source label) pairs, lowest precedence first. The user's
+    layers are checked at once (a bad pattern is an error before any walk); the regexes are
+    built at the first path asked about, which a walk that meets only files it vetted before
+    never asks (see `fingerprint`).
     """
 
     def __init__(
@@ -369,14 +378,40 @@ class IgnoreRules:
         *,
         allow_secrets: bool = False,
     ) -> None:
-        compiled: list[_Pattern] = []
-        for lines, source in layers:
-            compiled += _compile(lines, source)
+        self._layers = [(list(lines), source) for lines, source in layers]
+        self._checked = {
+            i: _compile(lines, source)
+            for i, (lines, source) in enumerate(self._layers)
+            if source != DEFAULT_SOURCE and lines
+        }
         self.allow_secrets = allow_secrets
-        self._all = _Layer(compiled)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of everything these rules decide by: two rules with the same fingerprint
+        ignore the same paths, so a path one of them kept needs no second look by the other."""
+        digest = hashlib.sha256(b"ignore-rules 1\0")
+        for lines, source in self._layers:
+            digest.update(f"{source}\0{len(lines)}\0".encode())
+            digest.update("\0".join(lines).encode("utf-8", "surrogatepass") + b"\1")
+        if not self.allow_secrets:
+            digest.update(b"secrets\0" + "\0".join(SECRET_IGNORES).encode())
+        return digest.hexdigest()
+
+    @functools.cached_property
+    def _all(self) -> _Layer:
+        compiled: list[_Pattern] = []
+        for i, (lines, source) in enumerate(self._layers):
+            compiled += self._checked[i] if i in self._checked else _compile(lines, source)
+        return _Layer(compiled)
+
+    @functools.cached_property
+    def _secrets(self) -> _Layer | None:
         # Checked apart from the other layers so that no `!pattern` can re-include a secret; on
         # the lowercased path, so `.ENV` or `Server.PEM` on a case-insensitive disk are caught too.
-        self._secrets = None if allow_secrets else _Layer(_compile(SECRET_IGNORES, DEFAULT_SOURCE))
+        if self.allow_secrets:
+            return None
+        return _Layer(_compile(SECRET_IGNORES, DEFAULT_SOURCE))
 
     def match(self, rel_path: str, is_dir: bool, walked: bool = False) -> str | None:
         """Why `rel_path` is ignored, or None; parents are not checked, as a walk prunes them.
@@ -470,6 +505,8 @@ def _read_ignore_file(path: Path, project_dir: Path) -> list[str] | None:
 
 @functools.cache
 def _editor_temp() -> GitIgnoreSpec:
+    from pathspec import GitIgnoreSpec
+
     return GitIgnoreSpec.from_lines(EDITOR_TEMP_IGNORES)
 
 

@@ -20,6 +20,10 @@ ASSETS_FILE = "mosaic-assets.json"
 _UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\\]")
 _FIX = "rename it, or add it to .mosaicignore"
 
+# Everything `problem` decides by, for the scanner's record of the paths it found publishable
+# (see `scan.vetting`): raise the last number whenever `problem` decides differently.
+RULES = f"{ASSETS_FILE} {MAX_PATH_LENGTH} {MAX_SEGMENT_BYTES} {_UNSTORABLE.pattern} 1"
+
 
 def problem(rel: str) -> str | None:
     """Why the file at `rel` (POSIX, relative to the static root) cannot be published, or None."""

@@ -13,7 +13,7 @@ import stat
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,15 +116,42 @@ def _link_fix(rel: str) -> str:
     return f"remove the link, or add {rel} to {IGNORE_FILE}"
 
 
-class _Walker:
-    """Collects the publishable files under the root; links are followed only inside it."""
+def vetting(rules: IgnoreRules) -> str:
+    """What the walk's verdict on a path depends on: the ignore rules and what the platform can
+    store. A path kept by a walk under the same vetting is kept again, without a second look."""
+    return hashlib.sha256(f"{rules.fingerprint}\0{publishable.RULES}".encode()).hexdigest()
 
-    def __init__(self, root: str, rules: IgnoreRules) -> None:
+
+def _parents(paths: Iterable[str]) -> set[str]:
+    """Every folder that holds one of `paths` (POSIX, relative), at any depth."""
+    folders: set[str] = set()
+    for path in paths:
+        end = path.rfind("/")
+        while end > 0:
+            folder = path[:end]
+            if folder in folders:
+                break  # and so are its parents
+            folders.add(folder)
+            end = path.rfind("/", 0, end)
+    return folders
+
+
+class _Walker:
+    """Collects the publishable files under the root; links are followed only inside it.
+
+    `known`: paths a walk under the same rules kept before (see `vetting`); a plain file or
+    folder among them, or holding one of them, is kept without asking the rules again, which is
+    a third of a no-op walk. Links are judged afresh, always.
+    """
+
+    def __init__(self, root: str, rules: IgnoreRules, known: Collection[str] = ()) -> None:
         self.root = root
         self.root_prefix = root if root.endswith(os.sep) else root + os.sep
         self.rules = rules
         self.found: list[_Found] = []
         self.skipped: list[Skipped] = []
+        self.known = known
+        self.known_folders = _parents(known) if known else set()
 
     def inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root_prefix)
@@ -141,6 +168,7 @@ class _Walker:
         found = self.found
         skipped = self.skipped
         check = publishable.check
+        known, known_folders = self.known, self.known_folders
         stack = [(directory, prefix, chain, plain)]
         while stack:
             directory, prefix, chain, plain = stack.pop()
@@ -155,7 +183,7 @@ class _Walker:
                         if entry.is_symlink():
                             self.visit_link(entry.path, rel, chain, stack)
                         elif entry.is_dir(follow_symlinks=False):
-                            reason = match(rel, True, True)
+                            reason = None if rel in known_folders else match(rel, True, True)
                             if reason is not None:
                                 skipped.append(Skipped(rel + "/", reason))
                             else:
@@ -166,11 +194,12 @@ class _Walker:
                                     )
                                 )  # fmt: skip
                         elif entry.is_file(follow_symlinks=False):
-                            reason = match(rel, False, True)
-                            if reason is not None:
-                                skipped.append(Skipped(rel, reason))
-                                continue
-                            check(rel)
+                            if rel not in known:
+                                reason = match(rel, False, True)
+                                if reason is not None:
+                                    skipped.append(Skipped(rel, reason))
+                                    continue
+                                check(rel)
                             st = _stat(entry.path, rel, entry)
                             if st is not None:
                                 found.append(
@@ -424,15 +453,20 @@ def scan(
     """Walk the static root: the files to publish, with their sha256, and what was skipped."""
     started_ns = time.time_ns()
     root = _real_root(static_root)
-    walker = _Walker(root, rules)
+    vetted = vetting(rules)
+    walker = _Walker(root, rules, cache.vetted_paths(vetted) if cache is not None else ())
     walker.walk(root, "", (root,), plain=True)
     files, hashed, bytes_hashed, held = _resolve(
         walker.found, cache, started_ns, workers or os.cpu_count() or 1, root
     )
-    if cache is not None and len(cache) != held:
-        # Entries the walk did not meet: files gone since. (Equal counts: every entry is one of
-        # the files found, so there is nothing to drop; a set of every path costs a big site.)
-        cache.retain({local.path for local in files})
+    if cache is not None:
+        if len(cache) != held:
+            # Entries the walk did not meet: files gone since. (Equal counts: every entry is one
+            # of the files found, so there is nothing to drop; a set of every path costs a big
+            # site.)
+            cache.retain({local.path for local in files})
+        # Now every path the cache holds is one this walk kept, under these rules.
+        cache.vetted = vetted
     walker.skipped.sort(key=lambda skipped: skipped.path)
     return ScanResult(files, walker.skipped, hashed, bytes_hashed)
 
@@ -464,6 +498,10 @@ def scan_paths(
     if cache is not None:
         for rel in gone:
             cache.discard_tree(rel)
+        if cache.vetted != vetting(rules):
+            # Paths kept under these rules join paths kept under others: vouch for none of them
+            # until a full walk looks at all of them again.
+            cache.vetted = ""
     return files, sorted(gone)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 import unicodedata
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from mosaicsync.scan import (
     hash_file,
     scan,
     scan_paths,
+    vetting,
 )
 
 
@@ -797,3 +801,135 @@ def test_the_cache_forgets_a_deleted_file_even_when_another_took_its_place(
     settle()
     scan(root, rules_for(root), cache)  # as many files as before, one of them new
     assert "a.txt" not in cache and "b.txt" in cache and "c.txt" in cache and len(cache) == 2
+
+
+# --- paths vetted by an earlier walk -------------------------------------------------------------
+
+
+class _Counting(IgnoreRules):
+    """Rules that count the paths they are asked about."""
+
+    asked: list[str]
+
+    def match(self, rel_path: str, is_dir: bool, walked: bool = False) -> str | None:
+        self.asked.append(rel_path + ("/" if is_dir else ""))
+        return super().match(rel_path, is_dir, walked)
+
+
+def counting(root: Path, extra: tuple[str, ...] = ()) -> _Counting:
+    rules = _Counting([(DEFAULT_IGNORES, "default"), (list(extra), CONFIG_SOURCE)])
+    rules.asked = []
+    return rules
+
+
+def test_a_walk_under_the_same_rules_asks_them_only_about_new_paths(tmp_path: Path) -> None:
+    root, cache_path = tmp_path / "public", tmp_path / "hashes"
+    for n in range(20):
+        write(root, f"d{n % 3}/sub/p{n}.html", str(n))
+    write(root, ".env", "SECRET=1")
+    settle()
+    cache = HashCache.load(cache_path)
+    first = scan(root, counting(root), cache)
+    cache.save()
+    write(root, "d1/new.html", "new")
+    write(root, "d9/newer.html", "newer")
+    rules = counting(root)
+    second = scan(root, rules, HashCache.load(cache_path))
+    # Known files and the folders that hold them are kept unasked; the new ones and what
+    # was skipped before (`.env` is in no cache) are judged.
+    assert sorted(rules.asked) == [".env", "d1/new.html", "d9/", "d9/newer.html"]
+    assert [f.path for f in second.files] == sorted(
+        [f.path for f in first.files] + ["d1/new.html", "d9/newer.html"]
+    )
+    assert [s.path for s in second.skipped] == [".env"]
+
+
+def test_nothing_new_builds_no_ignore_regex(tmp_path: Path) -> None:
+    root, cache_path = tmp_path / "public", tmp_path / "hashes"
+    write(root, "a/index.html", "hi")
+    settle()
+    cache = HashCache.load(cache_path)
+    scan(root, rules_for(root), cache)
+    cache.save()
+    rules = rules_for(root)
+    assert len(scan(root, rules, HashCache.load(cache_path)).files) == 1
+    assert "_all" not in vars(rules) and "_secrets" not in vars(rules)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "skipped_after"),
+    [
+        # --allow-secrets once, then a plain deploy: the secret is held back again.
+        ({"allow_secrets": True}, {}, [".env"]),
+        # A pattern changed in [static] ignore applies to files the cache knows.
+        ({"extra": ("*.txt",)}, {"extra": ("*.bak",)}, [".env", "old.bak"]),
+    ],
+)
+def test_other_rules_judge_every_path_again(
+    tmp_path: Path, before: dict[str, Any], after: dict[str, Any], skipped_after: list[str]
+) -> None:
+    root, cache_path = tmp_path / "public", tmp_path / "hashes"
+    write(root, "index.html", "hi")
+    write(root, ".env", "SECRET=1")
+    write(root, "old.bak", "b")
+    settle()
+    cache = HashCache.load(cache_path)
+    first = scan(root, rules_for(root, **before), cache)
+    cache.save()
+    assert "old.bak" in [f.path for f in first.files]
+    again = scan(root, rules_for(root, **after), HashCache.load(cache_path))
+    assert sorted(s.path for s in again.skipped) == skipped_after
+    assert [f.path for f in again.files] == sorted(
+        {"index.html", "old.bak", ".env"} - set(skipped_after)
+    )
+
+
+def test_a_watcher_under_other_rules_withdraws_the_promise(tmp_path: Path) -> None:
+    root, cache_path = tmp_path / "public", tmp_path / "hashes"
+    write(root, "index.html", "hi")
+    settle()
+    cache = HashCache.load(cache_path)
+    scan(root, rules_for(root), cache)
+    assert cache.vetted_paths(vetting(rules_for(root)))
+    write(root, "new.html", "new")
+    settle()
+    scan_paths(root, ["new.html"], rules_for(root, allow_secrets=True), cache)
+    # Paths kept under two rules: none is vouched for until a full walk.
+    assert cache.vetted == ""
+    assert not cache.vetted_paths(vetting(rules_for(root)))
+    scan(root, rules_for(root), cache)
+    assert cache.vetted == vetting(rules_for(root))
+
+
+def test_a_cache_written_before_vetting_keeps_its_hashes(tmp_path: Path) -> None:
+    payload = b"index.html\x001 2 3 4 " + b"a" * 64
+    old = b"mosaicsync-hashcache 1 %08x\n" % zlib.crc32(payload) + payload
+    cache_path = write(tmp_path, "hashes", old)
+    cache = HashCache.load(cache_path)
+    assert cache.lookup("index.html", (1, 2, 3, 4)) == "a" * 64
+    assert cache.vetted == "" and not cache.vetted_paths(vetting(rules_for(tmp_path)))
+
+
+def test_a_walk_of_a_project_without_patterns_imports_no_pathspec(tmp_path: Path) -> None:
+    """pathspec turns the user's patterns into regexes; with none, and every path known, a
+    command never needs it (importing it costs each start ~15 ms)."""
+    write(tmp_path, "public/index.html", "hi")
+    settle()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mosaicsync.hashcache import HashCache\n"
+        "from mosaicsync.ignore import load_ignore_rules\n"
+        "from mosaicsync.scan import scan\n"
+        f"root = Path({str(tmp_path / 'public')!r})\n"
+        f"cache = HashCache.load(Path({str(tmp_path / 'hashes')!r}))\n"
+        "found = scan(root, load_ignore_rules(root, root), cache)\n"
+        "cache.save()\n"
+        "print(len(found.files), 'pathspec' in sys.modules)\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    # The first walk judges every path (and needs pathspec); the second knows them all.
+    assert [run.stdout.split() for run in runs] == [["1", "True"], ["1", "False"]]
