@@ -14,7 +14,6 @@ import threading
 import time
 import unicodedata
 from collections.abc import Collection, Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -393,6 +392,9 @@ def _hash_all(misses: list[_Found], workers: int) -> int:
     big = [item for item in misses if item.key[0] >= POOL_MIN_SIZE]
     if workers <= 1 or not big or len(big) == len(misses) == 1:
         return _hash_batch(misses)
+    # Imported here: with its logging, a start that hashes nothing big would pay ~9 ms for it.
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     small = [item for item in misses if item.key[0] < POOL_MIN_SIZE]
     big.sort(key=lambda item: item.key[0], reverse=True)  # longest first evens the finish
     pool = ThreadPoolExecutor(max_workers=min(workers, len(big)))

@@ -7,6 +7,8 @@ import http.client
 import http.server
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -248,3 +250,20 @@ def test_a_request_with_a_bytes_body_leaves_in_one_write(
     assert len(writes) == 1  # head and body together: the server wakes up once
     assert writes[0].startswith(b"PUT /obj HTTP/1.1\r\n")
     assert writes[0].endswith(b"\r\n\r\n" + b"x" * 5000)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_connecting_by_an_ascii_name_imports_no_idna_codec(server: _Server, host: str) -> None:
+    """`getaddrinfo` encodes a str host with the idna codec (and imports it and stringprep,
+    ~4 ms of every command); an ASCII host is already what that would give."""
+    url = server.url.replace("127.0.0.1", host)
+    code = (
+        "import sys\n"
+        "from mosaicsync import wire\n"
+        "pool = wire.Pool(timeout=5, connect_timeout=5)\n"
+        f"print(pool.send('GET', {url + '/x'!r}, {{}}, None).status)\n"
+        "pool.close()\n"
+        "print('encodings.idna' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["200", "False"]
