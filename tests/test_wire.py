@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -238,18 +238,162 @@ def test_a_request_with_a_bytes_body_leaves_in_one_write(
     server: _Server, pool: wire.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[bytes] = []
-    send = http.client.HTTPConnection.send
+    sendall, send = socket.socket.sendall, socket.socket.send
 
-    def recorded(self: http.client.HTTPConnection, data: bytes) -> None:
-        writes.append(bytes(data))
-        send(self, data)
+    def to_server(sock: socket.socket, data: bytes) -> None:
+        if sock.getpeername()[1] == server.server_address[1]:  # not the server's own writes
+            writes.append(bytes(data))
 
-    monkeypatch.setattr(http.client.HTTPConnection, "send", recorded)
-    response = pool.send("PUT", f"{server.url}/obj", {}, b"x" * 5000)
+    def recorded_all(self: socket.socket, data: bytes, *args: int) -> None:
+        to_server(self, data)
+        sendall(self, data, *args)
+
+    def recorded(self: socket.socket, data: bytes, *args: int) -> int:
+        to_server(self, data)
+        return send(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", recorded_all)
+    monkeypatch.setattr(socket.socket, "send", recorded)
+    response = pool.send("PUT", f"{server.url}/obj", {"X-Test": "1"}, b"x" * 5000)
     assert response.json() == {"received": 5000}
     assert len(writes) == 1  # head and body together: the server wakes up once
     assert writes[0].startswith(b"PUT /obj HTTP/1.1\r\n")
     assert writes[0].endswith(b"\r\n\r\n" + b"x" * 5000)
+    method, path, fields = server.seen[-1][1], server.seen[-1][2], server.seen[-1][3]
+    assert (method, path, fields["X-Test"], fields["Content-Length"]) == (
+        "PUT",
+        "/obj",
+        "1",
+        "5000",
+    )
+    assert fields["Host"] == server.url.removeprefix("http://")
+
+
+class _Canned:
+    """A socket server that answers each request with the next canned bytes (whatever HTTP they
+    are, right or wrong), closing the connection after those marked to close it."""
+
+    def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                while self.answers:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    self.requests.append(data)
+                    answer, close = self.answers.pop(0)
+                    conn.sendall(answer)
+                    if close:
+                        break
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def canned() -> Iterator[Callable[..., _Canned]]:
+    made: list[_Canned] = []
+
+    def make(*answers: bytes, close: tuple[int, ...] = ()) -> _Canned:
+        """Answers in order; those whose index is in `close` end their connection."""
+        made.append(_Canned([(a, i in close) for i, a in enumerate(answers)]))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_answers_framed_every_way_are_read_whole_and_the_connection_kept_when_it_can_be(
+    canned: Callable[..., _Canned], pool: wire.Pool
+) -> None:
+    server = canned(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Twice: a\r\nx-twice: b\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",  # a HEAD: no body follows
+        b"HTTP/1.0 200 OK\r\n\r\nto the end",
+        close=(5,),
+    )
+    first = pool.send("GET", f"{server.url}/a", {}, None)
+    assert (first.status, first.reason, first.content) == (200, "OK", b"hello")
+    assert first.headers.get("X-TWICE") == "a, b" and first.headers["content-length"] == "5"
+    assert "X-Twice" in first.headers and "x-none" not in first.headers
+    assert pool.send("GET", f"{server.url}/b", {}, None).content == b"wikipedia"
+    created = pool.send("POST", f"{server.url}/c", {}, b"{}")
+    assert (created.status, created.content) == (201, b"ok")
+    assert pool.send("DELETE", f"{server.url}/d", {}, None).status == 204
+    assert pool.send("HEAD", f"{server.url}/e", {}, None).content == b""
+    last = pool.send("GET", f"{server.url}/f", {}, None)
+    assert (last.status, last.content) == (200, b"to the end")
+    assert server.connections == 1  # one connection carried all six
+    assert len(server.requests) == 6
+    assert b"Content-Length: 0\r\n" not in server.requests[0]  # a GET has no body to size
+    assert server.requests[2].endswith(b"Content-Length: 2\r\n\r\n{}")
+
+
+def test_an_answer_that_is_not_http_or_stops_short_is_a_dropped_connection(
+    canned: Callable[..., _Canned], pool: wire.Pool
+) -> None:
+    for answer in (
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n",
+    ):
+        server = canned(answer, close=(0,))
+        with pytest.raises(wire.Dropped) as info:
+            pool.send("GET", f"{server.url}/x", {}, None)
+        assert info.value.sent  # it may have been processed: only a safe request is resent
+
+
+def test_bytes_past_an_answer_leave_its_connection_unused(
+    canned: Callable[..., _Canned], pool: wire.Pool
+) -> None:
+    server = canned(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokSURPLUS",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+        close=(1,),  # the server would carry on: the client is the one that must not
+    )
+    assert pool.send("GET", f"{server.url}/a", {}, None).content == b"ok"
+    assert pool.send("GET", f"{server.url}/b", {}, None).content == b"no"
+    assert server.connections == 2
+
+
+def test_a_header_value_with_a_line_break_is_refused_before_anything_is_sent(
+    server: _Server, pool: wire.Pool
+) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        pool.send("GET", f"{server.url}/x", {"X-Evil": "a\r\nX-Injected: 1"}, None)
+    with pytest.raises(ValueError, match="control character"):
+        pool.send("GET", f"{server.url}/x y", {}, None)
+    assert server.seen == []
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
