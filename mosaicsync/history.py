@@ -282,12 +282,13 @@ class Packer:
 
     def add(self, data: bytes, sha: bytes) -> None:
         """Keep `data`, whose sha256 digest the caller has computed already."""
-        with self._lock:
-            self._file.seek(self._end)
-            self._file.write(data)
-            self._entries += self._ENTRY.pack(sha, self._end, len(data))
-            self._sorted = False
+        with self._lock:  # its place is taken under the lock, written outside it
+            offset = self._end
             self._end += len(data)
+        _write_at(self._file.fileno(), data, offset)
+        with self._lock:
+            self._entries += self._ENTRY.pack(sha, offset, len(data))
+            self._sorted = False
 
     @property
     def count(self) -> int:
@@ -317,11 +318,27 @@ class Packer:
     def read(self, number: int) -> bytes:
         with self._lock:
             _, offset, size = self._ENTRY.unpack_from(self._entries, number * self._ENTRY.size)
-            self._file.seek(offset)
-            return self._file.read(size)
+        parts = []
+        while size:  # a regular file gives all of it at once, but nothing promises that
+            part = os.pread(self._file.fileno(), size, offset)
+            if not part:
+                raise OSError(f"the pack's temporary file ended {size} bytes early")
+            parts.append(part)
+            offset += len(part)
+            size -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
         self._file.close()
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """All of `data` at `offset` (positional: threads writing their own places share no file
+    position, so no seek under a lock)."""
+    with memoryview(data) as view:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 class _Digests:

@@ -332,7 +332,7 @@ class Publisher:
         result: Published,
     ) -> None:
         f = upload.file
-        source = f.abs_path.read_bytes()
+        source = f.read_bytes()
         # The manifest records the source that arrived (if the file changed since the scan, the
         # new bytes): its hash and size, never those of a rewritten copy, which the planner
         # would otherwise see as a change on every later deploy.

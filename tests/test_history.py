@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -219,6 +220,20 @@ def test_a_packer_finds_what_it_kept_by_digest() -> None:
             assert number is not None and packer.read(number) == data
         for data in (b"", b"three", os.urandom(60)):
             assert packer.find(hashlib.sha256(data).digest()) is None
+    finally:
+        packer.close()
+
+
+def test_a_packer_keeps_what_many_threads_add_at_once_each_in_its_own_place() -> None:
+    packer = Packer()
+    contents = [os.urandom(i % 300) + i.to_bytes(4, "big") for i in range(2000)] + [b""]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda d: packer.add(d, hashlib.sha256(d).digest()), contents))
+        assert packer.count == len(contents)
+        for data in contents:
+            number = packer.find(hashlib.sha256(data).digest())
+            assert number is not None and packer.read(number) == data
     finally:
         packer.close()
 
