@@ -31,6 +31,8 @@ from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
 from mosaicsync.selection import user_at_host
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mosaicsync.history import Entry, Finished, GitState, History, Packer
     from mosaicsync.migrate import Migrator
     from mosaicsync.upload import Publisher
@@ -207,6 +209,12 @@ class Deployer:
             keep=packer.add if packer else None,
             before_replace=history.before_replace if history and history.enabled else None,
         )
+
+    @property
+    def manifest_copy(self) -> Path:
+        """The local copy of the last manifest this folder published, read instead of every
+        row while the platform's digest agrees (`Manifest.fetch`)."""
+        return self.config.project_dir / CACHE_DIR / MANIFEST_COPY
 
     def history(self) -> History:
         from mosaicsync.history import History  # here: a no-op deploy records nothing
@@ -414,7 +422,7 @@ class Deployer:
             self._read_git_state()
 
             result.live = self.manifest.live
-            copy = self.config.project_dir / CACHE_DIR / MANIFEST_COPY
+            copy = self.manifest_copy
             remote, rows = self.manifest.fetch(copy)
             plan = plan_deploy(files, remote, prune=self.options.prune, targets=targets)
             self.emit(Planned(plan, noop=False))

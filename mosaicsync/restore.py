@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mosaicsync.ahead import Ahead
 from mosaicsync.errors import ConfigError, HistoryError, NotFoundError
 from mosaicsync.findings import raise_for
 from mosaicsync.history import PREFIX, Blob, Entry, History, live_entry
-from mosaicsync.manifest import ManifestRow
+from mosaicsync.manifest import ManifestRow, save_copy
 from mosaicsync.upload import Stored
 
 if TYPE_CHECKING:
@@ -215,8 +216,11 @@ class Restorer:
             contextlib.nullcontext() if dry_run else migrator.lease(),
             tempfile.TemporaryDirectory(prefix="mosaicsync-restore-") as tmp,
         ):
-            rows = source.files(target.id)
-            _, current = d.manifest.fetch()
+            # The target's file set is read while the live one comes from the local copy
+            # (when the platform's digest agrees), as a deploy reads it.
+            asked = Ahead(lambda: source.files(target.id))
+            _, current = d.manifest.fetch(d.manifest_copy)
+            rows = asked.get()
             plan = result.plan = plan_restore(rows, current)
             result.unchanged = plan.unchanged
             stored = self._fetch(source, plan, Path(tmp), result)
@@ -259,6 +263,8 @@ class Restorer:
             result.deploy_id, result.replaces = recorded.deploy_id, recorded.replaces
             with ended_on_error(history, result.deploy_id):
                 published = d.publisher(history).restore(stored, plan.prune, current)
+                if (view := d.manifest.view) is not None:
+                    save_copy(d.manifest_copy, view)  # the next deploy plans against it
                 result.restored, result.pruned = published.uploaded, published.pruned
                 result.bytes = published.bytes
                 result.duration_ms = int((time.perf_counter() - t0) * 1000)

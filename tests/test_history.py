@@ -165,6 +165,75 @@ def test_rollback_restores_every_served_byte(
     assert again["replaces"]["rollback_of"] == second["deploy_id"]
 
 
+def sql_sent(
+    args: list[str], cwd: Path, server: LocalServer
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the CLI and return, with its result, the text of every SQL query it sent."""
+    code = (
+        "import json, sys\n"
+        "from mosaicsync import api, cli\n"
+        "sent = []\n"
+        "original = api.MosaicClient.sql\n"
+        "def sql(self, project_id, query, **kw):\n"
+        "    sent.append(query)\n"
+        "    return original(self, project_id, query, **kw)\n"
+        "api.MosaicClient.sql = sql\n"
+        "try:\n"
+        "    cli.main()\n"
+        "finally:\n"
+        "    sys.stderr.write('\\nSQL-SENT ' + json.dumps(sent) + '\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=server.api, MOSAIC_API_KEY=KEY_A)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, input="",
+    )  # fmt: skip
+    assert out.returncode == 0, f"{args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out, json.loads(out.stderr.rpartition("SQL-SENT ")[2])
+
+
+def test_a_rollback_reads_the_live_manifest_from_the_copy_while_the_platform_agrees(
+    site: tuple[Path, str], local_server: LocalServer, tmp_path: Path
+) -> None:
+    """A rollback plans against the live manifest as a deploy does: from the folder's copy when
+    the platform's digest of every row agrees (one small request, not every row), and it leaves
+    the copy as it left the platform, so the deploy after it reads no row either."""
+    from mosaicsync.manifest import FULL_DIGEST_SQL, ROW_COLUMNS, load_copy
+
+    folder, project_id = site
+    public = folder / "public"
+    page_read = f"SELECT {ROW_COLUMNS} FROM mosaicsync.files "
+    first = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)
+    served_first = served_site(local_server, project_id)
+    (public / "about.html").write_text("<!doctype html><p>About</p>")
+    (public / "app.js").unlink()
+    cli(["deploy"], folder, local_server)
+    served_second = served_site(local_server, project_id)
+
+    rolled, sent = sql_sent(["rollback", "--yes", "--json"], folder, local_server)
+    assert json.loads(rolled.stdout)["rollback_to"]["id"] == first["deploy_id"]
+    assert served_site(local_server, project_id) == served_first
+    assert FULL_DIGEST_SQL in sent
+    assert not [q for q in sent if q.startswith(page_read)], "every manifest row was read"
+    held = load_copy(folder / ".mosaicsync" / "manifest")
+    with MosaicClient(local_server.api, KEY_A) as client:
+        assert held is not None and held[0] == client.sql(project_id, FULL_DIGEST_SQL)[0]["digest"]
+    (public / "app.js").write_text("console.log('back')\n")
+    _, sent = sql_sent(["deploy"], folder, local_server)
+    assert not [q for q in sent if q.startswith(page_read)]
+
+    # Another folder deploys: this folder's copy no longer agrees, so the rollback reads the
+    # platform's rows and still restores exactly.
+    other = tmp_path / "other"
+    shutil.copytree(folder, other, ignore=shutil.ignore_patterns(".mosaicsync"))
+    (other / "public" / "about.html").write_text("<!doctype html><p>Elsewhere</p>")
+    cli(["deploy"], other, local_server)
+    _, sent = sql_sent(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    assert [q for q in sent if q.startswith(page_read)]
+    assert served_site(local_server, project_id) == served_first != served_second
+
+
 # -- pure parts ------------------------------------------------------------------------------------
 
 
