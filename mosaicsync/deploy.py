@@ -25,7 +25,7 @@ from mosaicsync.findings import BROKEN_REFERENCE, Finding, ordered, raise_for, s
 from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import IgnoreRules, load_ignore_rules
 from mosaicsync.manifest import Manifest, ManifestRow, local_digest, save_copy
-from mosaicsync.plan import Plan, plan_deploy, route
+from mosaicsync.plan import Plan, plan_deploy, routes
 from mosaicsync.preflight import Preflight, Report, Secrets
 from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
 from mosaicsync.selection import user_at_host
@@ -382,7 +382,7 @@ class Deployer:
         result = DeployResult(self.project_id, project.get("url", ""), dry_run=self.options.dry_run)
         result.skipped, result.findings = skipped, findings
         files = scanned.files
-        targets = {f.path: route(f.path, f.size) for f in files}
+        targets = routes(files)
         mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
         if not files and self.options.prune and not self.options.dry_run:
             # An empty root is most often a build that produced nothing: pruning the live site

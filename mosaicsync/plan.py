@@ -68,6 +68,18 @@ def route(path: str, size: int, *, max_site_file: int = contract.MAX_SITE_FILE) 
     return "storage"
 
 
+def routes(
+    files: Iterable[LocalFile], *, max_site_file: int = contract.MAX_SITE_FILE
+) -> dict[str, Target]:
+    """`route` of every file, by path: what a deploy asks of each file before its digest."""
+    files = list(files)
+    site = contract.SITE_EXTENSIONS
+    return {
+        f.path: "site" if ext in site and f.size <= max_site_file else "storage"
+        for f, ext in zip(files, contract.extensions([f.path for f in files]), strict=True)
+    }
+
+
 def _is_html(path: str) -> bool:
     return path.lower().endswith(".html")
 
@@ -105,6 +117,8 @@ def plan_deploy(
     `targets` is `route` of every local file when the caller has it already (a deploy needs it
     for its digest first), so that 10k files are not routed twice.
     """
+    if targets is None:
+        targets = routes(local, max_site_file=max_site_file)
     uploads: list[Upload] = []
     gone: list[RemoteEntry] = []
     unchanged: list[LocalFile] = []
@@ -113,11 +127,7 @@ def plan_deploy(
         if file.path in seen:
             raise ValueError(f"{file.path} is listed twice in the local files")
         seen.add(file.path)
-        target = (
-            targets[file.path]
-            if targets is not None
-            else route(file.path, file.size, max_site_file=max_site_file)
-        )
+        target = targets[file.path]
         entry = remote.get(file.path)
         if entry is None:
             uploads.append(Upload(file, target, "new"))

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from mosaicsync import leaks
 from mosaicsync.atomic import write_atomic
-from mosaicsync.contract import extension
+from mosaicsync.contract import extensions
 from mosaicsync.findings import SKIPPED, Finding, ordered
 from mosaicsync.hashcache import ensure_cache_dir
 from mosaicsync.ignore import IgnoreRules
@@ -258,11 +258,8 @@ class Preflight:
         is_referencing = referencing()
         # Both rules go by type alone: each is asked once per extension, not once per file.
         by_type: dict[str, tuple[bool, bool]] = {}
-        for f in files:
-            chosen = wanted is None or f.path in wanted
-            if not chosen:
-                continue
-            kind = extension(f.path)
+        chosen = files if wanted is None else [f for f in files if f.path in wanted]
+        for f, kind in zip(chosen, extensions([f.path for f in chosen]), strict=True):
             rules_say = by_type.get(kind)
             if rules_say is None:
                 rules_say = by_type[kind] = (leaks.worth_reading(f.path), is_referencing(f.path))

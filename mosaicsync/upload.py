@@ -25,7 +25,7 @@ from mosaicsync.contract import TEXT_EXTENSIONS, extension
 from mosaicsync.errors import NotFoundError
 from mosaicsync.events import Transferred
 from mosaicsync.manifest import Manifest, ManifestRow
-from mosaicsync.plan import Plan, RemoteEntry, Upload, route
+from mosaicsync.plan import Plan, RemoteEntry, Upload, route, routes
 from mosaicsync.publishable import ASSETS_FILE
 from mosaicsync.scan import LocalFile
 from mosaicsync.sitepaths import is_page
@@ -124,7 +124,7 @@ class Publisher:
         `route` of every file in `files`, when the caller has it already.
         """
         if targets is None:
-            targets = {f.path: route(f.path, f.size) for f in files}
+            targets = routes(files)
         result = Published(storage=sorted(p for p, t in targets.items() if t == "storage"))
         writer = _ManifestWriter(self.manifest)
         counter = _Counter(len(plan.uploads))

@@ -20,6 +20,7 @@ from mosaicsync.plan import (
     plan_deploy,
     publish_order,
     route,
+    routes,
 )
 from mosaicsync.scan import LocalFile
 
@@ -317,6 +318,34 @@ def test_html_is_published_after_everything_else(
 def test_extension_is_the_one_splitext_finds(path: str) -> None:
     # One cheap function decides every type-keyed rule (route, rewrite, secret search).
     assert contract.extension(path) == posixpath.splitext(path)[1].lower()
+
+
+@settings(max_examples=500)
+@given(st.lists(st.text(alphabet="ab./.A_é", max_size=10), max_size=12))
+@example(["x.htaccess", ".htaccess", "a/.htaccess", "b..htaccess"])
+@example(["d.x/README", "e/d.x/README", "f.x/G", "n.x"])
+@example(["a.TXT", "b.txt", "c.Txt"])
+def test_extensions_is_extension_of_each_path_in_order(paths: list[str]) -> None:
+    # Memoized by the text after the last dot: paths that share it must still be told apart
+    # where the dot begins the name or belongs to a folder.
+    assert list(contract.extensions(paths)) == [contract.extension(p) for p in paths]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet="ab./.Pjs_", min_size=1, max_size=10),
+            st.integers(min_value=0, max_value=2 * CAP),
+        ),
+        max_size=12,
+    )
+)
+@example([("a.png", CAP), ("b.png", CAP + 1), (".png", 1), ("d.png/x", 1)])
+def test_routes_is_route_of_every_file(named: list[tuple[str, int]]) -> None:
+    files = [LocalFile(path, path, size, sha(path)) for path, size in dict(named).items()]
+    expected = {f.path: route(f.path, f.size, max_site_file=CAP) for f in files}
+    assert routes(files, max_site_file=CAP) == expected
 
 
 @settings(max_examples=300)
