@@ -751,14 +751,17 @@ class History:
                 f"SELECT (SELECT count(*) FROM gone) AS n, {used}"
             )
         pruned = int(rows[0]["n"])
+        # The packs holding a dead blob or none at all, with both counts. Counted per pack in
+        # one pass over the blobs: a subquery per pack read every blob once per pack (30 ms a
+        # deploy at 10k files and 20 packs, growing with both).
         dead = self._sql(
-            "WITH dead AS (SELECT b.sha256, b.pack FROM mosaicsync.blobs b WHERE NOT EXISTS "
-            "(SELECT 1 FROM mosaicsync.file_spans f WHERE "
-            f"{_BLOB_OF} = b.sha256)) "
-            "SELECT p.name, (SELECT count(*) FROM dead WHERE dead.pack = p.name) AS dead, "
-            "(SELECT count(*) FROM mosaicsync.blobs b WHERE b.pack = p.name) AS total "
-            "FROM mosaicsync.packs p WHERE EXISTS (SELECT 1 FROM dead WHERE dead.pack = p.name) "
-            "OR NOT EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE b.pack = p.name)"
+            "WITH dead AS (SELECT b.pack, count(*) AS n FROM mosaicsync.blobs b WHERE NOT EXISTS "
+            f"(SELECT 1 FROM mosaicsync.file_spans f WHERE {_BLOB_OF} = b.sha256) "
+            "GROUP BY b.pack), "
+            "held AS (SELECT pack, count(*) AS n FROM mosaicsync.blobs GROUP BY pack) "
+            "SELECT p.name, coalesce(dead.n, 0) AS dead, coalesce(held.n, 0) AS total "
+            "FROM mosaicsync.packs p LEFT JOIN dead ON dead.pack = p.name "
+            "LEFT JOIN held ON held.pack = p.name WHERE dead.pack IS NOT NULL OR held.pack IS NULL"
         )
         if not dead:
             return pruned, int(rows[0]["used"])

@@ -470,6 +470,65 @@ def test_keep_bounds_rows_and_storage(site: tuple[Path, str], local_server: Loca
     assert clip["size"] == 2002
 
 
+def test_prune_drops_packs_left_without_live_blobs_and_keeps_partly_live_ones(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """Each branch of the prune: a pack with no blob rows at all, a pack whose blobs all went
+    (object and row deleted), a pack still partly needed (only its dead blob rows deleted)."""
+    folder, project_id = site
+    toml = folder / "mosaic.toml"
+    toml.write_text(toml.read_text() + "\n[history]\nkeep = 1\n")
+    public = folder / "public"
+    a, b = public / "a.css", public / "b.css"
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def state(client: MosaicClient) -> tuple[dict[str, set[str]], set[str]]:
+        rows = client.sql(
+            project_id,
+            "SELECT p.name, b.sha256 FROM mosaicsync.packs p "
+            "LEFT JOIN mosaicsync.blobs b ON b.pack = p.name",
+        )
+        packs: dict[str, set[str]] = {}
+        for r in rows:
+            packs.setdefault(r["name"], set()).update([r["sha256"]] if r["sha256"] else [])
+        objects = {
+            o["filename"]
+            for o in client.list_storage(project_id)["files"]
+            if "/packs/" in o["filename"]
+        }
+        return packs, objects
+
+    a.write_text("a { color: red }\n")
+    b.write_text("b { color: red }\n")
+    a1, b1 = sha(a), sha(b)
+    cli(["deploy", "--json"], folder, local_server)
+    with MosaicClient(local_server.api, KEY_A) as client:
+        (first,) = state(client)[0]
+        client.sql(
+            project_id,
+            "INSERT INTO mosaicsync.packs (name, size) "
+            "VALUES ('.mosaicsync/history/packs/0.pack', 0)",
+        )
+        a.write_text("a { color: green }\n")
+        a2 = sha(a)
+        cli(["deploy", "--json"], folder, local_server)
+        packs, objects = state(client)
+        # The first deploy is pruned: its a.css is dead, its b.css and the template's files live.
+        assert set(packs) == objects and len(packs) == 2 and first in packs
+        (second,) = set(packs) - {first}
+        assert packs[second] == {a2} and b1 in packs[first] and a1 not in packs[first]
+        a.write_text("a { color: blue }\n")
+        b.write_text("b { color: blue }\n")
+        cli(["deploy", "--json"], folder, local_server)
+        packs, objects = state(client)
+        # The second pack held only a.css: gone, object and row; the first keeps the template.
+        assert set(packs) == objects and len(packs) == 2 and first in packs
+        assert second not in packs and a2 not in set().union(*packs.values())
+        assert packs[first] and not packs[first] & {a1, b1}
+
+
 def test_failed_deploys_never_push_the_live_one_out_of_the_history(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
