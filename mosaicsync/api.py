@@ -72,6 +72,7 @@ ROUTES: dict[str, Route] = {
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _USER_AGENT = f"mosaicsync/{__version__}"
+_CHUNK = 1024 * 1024  # bytes a presigned PUT reads at a time; a file no larger goes whole
 _UNTRUSTED_HINT = (
     "behind a proxy that inspects TLS, put its CA certificate in a file and set SSL_CERT_FILE "
     "to it; otherwise check --api-url"
@@ -448,7 +449,7 @@ class MosaicClient:
         def chunks() -> Iterator[bytes]:
             sent = 0
             with open(path, "rb") as f:
-                while chunk := f.read(1024 * 1024):
+                while chunk := f.read(_CHUNK):
                     sent += len(chunk)
                     if sent > size or (sent == size and f.read(1)):
                         raise changed(f"it grew past the {size} bytes it had when measured")
@@ -456,12 +457,23 @@ class MosaicClient:
             if sent != size:
                 raise changed(f"{sent} bytes instead of {size} when measured")
 
+        def whole() -> bytes:
+            # One chunk's worth is read at once and sent in one write, with the whole-body
+            # requests: a stream costs a request its own HTTP stack.
+            with open(path, "rb") as f:
+                data = f.read(size + 1)
+            if len(data) > size:
+                raise changed(f"it grew past the {size} bytes it had when measured")
+            if len(data) != size:
+                raise changed(f"{len(data)} bytes instead of {size} when measured")
+            return data
+
         return self._send(
             "PUT",
             upload_url,
             safe=True,
             headers={"Content-Length": str(size)},
-            content_factory=chunks,
+            content_factory=whole if size <= _CHUNK else chunks,
         )
 
     def read_object(self, url: str, start: int | None = None, end: int | None = None) -> bytes:

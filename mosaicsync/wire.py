@@ -14,8 +14,10 @@ safe).
 A request whose body is whole in memory (every API call, every small file) is written and its
 answer read here, on the connection's socket: `http.client` builds the head field by field and
 parses the answer's through the `email` package, which cost a deploy of small files about
-0.4 ms of CPU per file. It still connects (TLS, proxy tunnels), streams bodies from iterators
-and streams downloads.
+0.4 ms of CPU per file. Connections are opened here too (a
+socket, TLS when the URL says https); `http.client` is imported only to open a tunnel through a
+proxy, to stream a body from an iterator or a download: with the `email` package it parses
+answers with, it cost every command ~27 ms of imports before its first request.
 
 Retries, error mapping and the routes live one level up, in `api.MosaicClient`; a `Transport`
 is only "send this, return what came back".
@@ -23,19 +25,21 @@ is only "send this, return what came back".
 
 from __future__ import annotations
 
-import http.client
 import json as _json
 import os
 import select
 import socket
-import ssl
 import sys
 import threading
 from base64 import b64encode
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, NoReturn, Protocol
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
 
 Body = bytes | Iterable[bytes] | None
 
@@ -124,8 +128,10 @@ class Stream(Response):
         while True:
             try:
                 chunk = self._read(size)
-            except (OSError, http.client.HTTPException) as exc:
-                raise _mapped(exc) from exc
+            except Exception as exc:
+                if _from_the_network(exc):
+                    raise _mapped(exc) from exc
+                raise
             if not chunk:
                 return
             yield chunk
@@ -188,12 +194,20 @@ def _mapped(exc: BaseException) -> TransportError:
     return Dropped(f"{type(exc).__name__}: {exc}")
 
 
-def _fail(conn: http.client.HTTPConnection, exc: BaseException) -> NoReturn:
+def _from_the_network(exc: BaseException) -> bool:
+    """A failure of the connection or of the answer's framing, not the body's own error."""
+    if isinstance(exc, OSError):
+        return True
+    client = sys.modules.get("http.client")  # its errors can only come once it is imported
+    return client is not None and isinstance(exc, client.HTTPException)
+
+
+def _fail(conn: _Conn, exc: BaseException) -> NoReturn:
     """An exchange failed midway: its connection is closed (a request half sent or an answer
     half read cannot carry another), a network failure is raised as a `TransportError`, and
     anything else (the body's own error: a file that changed while it was read) as it is."""
     conn.close()
-    if isinstance(exc, OSError | http.client.HTTPException):
+    if _from_the_network(exc):
         raise _mapped(exc) from exc
     raise exc
 
@@ -209,58 +223,20 @@ def _closed_by_peer(sock: socket.socket | None) -> bool:
     return bool(readable)
 
 
-class DeferredCAContext(ssl.SSLContext):
-    """The verifying TLS context of `ssl.create_default_context` (hostname checked, certificate
-    required; CA certificates from SSL_CERT_FILE, else SSL_CERT_DIR, else certifi), except that
-    the CA certificates load at the first TLS handshake instead of when the client is built.
+class _Conn:
+    """One keep-alive connection: its socket, and the fields a plain-HTTP proxy wants on every
+    request through it (None when the socket reaches the origin itself or a tunnel to it)."""
 
-    Loading them costs tens of milliseconds, paid by every command before; a client that only
-    speaks plain HTTP (the local platform) never needs them. Every TLS connection goes through
-    `wrap_socket` or `wrap_bio`, so none is made before they are loaded.
-    """
+    __slots__ = ("proxy_headers", "sock")
 
-    _loaded = False
+    def __init__(self, sock: socket.socket, proxy_headers: dict[str, str] | None) -> None:
+        self.sock: socket.socket | None = sock
+        self.proxy_headers = proxy_headers
 
-    def __new__(cls) -> DeferredCAContext:
-        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
-
-    def __init__(self) -> None:
-        self._load_lock = threading.Lock()
-        self.verify_mode = ssl.CERT_REQUIRED
-        self.check_hostname = True
-        if sys.version_info >= (3, 13):  # what ssl.create_default_context adds there
-            self.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
-        keylog = os.environ.get("SSLKEYLOGFILE")
-        if keylog and not sys.flags.ignore_environment:
-            self.keylog_filename = keylog
-
-    @property
-    def ca_loaded(self) -> bool:
-        return self._loaded
-
-    def load_ca(self) -> None:
-        if self._loaded:
-            return
-        with self._load_lock:
-            if self._loaded:
-                return
-            if os.environ.get("SSL_CERT_FILE"):
-                self.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
-            elif os.environ.get("SSL_CERT_DIR"):
-                self.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
-            else:
-                import certifi
-
-                self.load_verify_locations(cafile=certifi.where())
-            self._loaded = True
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        self.load_ca()
-        return super().wrap_socket(*args, **kwargs)
-
-    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
-        self.load_ca()
-        return super().wrap_bio(*args, **kwargs)
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
 
 class Pool:
@@ -276,18 +252,29 @@ class Pool:
         *,
         timeout: float = 60.0,
         connect_timeout: float = 10.0,
-        context: ssl.SSLContext | None = None,  # default: a DeferredCAContext
+        context: ssl.SSLContext | None = None,  # default: a tls.DeferredCAContext
         headers: Mapping[str, str] | None = None,
         max_idle: int = 32,
     ) -> None:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self.context = context or DeferredCAContext()
+        self._context = context
         self.headers = dict(headers or {})
         self.max_idle = max_idle
-        self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[_Origin, list[_Conn]] = {}
         self._lock = threading.Lock()
         self._closed = False
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The TLS context of https:// connections, made at the first one."""
+        if self._context is None:
+            from mosaicsync.tls import DeferredCAContext
+
+            with self._lock:
+                if self._context is None:
+                    self._context = DeferredCAContext()
+        return self._context
 
     def close(self) -> None:
         with self._lock:
@@ -333,21 +320,28 @@ class Pool:
 
     def _exchange(
         self, method: str, url: str, headers: dict[str, str], body: Body
-    ) -> tuple[http.client.HTTPConnection, _Origin, http.client.HTTPResponse]:
-        """Send the request and read the answer's head; the body is the caller's to read."""
-        conn, origin, target, _ = self._acquire(url)
+    ) -> tuple[_Conn, _Origin, http.client.HTTPResponse]:
+        """Send the request and read the answer's head; the body is the caller's to read.
+        Through `http.client`, on the pooled connection's socket: it streams a body from an
+        iterator and an answer to its reader."""
+        import http.client
+
+        conn, origin, target, host = self._acquire(url)
         try:
-            conn.request(method, target, body=body, headers=self._headers(conn, headers))
-            return conn, origin, conn.getresponse()
+            speaker = http.client.HTTPConnection("unused", timeout=self.timeout)
+            speaker.sock = conn.sock  # set: `http.client` never connects it itself
+            fields = {"Host": host, **self._headers(conn, headers)}
+            speaker.request(method, target, body=body, headers=fields)
+            return conn, origin, speaker.getresponse()
         except BaseException as exc:
             _fail(conn, exc)
 
-    def _headers(self, conn: http.client.HTTPConnection, headers: dict[str, str]) -> dict[str, str]:
-        if isinstance(conn, _ProxiedConnection):
+    def _headers(self, conn: _Conn, headers: dict[str, str]) -> dict[str, str]:
+        if conn.proxy_headers is not None:
             return {**self.headers, **conn.proxy_headers, **headers}
         return {**self.headers, **headers}
 
-    def _acquire(self, url: str) -> tuple[http.client.HTTPConnection, _Origin, str, str]:
+    def _acquire(self, url: str) -> tuple[_Conn, _Origin, str, str]:
         """A connection to the URL's origin, the request target to send on it and the value of
         the Host field (what `http.client` would send)."""
         parts = urlsplit(url)
@@ -373,39 +367,59 @@ class Pool:
         conn = self._connect(scheme, host, port)
         return conn, origin, _target_on(conn, scheme, parts.netloc, target), field
 
-    def _connect(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+    def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+        """A socket to the origin (TLS for https), or to the proxy the environment names: a
+        plain-HTTP request goes to it whole, an https one through a tunnel."""
         proxy = _proxy_for(scheme, host)
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            context = self.context
-            if proxy:
-                conn = _HTTPSConnection(proxy.host, proxy.port, context=context)
-                conn.set_tunnel(host, port, headers=proxy.headers)
+        try:
+            if scheme == "https" and proxy:
+                sock = self._tunnel(proxy, host, port)
             else:
-                conn = _HTTPSConnection(host, port, context=context)
-        elif proxy:
-            conn = _ProxiedConnection(proxy.host, proxy.port)
-            conn.proxy_headers = proxy.headers
-        else:
-            conn = _HTTPConnection(host, port)
-        conn.timeout = self.connect_timeout
+                sock = self._open(proxy.host if proxy else host, proxy.port if proxy else port)
+                if scheme == "https":
+                    try:
+                        sock = self.context.wrap_socket(sock, server_hostname=host)
+                    except BaseException:
+                        sock.close()
+                        raise
+        except TimeoutError as exc:
+            raise ConnectTimedOut(f"{host}:{port}: {exc or 'timed out'}") from exc
+        except OSError as exc:
+            tls = sys.modules.get("ssl")  # a certificate is only checked once it is imported
+            if tls is not None and isinstance(exc, tls.SSLCertVerificationError):
+                raise Untrusted(f"{host}:{port}: {exc.verify_message}") from exc
+            raise ConnectFailed(f"{host}:{port}: {exc}") from exc
+        sock.settimeout(self.timeout)
+        return _Conn(sock, proxy.headers if proxy and scheme == "http" else None)
+
+    def _open(self, host: str, port: int) -> socket.socket:
+        sock = _create_connection((host, port), self.connect_timeout)
+        with suppress(OSError):  # as `http.client` does: a head is not held back for an ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _tunnel(self, proxy: _Proxy, host: str, port: int) -> socket.socket:
+        """A TLS socket to `host` through a CONNECT tunnel of `proxy` (`http.client` opens it:
+        this path is rare enough to pay for its import)."""
+        import http.client
+
+        conn = http.client.HTTPSConnection(
+            proxy.host, proxy.port, timeout=self.connect_timeout, context=self.context
+        )
+        conn._create_connection = _create_connection  # type: ignore[attr-defined]
+        conn.set_tunnel(host, port, headers=proxy.headers)
         try:
             conn.connect()
-        except TimeoutError as exc:
-            conn.close()
-            raise ConnectTimedOut(f"{host}:{port}: {exc or 'timed out'}") from exc
-        except ssl.SSLCertVerificationError as exc:
-            conn.close()
-            raise Untrusted(f"{host}:{port}: {exc.verify_message}") from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except http.client.HTTPException as exc:
             conn.close()
             raise ConnectFailed(f"{host}:{port}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         assert conn.sock is not None
-        conn.sock.settimeout(self.timeout)
-        conn.timeout = self.timeout
-        return conn
+        return conn.sock
 
-    def _release(self, origin: _Origin, conn: http.client.HTTPConnection, will_close: bool) -> None:
+    def _release(self, origin: _Origin, conn: _Conn, will_close: bool) -> None:
         if will_close or conn.sock is None:
             conn.close()
             return
@@ -564,27 +578,6 @@ class _Answer:
             self.buffer += chunk
 
 
-class _Connects:
-    """Connects without importing the idna codec (see `_create_connection`)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _create_connection
-
-
-class _HTTPConnection(_Connects, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Connects, http.client.HTTPSConnection):
-    pass
-
-
-class _ProxiedConnection(_HTTPConnection):
-    """Plain HTTP through a proxy: the request line carries the whole URL."""
-
-    proxy_headers: dict[str, str]
-
-
-def _target_on(conn: http.client.HTTPConnection, scheme: str, netloc: str, target: str) -> str:
-    return f"{scheme}://{netloc}{target}" if isinstance(conn, _ProxiedConnection) else target
+def _target_on(conn: _Conn, scheme: str, netloc: str, target: str) -> str:
+    """Through a plain-HTTP proxy the request line carries the whole URL."""
+    return f"{scheme}://{netloc}{target}" if conn.proxy_headers is not None else target

@@ -7,10 +7,12 @@ import http.client
 import http.server
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +100,24 @@ def server() -> Iterator[_Server]:
 
 
 @pytest.fixture
+def tls_server(self_signed: tuple[Path, Path]) -> Iterator[_Server]:
+    cert, key = self_signed
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    s = _Server()
+    s.socket = tls.wrap_socket(s.socket, server_side=True)
+    thread = threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield s
+    finally:
+        s.release.set()
+        s.shutdown()
+        s.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
 def pool() -> Iterator[wire.Pool]:
     p = wire.Pool(timeout=5, connect_timeout=5)
     try:
@@ -111,6 +131,9 @@ def test_one_connection_carries_request_after_request(server: _Server, pool: wir
         response = pool.send("GET", f"{server.url}/a?i={i}", {}, None)
         assert response.status == 200 and response.json() == {"path": f"/a?i={i}"}
     assert len({port for port, *_ in server.seen}) == 1
+    # As `http.client` set it: a streamed head and body are not held back for an ACK.
+    (kept,) = [conn for conns in pool._idle.values() for conn in conns]
+    assert kept.sock is not None and kept.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_reused(
@@ -187,6 +210,54 @@ def test_a_stream_read_to_its_end_gives_its_connection_back(
     pool.send("GET", f"{server.url}/c", {}, None)
     ports = [port for port, *_ in server.seen]
     assert ports[0] == ports[1] != ports[2]
+
+
+def test_over_tls_requests_bodies_from_iterators_and_streams_share_one_verified_connection(
+    tls_server: _Server, self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket and its TLS are opened here; `http.client` only speaks on it when a body or
+    an answer is streamed, and the connection goes on carrying whole-body requests after."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(self_signed[0]))
+    url = f"https://127.0.0.1:{tls_server.server_address[1]}"
+    pool = wire.Pool(timeout=5, connect_timeout=5)
+    try:
+        assert pool.send("GET", f"{url}/a", {}, None).json() == {"path": "/a"}
+        chunks = iter([b"a" * 1000, b"b" * 24])
+        put = pool.send("PUT", f"{url}/obj", {"Content-Length": "1024"}, chunks)
+        assert put.status == 201 and put.json() == {"received": 1024}
+        with pool.stream("GET", f"{url}/big", {}) as stream:
+            assert b"".join(stream.iter_bytes(65536)) == bytes(range(256)) * 4096
+        assert pool.send("GET", f"{url}/c", {}, None).json() == {"path": "/c"}
+    finally:
+        pool.close()
+    assert [s[2] for s in tls_server.seen] == ["/a", "/obj", "/big", "/c"]
+    assert len({port for port, *_ in tls_server.seen}) == 1
+    assert tls_server.seen[1][3]["Host"] == url.removeprefix("https://")
+
+
+def test_an_untrusted_certificate_is_refused_before_anything_is_sent(
+    tls_server: _Server, pool: wire.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with pytest.raises(wire.Untrusted) as info:
+        pool.send("POST", f"https://127.0.0.1:{tls_server.server_address[1]}/x", {}, b"{}")
+    assert info.value.sent is False and tls_server.seen == []
+
+
+def test_a_plain_http_request_imports_neither_http_client_nor_ssl(server: _Server) -> None:
+    """What a command pays before its first request: `http.client` with the `email` package
+    (~20 ms) and `ssl` (~8 ms) are for streams, tunnels and https only."""
+    code = (
+        "import sys\n"
+        "from mosaicsync import wire\n"
+        "pool = wire.Pool(timeout=5, connect_timeout=5)\n"
+        f"print(pool.send('PUT', {server.url + '/obj'!r}, {{}}, b'x' * 10).status)\n"
+        "pool.close()\n"
+        "print(*(m in sys.modules for m in ('http.client', 'email.parser', 'ssl')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["201", "False", "False", "False"]
 
 
 def test_plain_http_goes_through_the_proxy_the_environment_names(
