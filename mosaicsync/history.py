@@ -30,20 +30,28 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mosaicsync.ahead import Ahead
 from mosaicsync.api import MosaicClient
 from mosaicsync.contract import TOOL_STORAGE_PREFIX
-from mosaicsync.manifest import ROW_COLUMNS, ManifestRow, sql_literal
+from mosaicsync.manifest import (
+    ROW_COLUMNS,
+    ManifestRow,
+    rows_digest,
+    rows_digest_sql,
+    sql_literal,
+)
 
 PREFIX = TOOL_STORAGE_PREFIX + "history/"
 PACKS = PREFIX + "packs/"
 OBJECTS = PREFIX + "objects/"
 BATCH = 500  # rows per INSERT statement
 PACK_PAGE = 5000  # manifest rows read per request while packing
+NEAR_PAGE = 5000  # spans a rollback reads from the live set before it reads the target's whole
 _BLOB_ROW = struct.Struct("<32sQQ")  # a packed blob while its pack uploads: digest, size, offset
 
 # Added to the deploys table the manifest creates; checked first, so a deploy pays for the DDL
@@ -117,6 +125,9 @@ _ENTRY_COLUMNS = (
     "to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS finished_at, "
     "extract(epoch FROM finished_at) AS finished_epoch"
 )
+
+# Every column of the live spans, as the manifest's digest has its rows.
+_LIVE_SPANS_DIGEST_SQL = rows_digest_sql("mosaicsync.file_spans WHERE last_id IS NULL")
 
 # The live deploy: the newest complete one.
 _LIVE_ID = "(SELECT id FROM mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT 1)"
@@ -453,8 +464,19 @@ class History:
         rows = self._sql(_LIVE_SQL)
         return Entry.from_row(rows[0]) if rows else None
 
-    def files(self, deploy_id: int) -> dict[str, ManifestRow]:
-        """The exact file set of a deploy, read in pages (the endpoint caps a response)."""
+    def files(
+        self, deploy_id: int, live: Mapping[str, ManifestRow] | None = None
+    ) -> dict[str, ManifestRow]:
+        """The exact file set of a deploy, read in pages (the endpoint caps a response).
+
+        Given `live`, the manifest's rows as they stand: while the live spans hold exactly those
+        rows (their digest says so), only the spans that differ between the deploy and now are
+        read, so a rollback of a few changes reads a few rows, not the whole site.
+        """
+        if live is not None:
+            near = self._files_near(int(deploy_id), live)
+            if near is not None:
+                return near
         out: dict[str, ManifestRow] = {}
         after = ""
         while True:
@@ -470,6 +492,33 @@ class History:
             if len(page) < 5000:
                 return out
             after = f"AND path > {sql_literal(page[-1]['path'])} "
+
+    def _files_near(self, n: int, live: Mapping[str, ManifestRow]) -> dict[str, ManifestRow] | None:
+        """Deploy `n`'s set from `live`: without the live spans that started after it, with the
+        spans that held it and have ended since. None when the live spans are not `live` (a
+        deploy that stopped midway wrote rows its spans never got) or the two sets differ by
+        more than a page: then the set is read whole."""
+        agreed = Ahead(lambda: self._sql(_LIVE_SPANS_DIGEST_SQL)[0]["digest"])
+        page = self._sql(
+            f"SELECT {ROW_COLUMNS}, f.last_id IS NULL AS live FROM mosaicsync.file_spans f "
+            f"WHERE (f.last_id IS NULL AND f.first_id > {n}) OR "
+            f"(f.first_id <= {n} AND f.last_id > {n}) LIMIT {NEAR_PAGE + 1}"
+        )
+        if agreed.get() != rows_digest(live.values()) or len(page) > NEAR_PAGE:
+            return None
+        out = dict(live)
+        for r in page:
+            if r["live"]:
+                del out[r["path"]]  # the digests agree: every live span is a row of `live`
+        for r in page:
+            if not r["live"]:
+                if r["path"] in out:
+                    return None  # two spans of one path held deploy n: not a set to trust
+                out[r["path"]] = ManifestRow(
+                    r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
+                    r["uploaded_sha256"], bool(r["generated"]),
+                )  # fmt: skip
+        return out
 
     def blobs(self, shas: Iterable[str]) -> dict[str, Blob]:
         wanted = sorted(set(shas))

@@ -69,10 +69,18 @@ _ROW_TEXT = (
     "coalesce('=' || url, '-') || E'\\t' || coalesce('=' || uploaded_sha256, '-') || E'\\t' || "
     "CASE WHEN generated THEN '1' ELSE '0' END"
 )
-FULL_DIGEST_SQL = (
-    f"SELECT encode(sha256(convert_to(coalesce(string_agg({_ROW_TEXT}, E'\\n' "
-    "ORDER BY path COLLATE \"C\"), ''), 'UTF8')), 'hex') AS digest FROM mosaicsync.files"
-)
+
+
+def rows_digest_sql(rows: str) -> str:
+    """SQL: the `rows_digest` of `rows` (a table, with a WHERE clause if need be, whose columns
+    are the manifest's), as one `digest` column."""
+    return (
+        f"SELECT encode(sha256(convert_to(coalesce(string_agg({_ROW_TEXT}, E'\\n' "
+        f"ORDER BY path COLLATE \"C\"), ''), 'UTF8')), 'hex') AS digest FROM {rows}"
+    )
+
+
+FULL_DIGEST_SQL = rows_digest_sql("mosaicsync.files")
 _COPY_MAGIC = b"mosaicsync-manifest"
 _COPY_VERSION = 1
 

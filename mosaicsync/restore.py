@@ -216,11 +216,12 @@ class Restorer:
             contextlib.nullcontext() if dry_run else migrator.lease(),
             tempfile.TemporaryDirectory(prefix="mosaicsync-restore-") as tmp,
         ):
-            # The target's file set is read while the live one comes from the local copy
-            # (when the platform's digest agrees), as a deploy reads it.
-            asked = Ahead(lambda: source.files(target.id))
+            # The live file set comes from the local copy (when the platform's digest agrees),
+            # as a deploy reads it. This project's target is read as its difference from that
+            # set (a few rows after a few changes); another project's, meanwhile and whole.
+            asked = None if source is history else Ahead(lambda: source.files(target.id))
             _, current = d.manifest.fetch(d.manifest_copy)
-            rows = asked.get()
+            rows = asked.get() if asked else history.files(target.id, live=current)
             plan = result.plan = plan_restore(rows, current)
             result.unchanged = plan.unchanged
             stored = self._fetch(source, plan, Path(tmp), result)

@@ -22,7 +22,7 @@ import pytest
 from mosaicsync.api import MosaicClient
 from mosaicsync.errors import HistoryError
 from mosaicsync.history import Blob, Entry, GitState, Packer, git_state, live_entry
-from mosaicsync.manifest import ManifestRow
+from mosaicsync.manifest import ROW_COLUMNS, ManifestRow
 from mosaicsync.migrate import Migrator
 from mosaicsync.restore import RestorePlan, choose_target, merged_ranges, plan_restore
 from tests.conftest import KEY_A, LocalServer
@@ -165,6 +165,10 @@ def test_rollback_restores_every_served_byte(
     assert again["replaces"]["rollback_of"] == second["deploy_id"]
 
 
+# The read of a deploy's whole file set: every span that held it.
+WHOLE_SET = f"SELECT {ROW_COLUMNS} FROM mosaicsync.file_spans f WHERE f.first_id <= "
+
+
 def sql_sent(
     args: list[str], cwd: Path, server: LocalServer
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
@@ -199,7 +203,7 @@ def test_a_rollback_reads_the_live_manifest_from_the_copy_while_the_platform_agr
     """A rollback plans against the live manifest as a deploy does: from the folder's copy when
     the platform's digest of every row agrees (one small request, not every row), and it leaves
     the copy as it left the platform, so the deploy after it reads no row either."""
-    from mosaicsync.manifest import FULL_DIGEST_SQL, ROW_COLUMNS, load_copy
+    from mosaicsync.manifest import FULL_DIGEST_SQL, load_copy
 
     folder, project_id = site
     public = folder / "public"
@@ -216,6 +220,8 @@ def test_a_rollback_reads_the_live_manifest_from_the_copy_while_the_platform_agr
     assert served_site(local_server, project_id) == served_first
     assert FULL_DIGEST_SQL in sent
     assert not [q for q in sent if q.startswith(page_read)], "every manifest row was read"
+    # The target's set too: only the spans that differ from the live ones were read.
+    assert not [q for q in sent if q.startswith(WHOLE_SET)], "every span of the target was read"
     held = load_copy(folder / ".mosaicsync" / "manifest")
     with MosaicClient(local_server.api, KEY_A) as client:
         assert held is not None and held[0] == client.sql(project_id, FULL_DIGEST_SQL)[0]["digest"]
@@ -232,6 +238,47 @@ def test_a_rollback_reads_the_live_manifest_from_the_copy_while_the_platform_agr
     _, sent = sql_sent(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
     assert [q for q in sent if q.startswith(page_read)]
     assert served_site(local_server, project_id) == served_first != served_second
+
+
+def test_a_rollback_after_a_deploy_that_stopped_midway_reads_the_target_whole(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """A deploy that stops midway leaves rows in the manifest that no span holds: the target's
+    set can then not be told from the live one, and is read whole. (Taken from the manifest,
+    the style.css this deploy sent would stay, though the first deploy's is the one to serve.)"""
+    folder, project_id = site
+    public = folder / "public"
+    first = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)
+    served_first = served_site(local_server, project_id)
+    (public / "about.html").write_text("<!doctype html><p>About</p>")
+    cli(["deploy"], folder, local_server)
+    (public / "style.css").write_text((public / "style.css").read_text() + "\nb{color:red}\n")
+    (public / "index.html").write_text("<!doctype html><p>New home</p>")
+
+    def refuse_the_page(request: Request) -> Reply | str:
+        # Pages go last: style.css has arrived (and its manifest row) when this one is refused.
+        if request.path.endswith("/files") and b'"index.html"' in request.body:
+            return injected_error(401)
+        return "pass"
+
+    with FaultProxy(local_server.base_url, rules=[refuse_the_page]) as proxy:
+        stopped = subprocess.run(
+            [sys.executable, "-m", "mosaicsync", "deploy"],
+            cwd=folder,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
+                "MOSAIC_API_URL": proxy.api_url,
+                "MOSAIC_API_KEY": KEY_A,
+            },
+            capture_output=True, text=True, timeout=120, input="",
+        )  # fmt: skip
+    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    halfway = served_site(local_server, project_id)
+    assert halfway["site:style.css"] != served_first["site:style.css"]
+
+    _, sent = sql_sent(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    assert [q for q in sent if q.startswith(WHOLE_SET)]
+    assert served_site(local_server, project_id) == served_first
 
 
 # -- pure parts ------------------------------------------------------------------------------------
