@@ -39,6 +39,20 @@ def test_exact_values_are_found_wherever_they_stand():
     assert found[0][0] == data.index(KEY.encode())
 
 
+@given(
+    st.binary(max_size=300),
+    st.binary(max_size=300),
+    st.sampled_from(["mk_local_dev_key", "postgres://u:Secret99@h/db", "plain-secret-9"]),
+)
+def test_an_exact_value_is_found_whatever_literal_it_begins_with(
+    before: bytes, after: bytes, value: str
+) -> None:
+    # A value beginning with a pattern's literal is looked for only where that literal is:
+    # sound only because the value, where it stands, brings the literal with it.
+    found = leaks.Searcher([leaks.Secret(value, "it")]).hits(before + value.encode() + after)
+    assert len(before) in [h.offset for h in found if h.label == "it"]
+
+
 def test_the_database_url_is_one_finding_not_also_a_url_with_a_password():
     data = f"DATABASE={DB_URL}\n".encode()
     assert labels(data) == [(9, "the project's database URL")]
