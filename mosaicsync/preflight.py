@@ -314,19 +314,18 @@ class Preflight:
     ) -> list[Finding]:
         cache = self._cache
         found: list[Finding] = []
-        source = f.abs_path
         data: bytes | None = None
         if not parsed and f.size <= _max_parsed():
-            data = source.read_bytes()
+            data = f.read_bytes()
         if not searched:
             if data is not None:
                 hits = list(self._search().hits(data))
             else:
-                with source.open("rb") as stream:
+                with open(f.location, "rb") as stream:  # by name: a Path costs more than a read
                     hits = list(self._search().search(stream))
             if hits:
                 allowed = f.path in self.allow_secret
-                found += leaks.findings_for(f.path, source, hits, allowed=allowed)
+                found += leaks.findings_for(f.path, f.abs_path, hits, allowed=allowed)
             else:
                 cache.clean.add(f.sha256)
                 cache.dirty = True
