@@ -85,9 +85,7 @@ class _Server(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@pytest.fixture
-def server() -> Iterator[_Server]:
-    s = _Server()
+def _serving(s: _Server) -> Iterator[_Server]:
     thread = threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -97,6 +95,11 @@ def server() -> Iterator[_Server]:
         s.shutdown()
         s.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    yield from _serving(_Server())
 
 
 @pytest.fixture
@@ -106,15 +109,7 @@ def tls_server(self_signed: tuple[Path, Path]) -> Iterator[_Server]:
     tls.load_cert_chain(cert, key)
     s = _Server()
     s.socket = tls.wrap_socket(s.socket, server_side=True)
-    thread = threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield s
-    finally:
-        s.release.set()
-        s.shutdown()
-        s.server_close()
-        thread.join(10)
+    yield from _serving(s)
 
 
 @pytest.fixture
