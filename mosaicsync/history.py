@@ -508,8 +508,10 @@ class History:
             return None
         out = dict(live)
         for r in page:
-            if r["live"]:
-                del out[r["path"]]  # the digests agree: every live span is a row of `live`
+            # The digests agree, so every live span is a row of `live`; one that is not was
+            # written between the two reads (a dry run holds no lease): read the set whole.
+            if r["live"] and out.pop(r["path"], None) is None:
+                return None
         for r in page:
             if not r["live"]:
                 if r["path"] in out:
