@@ -722,10 +722,14 @@ class Killer:
 
 
 def deploy_killed_at(project: Path, proxy: FaultProxy, killer: Killer) -> int:
-    """Run a deploy that the killer may SIGKILL; its exit code (-9 when killed)."""
+    """Run a deploy that the killer may SIGKILL; its exit code (-9 when killed). Its temporary
+    files go under the test's own folder: a killed process cannot remove them itself."""
+    scratch = project.parent / "tmp"
+    scratch.mkdir(exist_ok=True)
     with subprocess.Popen(
         [sys.executable, "-m", "mosaicsync", "deploy", "--concurrency", "4"],
-        cwd=project, env=cli_env(proxy.api_url), stdin=subprocess.DEVNULL,
+        cwd=project, env={**cli_env(proxy.api_url), "TMPDIR": str(scratch)},
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     ) as process:  # fmt: skip
         with killer.lock:
