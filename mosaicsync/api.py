@@ -458,15 +458,9 @@ class MosaicClient:
                 raise changed(f"{sent} bytes instead of {size} when measured")
 
         def whole() -> bytes:
-            # One chunk's worth is read at once and sent in one write, with the whole-body
-            # requests: a stream costs a request its own HTTP stack.
-            with open(path, "rb") as f:
-                data = f.read(size + 1)
-            if len(data) > size:
-                raise changed(f"it grew past the {size} bytes it had when measured")
-            if len(data) != size:
-                raise changed(f"{len(data)} bytes instead of {size} when measured")
-            return data
+            # A file of one chunk is checked whole before a byte goes, then sent in one write
+            # with the whole-body requests: a stream costs a request its own HTTP stack.
+            return b"".join(chunks())
 
         return self._send(
             "PUT",

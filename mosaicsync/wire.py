@@ -14,10 +14,10 @@ safe).
 A request whose body is whole in memory (every API call, every small file) is written and its
 answer read here, on the connection's socket: `http.client` builds the head field by field and
 parses the answer's through the `email` package, which cost a deploy of small files about
-0.4 ms of CPU per file. Connections are opened here too (a
-socket, TLS when the URL says https); `http.client` is imported only to open a tunnel through a
-proxy, to stream a body from an iterator or a download: with the `email` package it parses
-answers with, it cost every command ~27 ms of imports before its first request.
+0.4 ms of CPU per file. Connections are opened here too (a socket, TLS when the URL says
+https); `http.client` is imported only to open a tunnel through a proxy, or to stream a body
+from an iterator or a download: with the `email` package it parses answers with, it cost every
+command ~27 ms of imports before its first request.
 
 Retries, error mapping and the routes live one level up, in `api.MosaicClient`; a `Transport`
 is only "send this, return what came back".
