@@ -257,7 +257,8 @@ def test_auto_concurrency_hides_the_round_trip() -> None:
 
     assert auto_concurrency(None) == 8
     assert auto_concurrency(0.8) == 8  # loopback: the client's CPU is the limit
-    assert auto_concurrency(51) == 32  # a 50 ms link
+    assert auto_concurrency(20) == 25  # a 20 ms link
+    assert auto_concurrency(51) == 64  # a 50 ms link
     assert auto_concurrency(1000) == 64
 
 
