@@ -671,24 +671,34 @@ class History:
     ) -> Finished:
         """Close a deploy that published everything: keep the bytes of the live site files that
         no pack holds yet (one pack), record the exact file set, then prune past `keep`."""
-        packed, packed_bytes, missing = 0, 0, ()
+        packed, packed_bytes, missing, rows_sql = 0, 0, (), []
         if self.enabled:
-            packed, packed_bytes, missing = self._pack(packer, reproduce)
+            packed, packed_bytes, missing, rows_sql = self._pack(packer, reproduce)
         restorable = "true" if self.enabled and not missing else "false"
         spans = _spans_sql(int(deploy_id)) if self.enabled else ""
-        self._sql(
-            spans + "UPDATE mosaicsync.deploys SET state = 'complete', finished_at = now(), "
-            f"uploaded = {int(uploaded)}, pruned = {int(pruned)}, bytes = {int(bytes_sent)}, "
-            f"files = {int(files)}, duration_ms = {int(duration_ms)}, "
-            f"restorable = {restorable} WHERE id = {int(deploy_id)}"
+        # One request (one transaction): the pack's last rows, the file set, the entry marked
+        # complete and the prune with what it left to delete; each was a round trip of its own.
+        rows = self._sql(
+            ";\n".join(
+                [
+                    *rows_sql,
+                    spans + "UPDATE mosaicsync.deploys SET state = 'complete', finished_at = "
+                    f"now(), uploaded = {int(uploaded)}, pruned = {int(pruned)}, bytes = "
+                    f"{int(bytes_sent)}, files = {int(files)}, duration_ms = {int(duration_ms)}, "
+                    f"restorable = {restorable} WHERE id = {int(deploy_id)}",
+                    self._prune_sql(),
+                ]
+            )
         )
-        pruned_deploys, used = self.prune()
+        pruned_deploys, used = self._prune_objects(rows)
         return Finished(packed, packed_bytes, missing, pruned_deploys, used)
 
     def _pack(
         self, packer: Packer | None, reproduce: Callable[[ManifestRow, str], bytes | None]
-    ) -> tuple[int, int, tuple[str, ...]]:
-        """Pack the published bytes of every live site file that no blob holds yet.
+    ) -> tuple[int, int, tuple[str, ...], list[str]]:
+        """Pack the published bytes of every live site file that no blob holds yet; (blobs
+        packed, bytes, paths whose bytes are gone, the last statements listing the pack, for
+        the caller to send with its own).
 
         Streamed: the manifest is read a page at a time and each page goes into the pack before
         the next is read, so a 100k-file deploy holds one page of rows, not all of them; what
@@ -743,7 +753,7 @@ class History:
                     after = f"AND f.path > {sql_literal(page[-1]['path'])} "
                     del page
             if not index:
-                return 0, 0, tuple(missing)
+                return 0, 0, tuple(missing), []
             name = f"{PACKS}{digest.hexdigest()}.pack"
             signed = self.client.upload_url(self.project_id, name, offset)
             self.client.put_presigned(signed["upload_url"], pack_path, offset, name=name)
@@ -767,53 +777,64 @@ class History:
             if len(statements) == 8:
                 self._sql(";\n".join(statements))
                 statements = []
-        if statements:
-            self._sql(";\n".join(statements))
-        return packed, offset, tuple(missing)
+        return packed, offset, tuple(missing), statements
 
-    def prune(self) -> tuple[int, int]:
-        """Delete deploys past `keep` (all file sets when history is off), then the blobs no
-        retained deploy needs and the packs left with none: objects first, then rows. (Deploys
-        pruned, history bytes left in storage.)
+    def _prune_sql(self) -> str:
+        """SQL deleting the deploys past `keep` (all file sets when history is off), then naming
+        the packs holding a blob no retained deploy needs, or none at all: one row each with
+        both counts, and always at least one row, carrying the deploys pruned (`n`) and the
+        history bytes in storage (`used`). `_prune_objects` finishes the prune from its rows.
 
         `keep` counts complete deploys, and failed or interrupted ones separately (up to as
         many again): a run of failures never pushes the live deploy, or the ones before it,
         out of the history. The blobs are looked at every time, not only when a span went: a
         prune stopped after deleting objects leaves rows that this one finishes.
         """
-        used = "(SELECT coalesce(sum(size), 0) FROM mosaicsync.packs) AS used"
+        count = "SELECT set_config('mosaicsync.pruned', (SELECT count(*) FROM gone)::text, true)"
         if self.enabled:
             k = int(self.keep)
             # One statement: the spans see the deploys as they were, so the gone ones are named.
-            rows = self._sql(
+            gone = (
                 "WITH gone AS (DELETE FROM mosaicsync.deploys WHERE id NOT IN (SELECT id FROM "
                 f"mosaicsync.deploys WHERE state = 'complete' ORDER BY id DESC LIMIT {k}) "
                 "AND id NOT IN (SELECT id FROM mosaicsync.deploys WHERE state <> 'complete' "
                 f"ORDER BY id DESC LIMIT {k}) RETURNING id), "
                 "spans AS (DELETE FROM mosaicsync.file_spans f WHERE f.last_id IS NOT NULL AND "
                 "NOT EXISTS (SELECT 1 FROM mosaicsync.deploys d WHERE d.state = 'complete' AND "
-                f"{_in_set('d.id')} AND d.id NOT IN (SELECT id FROM gone))) "
-                f"SELECT (SELECT count(*) FROM gone) AS n, {used}"
+                f"{_in_set('d.id')} AND d.id NOT IN (SELECT id FROM gone))) {count}"
             )
         else:
-            rows = self._sql(
+            gone = (
                 "WITH gone AS (UPDATE mosaicsync.deploys SET restorable = false WHERE restorable "
-                "RETURNING id), spans AS (DELETE FROM mosaicsync.file_spans) "
-                f"SELECT (SELECT count(*) FROM gone) AS n, {used}"
+                f"RETURNING id), spans AS (DELETE FROM mosaicsync.file_spans) {count}"
             )
-        pruned = int(rows[0]["n"])
-        # The packs holding a dead blob or none at all, with both counts. Counted per pack in
-        # one pass over the blobs: a subquery per pack read every blob once per pack (30 ms a
-        # deploy at 10k files and 20 packs, growing with both).
-        dead = self._sql(
-            "WITH dead AS (SELECT b.pack, count(*) AS n FROM mosaicsync.blobs b WHERE NOT EXISTS "
+        # The count goes to the next statement through a setting local to the request's
+        # transaction: that statement must see the spans deleted, which a CTE beside the
+        # deletes would not. Dead and held blobs are counted per pack in one pass over the
+        # blobs (a subquery per pack read every blob once per pack: 30 ms a deploy at 10k files
+        # and 20 packs, growing with both).
+        return (
+            gone
+            + ";\n"
+            + "WITH dead AS (SELECT b.pack, count(*) AS n FROM mosaicsync.blobs b WHERE NOT EXISTS "
             f"(SELECT 1 FROM mosaicsync.file_spans f WHERE {_BLOB_OF} = b.sha256) "
             "GROUP BY b.pack), "
-            "held AS (SELECT pack, count(*) AS n FROM mosaicsync.blobs GROUP BY pack) "
-            "SELECT p.name, coalesce(dead.n, 0) AS dead, coalesce(held.n, 0) AS total "
+            "held AS (SELECT pack, count(*) AS n FROM mosaicsync.blobs GROUP BY pack), "
+            "packs AS (SELECT p.name, coalesce(dead.n, 0) AS dead, coalesce(held.n, 0) AS total "
             "FROM mosaicsync.packs p LEFT JOIN dead ON dead.pack = p.name "
-            "LEFT JOIN held ON held.pack = p.name WHERE dead.pack IS NOT NULL OR held.pack IS NULL"
+            "LEFT JOIN held ON held.pack = p.name "
+            "WHERE dead.pack IS NOT NULL OR held.pack IS NULL) "
+            "SELECT current_setting('mosaicsync.pruned')::bigint AS n, "
+            "(SELECT coalesce(sum(size), 0) FROM mosaicsync.packs) AS used, "
+            "x.name, x.dead, x.total FROM (SELECT 1) AS one LEFT JOIN packs x ON true"
         )
+
+    def _prune_objects(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """Finish a prune from the rows of `_prune_sql`: the packs left with no live blob are
+        deleted from storage, then the dead blobs' rows and those packs' rows (objects first,
+        then rows). (Deploys pruned, history bytes left in storage.)"""
+        pruned = int(rows[0]["n"])
+        dead = [r for r in rows if r["name"] is not None]
         if not dead:
             return pruned, int(rows[0]["used"])
         from mosaicsync.errors import NotFoundError
@@ -822,6 +843,7 @@ class History:
         for name in empty:
             with contextlib.suppress(NotFoundError):
                 self.client.delete_object(self.project_id, name)
+        used = "(SELECT coalesce(sum(size), 0) FROM mosaicsync.packs) AS used"
         left = self._sql(
             f"DELETE FROM mosaicsync.blobs b WHERE NOT EXISTS (SELECT 1 FROM "
             f"mosaicsync.file_spans f WHERE {_BLOB_OF} = b.sha256);\n"

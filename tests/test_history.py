@@ -576,6 +576,45 @@ def test_prune_drops_packs_left_without_live_blobs_and_keeps_partly_live_ones(
         assert packs[first] and not packs[first] & {a1, b1}
 
 
+def test_a_deploy_lists_its_pack_completes_and_prunes_in_one_request(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """After the pack's PUT, a deploy sends one request (its rows, the file set, the entry
+    completed, the prune) and then gives the lease back: each was a round trip of its own.
+    Only a prune that finds dead blobs sends one more, to delete them."""
+    folder, project_id = site
+    style = folder / "public" / "style.css"
+
+    def deploy(margin: int) -> tuple[dict[str, int], list[str]]:
+        style.write_text(f"body {{ margin: {margin}px }}\n")
+        out, sent = sql_sent(["deploy", "--json"], folder, local_server)
+        done = [i for i, q in enumerate(sent) if "SET state = 'complete'" in q]
+        assert len(done) == 1, sent
+        parts = ["INSERT INTO mosaicsync.blobs", "INSERT INTO mosaicsync.file_spans"]
+        parts += ["DELETE FROM mosaicsync.deploys", "set_config('mosaicsync.pruned'"]
+        for part in parts:
+            assert part in sent[done[0]], part
+        after = sent[done[0] + 1 :]
+        assert after[-1].startswith("UPDATE mosaicsync.lock SET holder = NULL"), after
+        history = json.loads(out.stdout)["history"]
+        with MosaicClient(local_server.api, KEY_A) as client:
+            used = client.sql(
+                project_id, "SELECT coalesce(sum(size), 0) AS u FROM mosaicsync.packs"
+            )
+        assert history["used_bytes"] == int(used[0]["u"]) > 0
+        return history, after[:-1]
+
+    cli(["deploy", "--json"], folder, local_server)
+    history, between = deploy(1)
+    assert history["pruned_deploys"] == 0 and history["packed_files"] == 1 and not between
+    toml = folder / "mosaic.toml"
+    toml.write_text(toml.read_text() + "\n[history]\nkeep = 1\n")
+    history, between = deploy(2)
+    # keep = 1: the two deploys before went, and the blob rows only they needed with them.
+    assert history["pruned_deploys"] == 2 and len(between) == 1
+    assert between[0].startswith("DELETE FROM mosaicsync.blobs")
+
+
 def test_failed_deploys_never_push_the_live_one_out_of_the_history(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
