@@ -262,6 +262,11 @@ class Manifest:
         return entries, full
 
     def upsert(self, rows: Sequence[ManifestRow]) -> None:
+        """Write `rows`; a path given twice (a storage object's row, then the same with its URL
+        once the listing gave it) is written once, as last given: PostgreSQL refuses an upsert
+        that touches one row twice."""
+        if len({r.path for r in rows}) < len(rows):
+            rows = list({r.path: r for r in rows}.values())
         for start in range(0, len(rows), UPSERT_BATCH):
             batch = rows[start : start + UPSERT_BATCH]
             values = ",\n".join(

@@ -145,12 +145,13 @@ class Publisher:
         counter: _Counter,
         result: Published,
     ) -> None:
-        # 1. Storage objects.
+        # 1. Storage objects. (Their rows, like every row, go out in batches as they fill and
+        # the rest at the end, not at each phase's end: that flush stopped the uploads for a
+        # round trip.)
         storage_uploads = plan.storage_uploads
         self._parallel(
             storage_uploads, lambda u: self._put_storage(u, rows, writer, counter, result)
         )
-        writer.flush()
 
         # 2. The storage URL map, then site assets (CSS rewritten), then HTML.
         storage_urls = self._storage_urls(files, targets, rows, storage_uploads, writer)
@@ -174,7 +175,6 @@ class Publisher:
         self._parallel(
             assets, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
         )
-        writer.flush()
         self._parallel(
             pages, lambda u: self._put_site(u, urls_for_rewrite, writer, counter, result)
         )
@@ -207,11 +207,9 @@ class Publisher:
             self._parallel(
                 storage, lambda p: self._restore_storage(p, rows, writer, counter, result)
             )
-            writer.flush()
             for p in generated:  # its row comes after the pages, as in `publish`
                 self._restore_site(p, None, counter, result)
             self._parallel(assets, lambda p: self._restore_site(p, writer, counter, result))
-            writer.flush()
             self._parallel(pages, lambda p: self._restore_site(p, writer, counter, result))
             for p in generated:
                 writer.add(p.row)
