@@ -48,11 +48,15 @@ def ended_on_error(history: History, deploy_id: int | None) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if deploy_id is not None:
-            state = "failed" if isinstance(exc, Exception) else "interrupted"
-            with contextlib.suppress(Exception):
-                history.end(deploy_id, state)
+        end_stopped(history, deploy_id, exc)
         raise
+
+
+def end_stopped(history: History, deploy_id: int | None, exc: BaseException) -> None:
+    """Mark the entry of a run that `exc` stopped, best effort: failed, or interrupted."""
+    if deploy_id is not None:
+        with contextlib.suppress(Exception):
+            history.end(deploy_id, "failed" if isinstance(exc, Exception) else "interrupted")
 
 
 @dataclass(frozen=True)
@@ -423,12 +427,21 @@ class Deployer:
 
             result.live = self.manifest.live
             copy = self.manifest_copy
-            remote, rows = self.manifest.fetch(copy)
-            plan = plan_deploy(files, remote, prune=self.options.prune, targets=targets)
+            # The history entry is opened while the manifest is read: a round trip less.
+            recording = (
+                None if self.options.dry_run else Ahead(lambda: self.record("deploy", result))
+            )
+            try:
+                remote, rows = self.manifest.fetch(copy)
+                plan = plan_deploy(files, remote, prune=self.options.prune, targets=targets)
+            except BaseException as exc:
+                if recording is not None:
+                    self._abandon(recording, result, exc)
+                raise
             self.emit(Planned(plan, noop=False))
             result.unchanged = len(plan.unchanged)
             result.storage = sorted(p for p, t in targets.items() if t == "storage")
-            if self.options.dry_run:
+            if recording is None:
                 result.plan = plan_summary(plan)
                 result.uploaded = len(plan.uploads)
                 result.pruned = len(plan.prune)
@@ -436,7 +449,7 @@ class Deployer:
                 result.duration_ms = int((time.perf_counter() - t0) * 1000)
                 return result
 
-            history = self.record("deploy", result)
+            history = recording.get()
             from mosaicsync.history import Packer
 
             packer = Packer() if history.enabled else None
@@ -468,6 +481,16 @@ class Deployer:
                 if packer:
                     packer.close()
         return result
+
+    @staticmethod
+    def _abandon(recording: Ahead[History], result: DeployResult, exc: BaseException) -> None:
+        """A run stopped by `exc` while its history entry was being opened beside it: the entry,
+        once open, is ended (the run's own error is the one raised, never the entry's)."""
+        try:
+            history = recording.get()
+        except Exception:
+            return
+        end_stopped(history, result.deploy_id, exc)
 
     def _noop(
         self, result: DeployResult, files: Sequence[LocalFile], targets: dict[str, str], t0: float

@@ -615,6 +615,38 @@ def test_a_deploy_lists_its_pack_completes_and_prunes_in_one_request(
     assert between[0].startswith("DELETE FROM mosaicsync.blobs")
 
 
+def test_a_deploy_stopped_while_its_entry_opens_beside_the_manifest_read_ends_it_failed(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """The entry is opened while the manifest is read; when that read fails, the entry is
+    ended failed, not left running, and nothing is sent."""
+    folder, project_id = site
+    cli(["deploy"], folder, local_server)
+    (folder / "public" / "style.css").write_text("body { margin: 7px }\n")
+    (folder / ".mosaicsync" / "manifest").unlink()  # the rows are read, not the copy
+
+    def refuse_the_rows(request: Request) -> Reply | str:
+        if request.path.endswith("/sql") and b"FROM mosaicsync.files ORDER BY path" in request.body:
+            return injected_error(401)
+        return "pass"
+
+    with FaultProxy(local_server.base_url, rules=[refuse_the_rows]) as proxy:
+        stopped = subprocess.run(
+            [sys.executable, "-m", "mosaicsync", "deploy"],
+            cwd=folder,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
+                "MOSAIC_API_URL": proxy.api_url,
+                "MOSAIC_API_KEY": KEY_A,
+            },
+            capture_output=True, text=True, timeout=120, input="",
+        )  # fmt: skip
+    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)["deploys"]
+    assert [d["state"] for d in listed] == ["failed", "complete"]
+    assert b"margin: 7px" not in served_site(local_server, project_id)["site:style.css"]
+
+
 def test_failed_deploys_never_push_the_live_one_out_of_the_history(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
