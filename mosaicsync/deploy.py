@@ -351,7 +351,8 @@ class Deployer:
 
     def _read_git_state(self) -> None:
         """Start reading the folder's git state (a `git status` of the whole tree: ~40 ms at
-        10k files) once a run knows it will record a deploy, to overlap its next requests."""
+        10k files) once a run expects to record a deploy, to overlap its checks and requests.
+        (A run that then finds nothing to deploy waits for it before it returns.)"""
         if self._git is None and not self.options.dry_run:
             from mosaicsync.history import git_state
 
@@ -374,6 +375,10 @@ class Deployer:
                     (time.perf_counter() - t0) * 1000,
                 )
             )  # fmt: skip
+            if scanned.hashed:
+                # Content was read again, so a change is likely: the entry's git state (a `git
+                # status` of the tree) is read on another core while the checks run.
+                self._read_git_state()
             # Before anything is sent: a page holding the key is never published, not even in
             # part. (A dry run reports what would stop the deploy instead.)
             findings = self.check(scanned.files, scanned.skipped, stop=not self.options.dry_run)
