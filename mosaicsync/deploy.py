@@ -33,7 +33,7 @@ from mosaicsync.selection import user_at_host
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from mosaicsync.history import Entry, Finished, GitState, History, Packer
+    from mosaicsync.history import Entry, Finished, GitState, History, Packer, Settled
     from mosaicsync.migrate import Migrator
     from mosaicsync.upload import Publisher
 
@@ -458,6 +458,9 @@ class Deployer:
             from mosaicsync.history import Packer
 
             packer = Packer() if history.enabled else None
+            # The files whose bytes no blob held before are read beside the uploads: with the
+            # rows before and after, the pack is then known without reading the manifest again.
+            unpacked = Ahead(history.unpacked) if packer else None
             try:
                 with ended_on_error(history, result.deploy_id):
                     published = self.publisher(history, packer).publish(plan, files, rows, targets)
@@ -478,11 +481,15 @@ class Deployer:
                             bytes_sent=result.bytes,
                             files=len(files),
                             duration_ms=result.duration_ms,
+                            settled=self._settled(rows, view, unpacked),
                         )
                     finally:
                         if saving is not None:
                             saving.get()
             finally:
+                if unpacked is not None:
+                    with contextlib.suppress(Exception):
+                        unpacked.get()
                 if packer:
                     packer.close()
         return result
@@ -496,6 +503,24 @@ class Deployer:
         except Exception:
             return
         end_stopped(history, result.deploy_id, exc)
+
+    @staticmethod
+    def _settled(
+        before: dict[str, ManifestRow],
+        after: dict[str, ManifestRow] | None,
+        unpacked: Ahead[frozenset[str]] | None,
+    ) -> Settled | None:
+        """What the history needs to pack without reading the manifest; None (it reads it) when
+        a part is missing or the read beside the uploads failed."""
+        if after is None or unpacked is None:
+            return None
+        try:
+            paths = unpacked.get()
+        except Exception:
+            return None
+        from mosaicsync.history import Settled
+
+        return Settled(before, after, paths)
 
     def _noop(
         self, result: DeployResult, files: Sequence[LocalFile], targets: dict[str, str], t0: float

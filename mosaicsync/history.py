@@ -30,10 +30,10 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mosaicsync.ahead import Ahead
 from mosaicsync.api import MosaicClient
@@ -409,6 +409,16 @@ def _spans_sql(deploy_id: int) -> str:
     )
 
 
+class Settled(NamedTuple):
+    """What a deploy knows of its manifest without reading it again after its uploads: the rows
+    before it, the rows after it (the manifest's view), and the paths whose published bytes no
+    blob held before it (`History.unpacked`, read beside the uploads)."""
+
+    before: Mapping[str, ManifestRow]
+    after: Mapping[str, ManifestRow]
+    unpacked: frozenset[str]
+
+
 class History:
     """The history of one project, read and written through its SQL endpoint and storage."""
 
@@ -657,6 +667,23 @@ class History:
                 return obj.get("url")
         return None
 
+    def unpacked(self) -> frozenset[str]:
+        """The live site files whose published bytes no blob holds: none, but after a deploy
+        that stopped midway or with history newly turned on. Read beside a deploy's uploads,
+        so that its pack needs no read of the manifest after them (see `Settled`)."""
+        paths: set[str] = set()
+        after = ""
+        while True:
+            page = self._sql(
+                f"SELECT f.path FROM mosaicsync.files f WHERE f.target = 'site' {after}AND NOT "
+                f"EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE b.sha256 = {_BLOB_OF}) "
+                f"ORDER BY f.path LIMIT {PACK_PAGE}"
+            )
+            paths.update(r["path"] for r in page)
+            if len(page) < PACK_PAGE:
+                return frozenset(paths)
+            after = f"AND f.path > {sql_literal(page[-1]['path'])} "
+
     def finish(
         self,
         deploy_id: int,
@@ -668,12 +695,15 @@ class History:
         bytes_sent: int,
         files: int,
         duration_ms: int,
+        settled: Settled | None = None,
     ) -> Finished:
         """Close a deploy that published everything: keep the bytes of the live site files that
-        no pack holds yet (one pack), record the exact file set, then prune past `keep`."""
+        no pack holds yet (one pack), record the exact file set, then prune past `keep`.
+        With `settled`, what to pack is known without reading the manifest again."""
         packed, packed_bytes, missing, rows_sql = 0, 0, (), []
         if self.enabled:
-            packed, packed_bytes, missing, rows_sql = self._pack(packer, reproduce)
+            candidates = self._to_pack(settled) if settled is not None else self._unpacked_rows()
+            packed, packed_bytes, missing, rows_sql = self._pack(packer, reproduce, candidates)
         restorable = "true" if self.enabled and not missing else "false"
         spans = _spans_sql(int(deploy_id)) if self.enabled else ""
         # One request (one transaction): the pack's last rows, the file set, the entry marked
@@ -693,17 +723,52 @@ class History:
         pruned_deploys, used = self._prune_objects(rows)
         return Finished(packed, packed_bytes, missing, pruned_deploys, used)
 
-    def _pack(
-        self, packer: Packer | None, reproduce: Callable[[ManifestRow, str], bytes | None]
-    ) -> tuple[int, int, tuple[str, ...], list[str]]:
-        """Pack the published bytes of every live site file that no blob holds yet; (blobs
-        packed, bytes, paths whose bytes are gone, the last statements listing the pack, for
-        the caller to send with its own).
+    def _unpacked_rows(self) -> Iterator[tuple[ManifestRow, str]]:
+        """Every live site file whose published bytes no blob holds, with that blob's digest:
+        read from the manifest a page at a time (a 100k-file deploy holds one page of rows)."""
+        after = ""
+        while True:
+            page = self._sql(
+                "SELECT f.path, f.sha256, f.size, f.target, f.url, f.uploaded_sha256, "
+                f"f.generated, {_BLOB_OF} AS blob FROM mosaicsync.files f WHERE "
+                f"f.target = 'site' {after}AND NOT EXISTS (SELECT 1 FROM "
+                f"mosaicsync.blobs b WHERE b.sha256 = {_BLOB_OF}) ORDER BY f.path "
+                f"LIMIT {PACK_PAGE}"
+            )
+            for r in page:
+                row = ManifestRow(
+                    r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
+                    r["uploaded_sha256"], bool(r["generated"]),
+                )  # fmt: skip
+                yield row, r["blob"]
+            if len(page) < PACK_PAGE:
+                return
+            after = f"AND f.path > {sql_literal(page[-1]['path'])} "
+            del page
 
-        Streamed: the manifest is read a page at a time and each page goes into the pack before
-        the next is read, so a 100k-file deploy holds one page of rows, not all of them; what
-        is kept per blob until the pack has arrived is one 48-byte record of its index, and a
-        blob the packer holds is marked packed by one byte.
+    @staticmethod
+    def _to_pack(settled: Settled) -> Iterator[tuple[ManifestRow, str]]:
+        """The same files as `_unpacked_rows`, from what a deploy knows: a row it did not change
+        lacks a blob only if it lacked one before; a row it wrote may lack one (the blobs of
+        bytes deployed before, as after a revert, are packed again and not listed twice)."""
+        before, unpacked = settled.before, settled.unpacked
+        for path, row in settled.after.items():
+            if row.target != "site" or (before.get(path) == row and path not in unpacked):
+                continue
+            yield row, row.uploaded_sha256 or row.sha256
+
+    def _pack(
+        self,
+        packer: Packer | None,
+        reproduce: Callable[[ManifestRow, str], bytes | None],
+        candidates: Iterable[tuple[ManifestRow, str]],
+    ) -> tuple[int, int, tuple[str, ...], list[str]]:
+        """Pack the published bytes of the `candidates` (live site files and their blobs' digests)
+        that this pack does not hold already; (blobs packed, bytes, paths whose bytes are gone,
+        the last statements listing the pack, for the caller to send with its own).
+
+        What is kept per blob until the pack has arrived is one 48-byte record of its index,
+        and a blob the packer holds is marked packed by one byte.
         """
         missing: list[str] = []
         index = bytearray()  # (digest, size, offset) per blob, for the rows written after
@@ -713,45 +778,27 @@ class History:
             pack_path = Path(tmp) / "pack"
             digest = hashlib.sha256()
             offset = 0
-            after = ""
             with open(pack_path, "wb") as out:
-                while True:
-                    page = self._sql(
-                        "SELECT f.path, f.sha256, f.size, f.target, f.url, f.uploaded_sha256, "
-                        f"f.generated, {_BLOB_OF} AS blob FROM mosaicsync.files f WHERE "
-                        f"f.target = 'site' {after}AND NOT EXISTS (SELECT 1 FROM "
-                        f"mosaicsync.blobs b WHERE b.sha256 = {_BLOB_OF}) ORDER BY f.path "
-                        f"LIMIT {PACK_PAGE}"
-                    )
-                    for r in page:
-                        blob = r["blob"]
-                        key = bytes.fromhex(blob)
-                        number = packer.find(key) if packer else None
-                        if packed_from[number] if number is not None else key in seen:
-                            continue
-                        if packer is not None and number is not None:
-                            data: bytes | None = packer.read(number)
-                        else:
-                            row = ManifestRow(
-                                r["path"], r["sha256"], int(r["size"]), r["target"], r["url"],
-                                r["uploaded_sha256"], bool(r["generated"]),
-                            )  # fmt: skip
-                            data = reproduce(row, blob)
-                        if data is None or hashlib.sha256(data).hexdigest() != blob:
-                            missing.append(r["path"])
-                            continue
-                        if number is not None:
-                            packed_from[number] = 1
-                        else:
-                            seen.add(key)
-                        out.write(data)
-                        digest.update(data)
-                        index += _BLOB_ROW.pack(key, len(data), offset)
-                        offset += len(data)
-                    if len(page) < PACK_PAGE:
-                        break
-                    after = f"AND f.path > {sql_literal(page[-1]['path'])} "
-                    del page
+                for row, blob in candidates:
+                    key = bytes.fromhex(blob)
+                    number = packer.find(key) if packer else None
+                    if packed_from[number] if number is not None else key in seen:
+                        continue
+                    if packer is not None and number is not None:
+                        data: bytes | None = packer.read(number)
+                    else:
+                        data = reproduce(row, blob)
+                    if data is None or hashlib.sha256(data).hexdigest() != blob:
+                        missing.append(row.path)
+                        continue
+                    if number is not None:
+                        packed_from[number] = 1
+                    else:
+                        seen.add(key)
+                    out.write(data)
+                    digest.update(data)
+                    index += _BLOB_ROW.pack(key, len(data), offset)
+                    offset += len(data)
             if not index:
                 return 0, 0, tuple(missing), []
             name = f"{PACKS}{digest.hexdigest()}.pack"

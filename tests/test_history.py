@@ -647,6 +647,30 @@ def test_a_deploy_stopped_while_its_entry_opens_beside_the_manifest_read_ends_it
     assert b"margin: 7px" not in served_site(local_server, project_id)["site:style.css"]
 
 
+def test_history_turned_on_packs_the_files_deployed_without_it(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """Files deployed while history was off have no blob: the first deploy with it on packs
+    them too (read beside its uploads, not after), so a rollback to it is exact."""
+    folder, project_id = site
+    toml = folder / "mosaic.toml"
+    plain = toml.read_text()
+    public = folder / "public"
+    toml.write_text(plain + "\n[history]\nkeep = 0\n")
+    cli(["deploy"], folder, local_server)
+    toml.write_text(plain)
+    (public / "about.html").write_text("<!doctype html><p>About</p>")
+    on = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)
+    served = served_site(local_server, project_id)
+    site_files = [p for p in served if p.startswith("site:")]
+    assert on["history"]["packed_files"] == len(site_files) and not on["history"]["not_kept"]
+    (public / "index.html").write_text("<!doctype html><p>Changed</p>")
+    (public / "style.css").unlink()
+    cli(["deploy"], folder, local_server)
+    cli(["rollback", str(on["deploy_id"]), "--yes"], folder, local_server)
+    assert served_site(local_server, project_id) == served
+
+
 def test_failed_deploys_never_push_the_live_one_out_of_the_history(
     site: tuple[Path, str], local_server: LocalServer
 ) -> None:
