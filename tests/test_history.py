@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -197,6 +198,25 @@ def sql_sent(
     return out, json.loads(out.stderr.rpartition("SQL-SENT ")[2])
 
 
+def stopped_by(
+    rule: Callable[[Request], Reply | str], args: list[str], cwd: Path, server: LocalServer
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI through a fault proxy that applies `rule`; it must fail."""
+    with FaultProxy(server.base_url, rules=[rule]) as proxy:
+        stopped = subprocess.run(
+            [sys.executable, "-m", "mosaicsync", *args],
+            cwd=cwd,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
+                "MOSAIC_API_URL": proxy.api_url,
+                "MOSAIC_API_KEY": KEY_A,
+            },
+            capture_output=True, text=True, timeout=120, input="",
+        )  # fmt: skip
+    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    return stopped
+
+
 def test_a_rollback_reads_the_live_manifest_from_the_copy_while_the_platform_agrees(
     site: tuple[Path, str], local_server: LocalServer, tmp_path: Path
 ) -> None:
@@ -261,18 +281,7 @@ def test_a_rollback_after_a_deploy_that_stopped_midway_reads_the_target_whole(
             return injected_error(401)
         return "pass"
 
-    with FaultProxy(local_server.base_url, rules=[refuse_the_page]) as proxy:
-        stopped = subprocess.run(
-            [sys.executable, "-m", "mosaicsync", "deploy"],
-            cwd=folder,
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
-                "MOSAIC_API_URL": proxy.api_url,
-                "MOSAIC_API_KEY": KEY_A,
-            },
-            capture_output=True, text=True, timeout=120, input="",
-        )  # fmt: skip
-    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    stopped_by(refuse_the_page, ["deploy"], folder, local_server)
     halfway = served_site(local_server, project_id)
     assert halfway["site:style.css"] != served_first["site:style.css"]
 
@@ -630,18 +639,7 @@ def test_a_deploy_stopped_while_its_entry_opens_beside_the_manifest_read_ends_it
             return injected_error(401)
         return "pass"
 
-    with FaultProxy(local_server.base_url, rules=[refuse_the_rows]) as proxy:
-        stopped = subprocess.run(
-            [sys.executable, "-m", "mosaicsync", "deploy"],
-            cwd=folder,
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")},
-                "MOSAIC_API_URL": proxy.api_url,
-                "MOSAIC_API_KEY": KEY_A,
-            },
-            capture_output=True, text=True, timeout=120, input="",
-        )  # fmt: skip
-    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    stopped_by(refuse_the_rows, ["deploy"], folder, local_server)
     listed = json.loads(cli(["deploys", "--json"], folder, local_server).stdout)["deploys"]
     assert [d["state"] for d in listed] == ["failed", "complete"]
     assert b"margin: 7px" not in served_site(local_server, project_id)["site:style.css"]
