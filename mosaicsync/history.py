@@ -670,18 +670,7 @@ class History:
         """The live site files whose published bytes no blob holds: none, but after a deploy
         that stopped midway or with history newly turned on. Read beside a deploy's uploads,
         so that its pack needs no read of the manifest after them (see `Settled`)."""
-        paths: set[str] = set()
-        after = ""
-        while True:
-            page = self._sql(
-                f"SELECT f.path FROM mosaicsync.files f WHERE f.target = 'site' {after}AND NOT "
-                f"EXISTS (SELECT 1 FROM mosaicsync.blobs b WHERE b.sha256 = {_BLOB_OF}) "
-                f"ORDER BY f.path LIMIT {PACK_PAGE}"
-            )
-            paths.update(r["path"] for r in page)
-            if len(page) < PACK_PAGE:
-                return frozenset(paths)
-            after = f"AND f.path > {sql_literal(page[-1]['path'])} "
+        return frozenset(row.path for row, _ in self._unpacked_rows())
 
     def finish(
         self,
@@ -748,8 +737,9 @@ class History:
     @staticmethod
     def _to_pack(settled: Settled) -> Iterator[tuple[ManifestRow, str]]:
         """The same files as `_unpacked_rows`, from what a deploy knows: a row it did not change
-        lacks a blob only if it lacked one before; a row it wrote may lack one (the blobs of
-        bytes deployed before, as after a revert, are packed again and not listed twice)."""
+        lacks a blob only if it lacked one before; every row it wrote is a candidate. (Bytes an
+        older pack holds, as after a revert, are then packed again; their blob row keeps
+        naming the older pack.)"""
         before, unpacked = settled.before, settled.unpacked
         for path, row in settled.after.items():
             if row.target != "site" or (before.get(path) == row and path not in unpacked):
