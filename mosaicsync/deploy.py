@@ -423,7 +423,7 @@ class Deployer:
         )
         # One deploy of a project at a time: another one waits for this lease (or times out),
         # so two folders deployed at once never end up mixed on the site.
-        with contextlib.nullcontext() if self.options.dry_run else migrator.lease():
+        with contextlib.nullcontext() if self.options.dry_run else migrator.lease() as fence:
             # Schema first, so new pages never meet an old schema; a failed migration stops here.
             self._migrate(result, migrator)
             if not checked and self.manifest.ensure()[0] == mine:
@@ -437,7 +437,7 @@ class Deployer:
                 None if self.options.dry_run else Ahead(lambda: self.record("deploy", result))
             )
             try:
-                remote, rows = self.manifest.fetch(copy)
+                remote, rows = self.manifest.fetch(copy, fence=fence)
                 plan = plan_deploy(files, remote, prune=self.options.prune, targets=targets)
             except BaseException as exc:
                 if recording is not None:
@@ -541,7 +541,11 @@ class Deployer:
         project = self.client.get_project(self.project_id)
         if project.get("status") != "running":
             project = self.client.wait_until_running(self.project_id)
-        return project, self.manifest.ensure() if quick else None
+        if not quick:
+            return project, None
+        # With a local copy, what vouches for it is read now too (see `Manifest.fetch`): an
+        # edit then needs no request of its own for it once the lease is taken.
+        return project, self.manifest.ensure(early=self.manifest_copy.is_file())
 
     def _has_migrations(self) -> bool:
         directory = self.config.migrations_dir

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mosaicsync.ahead import Ahead
-from mosaicsync.api import MosaicClient
+from mosaicsync.api import MosaicClient, SqlError
 from mosaicsync.atomic import utf8_pieces, write_atomic
 from mosaicsync.hashcache import ensure_cache_dir
 from mosaicsync.plan import RemoteEntry
@@ -50,7 +50,7 @@ ROW_COLUMNS = "path, sha256, size, target, url, uploaded_sha256, generated"
 
 # The same digest is computed locally (`local_digest`) and by the server: a no-op deploy then
 # costs one tiny request instead of downloading the whole manifest.
-DIGEST_SQL = """
+_DIGEST_TEMPLATE = """
 SELECT encode(sha256(convert_to(coalesce(string_agg(
     path || E'\\t' || sha256 || E'\\t' || target, E'\\n' ORDER BY path COLLATE "C"), ''),
     'UTF8')), 'hex') AS digest,
@@ -58,9 +58,10 @@ SELECT encode(sha256(convert_to(coalesce(string_agg(
     (SELECT json_build_object('id', d.id, 'kind', coalesce(to_jsonb(d) ->> 'kind', 'deploy'),
         'rollback_of', (to_jsonb(d) ->> 'restores')::bigint, 'message', to_jsonb(d) ->> 'message')
      FROM mosaicsync.deploys d WHERE coalesce(to_jsonb(d) ->> 'state', 'complete') = 'complete'
-     ORDER BY d.id DESC LIMIT 1) AS live
+     ORDER BY d.id DESC LIMIT 1) AS live{}
 FROM mosaicsync.files WHERE NOT generated
 """
+DIGEST_SQL = _DIGEST_TEMPLATE.format("")
 
 # Every column of every row, as `rows_digest` computes it from a local copy: when the two agree,
 # the copy is the manifest and a deploy plans against it instead of downloading every row.
@@ -81,6 +82,16 @@ def rows_digest_sql(rows: str) -> str:
 
 
 FULL_DIGEST_SQL = rows_digest_sql("mosaicsync.files")
+
+# `DIGEST_SQL` with, in the same snapshot, the digest of every row and the lease's fence while
+# no one holds it: asked before a deploy takes the lease, it vouches for a local copy then if
+# the take finds the fence moved by that take alone (`Manifest.fetch`). Every writer of the
+# manifest holds the lease, and each take bumps the fence.
+EARLY_DIGEST_SQL = _DIGEST_TEMPLATE.format(
+    f",\n    ({FULL_DIGEST_SQL}) AS full_digest,\n"
+    "    (SELECT fence FROM mosaicsync.lock WHERE id = 1 AND holder IS NULL) AS free_fence"
+)
+
 _COPY_MAGIC = b"mosaicsync-manifest"
 _COPY_VERSION = 1
 
@@ -202,31 +213,54 @@ class Manifest:
         # The live deploy of the history as `ensure` last read it (id, kind, rollback_of,
         # message), in the same request: `status` and a no-op deploy say what is live for free.
         self.live: dict | None = None
+        # (digest of every row, the free lease's fence) as `ensure(early=True)` read them.
+        self.early: tuple[str, int] | None = None
 
     def _sql(self, query: str) -> list[dict]:
         return self.client.sql(self.project_id, query, idempotent=True)
 
-    def ensure(self) -> tuple[str, int]:
-        """Create the schema if needed and return (digest, file count) in the same request."""
-        rows = self._sql(SCHEMA_SQL + DIGEST_SQL)
+    def ensure(self, *, early: bool = False) -> tuple[str, int]:
+        """Create the schema if needed and return (digest, file count) in the same request;
+        `early`: also read what `fetch` needs to trust a local copy without asking again."""
+        self.early = None
+        if early:
+            try:
+                rows = self._sql(SCHEMA_SQL + EARLY_DIGEST_SQL)
+            except SqlError as exc:
+                from mosaicsync.migrate.requests import MISSING_SCHEMA
+
+                if exc.code not in MISSING_SCHEMA:  # no lease taken here yet: no lease table
+                    raise
+                return self.ensure()
+            if rows[0]["free_fence"] is not None:
+                self.early = rows[0]["full_digest"], int(rows[0]["free_fence"])
+        else:
+            rows = self._sql(SCHEMA_SQL + DIGEST_SQL)
         self.live = rows[0].get("live")
         return rows[0]["digest"], int(rows[0]["files"])
 
     def fetch(
-        self, copy: Path | None = None
+        self, copy: Path | None = None, *, fence: int | None = None
     ) -> tuple[dict[str, RemoteEntry], dict[str, ManifestRow]]:
         """The deployed files: (entries for the planner, full rows by path).
 
         From the local `copy` when the platform's digest of every row equals the copy's (one
         small request instead of every row: the platform stays the truth); else read in pages
         in path order: the SQL endpoint caps a response's rows and bytes, and a big site's
-        manifest in one response would pass both.
+        manifest in one response would pass both. `fence`: the one the caller's take of the
+        lease got; if it is the next after the free one `ensure(early=True)` saw, nobody wrote
+        in between and the digest read then is still the platform's.
         """
         if copy is not None and copy.is_file():
-            # The platform computes its digest while the copy is read.
-            asked = Ahead(lambda: self._sql(FULL_DIGEST_SQL)[0]["digest"])
-            held = load_copy(copy)
-            digest = asked.get()
+            early = self.early
+            if early is not None and fence is not None and fence == early[1] + 1:
+                held = load_copy(copy)
+                digest = early[0]
+            else:
+                # The platform computes its digest while the copy is read.
+                asked = Ahead(lambda: self._sql(FULL_DIGEST_SQL)[0]["digest"])
+                held = load_copy(copy)
+                digest = asked.get()
             if held is not None and held[0] == digest:
                 return self._fetched(held[1])
         rows: list[dict] = []

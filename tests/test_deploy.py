@@ -290,6 +290,74 @@ def test_rewritten_files_are_not_uploaded_again_for_an_unrelated_edit(
     assert deploy_json(project_dir, local_server)["uploaded"] == 1
 
 
+def _deploy_in_process(site: Path, server: LocalServer, before_take=None) -> tuple[dict, list]:
+    """One deploy run here, its SQL requests recorded; `before_take()` runs once, just before
+    the deploy's take of the lease is sent."""
+    from mosaicsync.config import load_config
+    from mosaicsync.deploy import Deployer, DeployOptions
+
+    sent: list[str] = []
+    with MosaicClient(server.api, KEY_A) as client:
+        original = client.sql
+
+        def recorded(project: str, query: str, **kw: object) -> list[dict]:
+            if (
+                before_take is not None
+                and query.startswith("WITH taken AS")
+                and not any(q.startswith("WITH taken AS") for q in sent)
+            ):
+                before_take()
+            sent.append(query)
+            return original(project, query, **kw)  # type: ignore[arg-type]
+
+        client.sql = recorded  # type: ignore[method-assign]
+        config = load_config(site / "mosaic.toml")
+        result = Deployer(config, client, project_id_of(site), DeployOptions()).run()
+    return result.to_json(), sent
+
+
+def test_an_edit_trusts_the_copy_on_the_digest_read_before_the_lease_while_nobody_took_it(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    from mosaicsync.manifest import FULL_DIGEST_SQL, Manifest
+    from mosaicsync.migrate import Migrator
+
+    pid = project_id_of(project_dir)
+    public = project_dir / "public"
+    deploy_json(project_dir, local_server)
+    (public / "app.js").write_text("console.log('one')\n")
+    result, sent = _deploy_in_process(project_dir, local_server)
+    # The digest of every row came with the no-op check, and the take's fence was the next one:
+    # no request of its own for it, and the plan is the copy's.
+    assert result["uploaded"] == 1
+    assert FULL_DIGEST_SQL not in sent
+    assert any(FULL_DIGEST_SQL in q for q in sent[:1])
+
+    # Another deploy's take and write between that read and this deploy's take: the copy is
+    # checked again, found stale, and the rows are read from the platform.
+    def another_writer() -> None:
+        with (
+            MosaicClient(local_server.api, KEY_A) as other,
+            Migrator(other, pid, project_dir / "migrations").lease(),
+        ):
+            Manifest(other, pid).remove(["logo.png"])
+
+    (public / "app.js").write_text("console.log('two')\n")
+    result, sent = _deploy_in_process(project_dir, local_server, before_take=another_writer)
+    assert FULL_DIGEST_SQL in sent
+    assert result["uploaded"] == 2  # app.js, and logo.png, which the platform no longer listed
+    assert site_get(local_server, pid, "/logo.png").content == (public / "logo.png").read_bytes()
+    assert deploy_json(project_dir, local_server)["uploaded"] == 0
+
+    # No lease table (dropped by hand): the read before the lease cannot name it, and the
+    # deploy goes on without it.
+    with MosaicClient(local_server.api, KEY_A) as client:
+        client.sql(pid, "DROP TABLE mosaicsync.lock")
+    (public / "app.js").write_text("console.log('three')\n")
+    assert deploy_json(project_dir, local_server)["uploaded"] == 1
+    assert site_get(local_server, pid, "/app.js").text == "console.log('three')\n"
+
+
 def test_unchanged_css_is_rewritten_when_a_file_it_uses_goes_to_storage(
     project_dir: Path, local_server: LocalServer
 ) -> None:

@@ -262,9 +262,10 @@ class Migrator:
         return classify(files, snap.history, snap.lock)
 
     @contextmanager
-    def lease(self, run_id: str | None = None) -> Iterator[None]:
+    def lease(self, run_id: str | None = None) -> Iterator[int]:
         """Hold the lease for a whole deploy, renewed in the background, so that two deploys of
-        one project run one after the other; `up` inside it uses this lease.
+        one project run one after the other; `up` inside it uses this lease. Yields the fence
+        of the take (each take adds one).
 
         A caller that takes it again and again (a watch) passes the same `run_id` each time: a
         take whose answer was lost left the lease held under that id, and is then simply retaken
@@ -275,7 +276,7 @@ class Migrator:
         self._held = run
         try:
             with self._lease.renewed(run):
-                yield
+                yield run.fence
         finally:
             self._held = self._held_snapshot = None
             self._lease.release(run)
