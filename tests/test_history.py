@@ -290,6 +290,53 @@ def test_a_rollback_after_a_deploy_that_stopped_midway_reads_the_target_whole(
     assert served_site(local_server, project_id) == served_first
 
 
+def test_a_deploy_after_a_complete_one_ends_and_starts_only_the_spans_of_what_it_changed(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """After a complete, restorable deploy the live spans are the manifest: the next deploy
+    looks only at the paths it wrote or removed. After one that stopped midway (its rows, no
+    spans), the spans are compared whole, and the set recorded is the manifest again."""
+    from mosaicsync.history import History
+    from mosaicsync.manifest import Manifest
+
+    folder, project_id = site
+    public = folder / "public"
+    first = json.loads(cli(["deploy", "--json"], folder, local_server).stdout)
+    served_first = served_site(local_server, project_id)
+    (public / "app.js").write_text("console.log('edited')\n")
+    (public / "logo.png").unlink()
+    (public / "about.html").write_text("<!doctype html><p>About</p>")
+    out, sent = sql_sent(["deploy", "--json"], folder, local_server)
+    second = json.loads(out.stdout)["deploy_id"]
+    (finish,) = [q for q in sent if "SET state = 'complete'" in q]
+    assert "EXCEPT" not in finish
+    ended = finish.partition("f.last_id IS NULL AND f.path IN (")[2].partition(")")[0]
+    assert sorted(ended.split(", ")) == ["'about.html'", "'app.js'", "'logo.png'"]
+
+    # Stopped midway: style.css and its row arrived, no span holds that row.
+    (public / "style.css").write_text("body { margin: 3px }\n")
+    (public / "index.html").write_text("<!doctype html><p>New home</p>")
+
+    def refuse_the_page(request: Request) -> Reply | str:
+        if request.path.endswith("/files") and b'"index.html"' in request.body:
+            return injected_error(401)
+        return "pass"
+
+    stopped_by(refuse_the_page, ["deploy"], folder, local_server)
+    out, sent = sql_sent(["deploy", "--json"], folder, local_server)
+    third = json.loads(out.stdout)["deploy_id"]
+    (finish,) = [q for q in sent if "SET state = 'complete'" in q]
+    assert "EXCEPT" in finish
+    with MosaicClient(local_server.api, KEY_A) as client:
+        history = History(client, project_id, 20)
+        live = Manifest(client, project_id).fetch()[1]
+        assert history.files(third) == live
+        assert live["style.css"] != history.files(second)["style.css"]
+        assert "logo.png" in history.files(first["deploy_id"])
+    cli(["rollback", str(first["deploy_id"]), "--yes"], folder, local_server)
+    assert served_site(local_server, project_id) == served_first
+
+
 # -- pure parts ------------------------------------------------------------------------------------
 
 
