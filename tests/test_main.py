@@ -1,0 +1,55 @@
+"""The command's entry point: the cycle collector is tuned before the command's modules are
+imported, for both ways of starting it."""
+
+from __future__ import annotations
+
+import ast
+import gc
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_both_ways_of_starting_the_command_go_through_run() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mosaicsync"] == "mosaicsync.__main__:run"
+
+
+def test_the_collector_is_tuned_before_the_imports_and_what_they_built_is_set_apart() -> None:
+    # A fresh interpreter, as `python -m mosaicsync --help` starts: the threshold is read at
+    # the moment the commands' module is looked for, the frozen count once the command ran.
+    code = (
+        "import gc, sys\n"
+        "seen = {}\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mosaicsync.cli':\n"
+        "            seen['threshold'] = gc.get_threshold()\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "import mosaicsync.__main__ as entry\n"
+        "sys.argv = ['mosaicsync', '--help']\n"
+        "try:\n"
+        "    entry.run()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "seen['frozen'] = gc.get_freeze_count()\n"
+        "print(repr(seen))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    seen = ast.literal_eval(out.stdout.splitlines()[-1])
+    assert seen["threshold"][0] >= 10_000
+    assert seen["frozen"] > 10_000  # the modules, classes and functions of the command
+
+
+@pytest.fixture(autouse=True)
+def _collector_left_as_found() -> None:
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
