@@ -15,10 +15,9 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.contract import TEXT_EXTENSIONS, extension
@@ -29,6 +28,9 @@ from mosaicsync.plan import Plan, RemoteEntry, Upload, route, routes
 from mosaicsync.publishable import ASSETS_FILE
 from mosaicsync.scan import LocalFile
 from mosaicsync.sitepaths import is_page
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 _T = TypeVar("_T")
 
@@ -266,8 +268,15 @@ class Publisher:
         """Run `work` on every item with bounded concurrency; stop at the first failure.
 
         At most twice as many items as workers are in flight or queued at any moment: a
-        100k-file plan never holds a future (and its lock and condition) per file.
+        100k-file plan never holds a future (and its lock and condition) per file. One item
+        (the common edit) is sent from this thread: no pool, no thread, no import of them.
         """
+        if isinstance(items, Sequence) and len(items) <= 1:
+            for item in items:
+                work(item)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
         workers = max(1, self.concurrency or auto_concurrency(self.client.min_rtt_ms))
         slots = threading.BoundedSemaphore(workers * 2)
         failed: list[BaseException] = []

@@ -358,6 +358,34 @@ def test_an_edit_trusts_the_copy_on_the_digest_read_before_the_lease_while_nobod
     assert site_get(local_server, pid, "/app.js").text == "console.log('three')\n"
 
 
+def test_an_edit_of_one_file_is_sent_without_a_pool_of_threads(
+    project_dir: Path, local_server: LocalServer
+) -> None:
+    """The common edit: one upload, sent from the command's own thread, so neither the pool
+    nor what it needs (concurrent.futures and its logging, ctypes for the arenas) is loaded."""
+    deploy_json(project_dir, local_server)
+    (project_dir / "public" / "app.js").write_text("console.log('one')\n")
+    code = (
+        "import sys\n"
+        "from mosaicsync.__main__ import run\n"
+        "sys.argv = ['mosaicsync', 'deploy', '--json']\n"
+        "try:\n"
+        "    run()\n"
+        "finally:\n"
+        "    loaded = [m for m in ('concurrent.futures', 'ctypes') if m in sys.modules]\n"
+        "    sys.stderr.write('\\nLOADED ' + ','.join(loaded) + '\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=local_server.api, MOSAIC_API_KEY=KEY_A)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project_dir, env=env, capture_output=True, text=True, timeout=120, input="",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["uploaded"] == 1
+    assert out.stderr.rpartition("LOADED ")[2].strip() == ""
+
+
 def test_unchanged_css_is_rewritten_when_a_file_it_uses_goes_to_storage(
     project_dir: Path, local_server: LocalServer
 ) -> None:
