@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -96,6 +97,21 @@ class LocalServer(LocalProcess):
     def client(self, key: str | None = KEY_A) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
         return httpx.Client(base_url=self.api, headers=headers, timeout=30)
+
+
+def python_against(
+    code: str, cwd: Path, server: LocalServer, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -c code args` in `cwd` against `server` with the account key; it must exit
+    0 (the code runs the command itself, with whatever it watches patched in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
+    env.update(MOSAIC_API_URL=server.api, MOSAIC_API_KEY=KEY_A)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, input="",
+    )  # fmt: skip
+    assert out.returncode == 0, f"{args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
 
 
 def postgres_running_for(data_dir: Path) -> bool:

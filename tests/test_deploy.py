@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from mosaicsync.api import MosaicClient
-from tests.conftest import KEY_A, LocalServer
+from tests.conftest import KEY_A, LocalServer, python_against
 
 pytestmark = pytest.mark.integration
 
@@ -375,13 +375,7 @@ def test_an_edit_of_one_file_is_sent_without_a_pool_of_threads(
         "    loaded = [m for m in ('concurrent.futures', 'ctypes') if m in sys.modules]\n"
         "    sys.stderr.write('\\nLOADED ' + ','.join(loaded) + '\\n')\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
-    env.update(MOSAIC_API_URL=local_server.api, MOSAIC_API_KEY=KEY_A)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=project_dir, env=env, capture_output=True, text=True, timeout=120, input="",
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = python_against(code, project_dir, local_server)
     assert json.loads(out.stdout)["uploaded"] == 1
     assert out.stderr.rpartition("LOADED ")[2].strip() == ""
 

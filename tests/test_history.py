@@ -26,7 +26,7 @@ from mosaicsync.history import Blob, Entry, GitState, Packer, git_state, live_en
 from mosaicsync.manifest import ROW_COLUMNS, ManifestRow
 from mosaicsync.migrate import Migrator
 from mosaicsync.restore import RestorePlan, choose_target, merged_ranges, plan_restore
-from tests.conftest import KEY_A, LocalServer
+from tests.conftest import KEY_A, LocalServer, python_against
 from tests.faults import FaultProxy, Reply, Request, injected_error
 from tests.test_watch import wait_until
 
@@ -188,14 +188,16 @@ def sql_sent(
         "finally:\n"
         "    sys.stderr.write('\\nSQL-SENT ' + json.dumps(sent) + '\\n')\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
-    env.update(MOSAIC_API_URL=server.api, MOSAIC_API_KEY=KEY_A)
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, input="",
-    )  # fmt: skip
-    assert out.returncode == 0, f"{args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+    out = python_against(code, cwd, server, *args)
     return out, json.loads(out.stderr.rpartition("SQL-SENT ")[2])
+
+
+def refuse_the_index_page(request: Request) -> Reply | str:
+    """A fault rule: the upload of index.html is refused. Pages go last, so every other file
+    of the deploy (and its manifest row) has arrived by then."""
+    if request.path.endswith("/files") and b'"index.html"' in request.body:
+        return injected_error(401)
+    return "pass"
 
 
 def stopped_by(
@@ -275,13 +277,7 @@ def test_a_rollback_after_a_deploy_that_stopped_midway_reads_the_target_whole(
     (public / "style.css").write_text((public / "style.css").read_text() + "\nb{color:red}\n")
     (public / "index.html").write_text("<!doctype html><p>New home</p>")
 
-    def refuse_the_page(request: Request) -> Reply | str:
-        # Pages go last: style.css has arrived (and its manifest row) when this one is refused.
-        if request.path.endswith("/files") and b'"index.html"' in request.body:
-            return injected_error(401)
-        return "pass"
-
-    stopped_by(refuse_the_page, ["deploy"], folder, local_server)
+    stopped_by(refuse_the_index_page, ["deploy"], folder, local_server)
     halfway = served_site(local_server, project_id)
     assert halfway["site:style.css"] != served_first["site:style.css"]
 
@@ -317,12 +313,7 @@ def test_a_deploy_after_a_complete_one_ends_and_starts_only_the_spans_of_what_it
     (public / "style.css").write_text("body { margin: 3px }\n")
     (public / "index.html").write_text("<!doctype html><p>New home</p>")
 
-    def refuse_the_page(request: Request) -> Reply | str:
-        if request.path.endswith("/files") and b'"index.html"' in request.body:
-            return injected_error(401)
-        return "pass"
-
-    stopped_by(refuse_the_page, ["deploy"], folder, local_server)
+    stopped_by(refuse_the_index_page, ["deploy"], folder, local_server)
     out, sent = sql_sent(["deploy", "--json"], folder, local_server)
     third = json.loads(out.stdout)["deploy_id"]
     (finish,) = [q for q in sent if "SET state = 'complete'" in q]
