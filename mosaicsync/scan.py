@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import operator
 import os
 import stat
 import threading
@@ -16,6 +17,7 @@ import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mosaicsync import publishable
 from mosaicsync.errors import ScanError
@@ -37,9 +39,10 @@ class Root(str):
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class LocalFile:
-    """A file that will be published: where it goes (`path`) and where to read it (`abs_path`)."""
+class LocalFile(NamedTuple):
+    """A file that will be published: where it goes (`path`) and where to read it (`abs_path`).
+    (A named tuple: every walk builds one per file, at half a frozen dataclass's cost, which
+    sets each field through object.__setattr__: 8 ms of a no-op deploy of 10k files.)"""
 
     path: str  # POSIX, NFC, relative to the static root
     source: str | Path  # its own path (a link's resolved target, a name normalized), or a Root
@@ -419,6 +422,9 @@ def _hash_all(misses: list[_Found], workers: int) -> int:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_by_path = operator.attrgetter("path")
+
+
 def _resolve(
     found: list[_Found],
     cache: HashCache | None,
@@ -451,7 +457,7 @@ def _resolve(
         LocalFile(item.rel, shared if item.plain else item.path, item.key[0], item.sha)
         for item in found
     ]
-    files.sort(key=lambda local: local.path)
+    files.sort(key=_by_path)
     return files, len(misses), bytes_hashed, held
 
 
