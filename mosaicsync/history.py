@@ -457,7 +457,9 @@ class History:
         self._kept: set[str] = set()  # blobs known to exist, for before_replace
         self._lock = threading.Lock()
         # `begin` found the entry before its own complete and restorable: the live spans were
-        # then the manifest, and every writer of it since would have an entry of its own.
+        # then the manifest, and every writer of it since would have an entry of its own. Not
+        # after a watch: it publishes a sync before it finishes its entry again, so a sync
+        # whose history was not updated leaves rows that no span holds.
         self.spans_current = False
 
     @property
@@ -635,8 +637,9 @@ class History:
             "git_branch, git_dirty, restores, replaces, run_id) "
             f"SELECT now(), NULL, 0, 0, 0, 0, 0, 'running', {values}, {_LIVE_ID}, {run}::uuid "
             f"WHERE NOT EXISTS (SELECT 1 FROM mosaicsync.deploys WHERE run_id = {run}::uuid);\n"
-            "SELECT n.id AS new_id, (SELECT p.state = 'complete' AND p.restorable FROM "
-            "mosaicsync.deploys p WHERE p.id < n.id ORDER BY p.id DESC LIMIT 1) AS spans_current, "
+            "SELECT n.id AS new_id, (SELECT p.state = 'complete' AND p.restorable AND p.kind <> "
+            "'watch' FROM mosaicsync.deploys p WHERE p.id < n.id ORDER BY p.id DESC LIMIT 1) "
+            "AS spans_current, "
             "r.* FROM mosaicsync.deploys n LEFT JOIN LATERAL (SELECT "
             f"{_ENTRY_COLUMNS} FROM mosaicsync.deploys WHERE id = n.replaces) r ON true "
             f"WHERE n.run_id = {run}::uuid"

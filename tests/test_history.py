@@ -328,6 +328,34 @@ def test_a_deploy_after_a_complete_one_ends_and_starts_only_the_spans_of_what_it
     assert served_site(local_server, project_id) == served_first
 
 
+def test_a_deploy_after_a_watch_compares_the_spans_whole(
+    site: tuple[Path, str], local_server: LocalServer
+) -> None:
+    """A watch publishes a sync, then finishes its entry again: a sync whose history update
+    failed leaves its entry complete and rows that no span holds. The next deploy compares
+    the spans whole, and the set it records is the manifest."""
+    from mosaicsync.history import History
+    from mosaicsync.manifest import Manifest
+
+    folder, project_id = site
+    public = folder / "public"
+    cli(["deploy"], folder, local_server)
+    with MosaicClient(local_server.api, KEY_A) as client:
+        # The watch's sync of logo.png arrived; its history update did not.
+        client.sql(project_id, "UPDATE mosaicsync.deploys SET kind = 'watch'")
+        manifest = Manifest(client, project_id)
+        _, rows = manifest.fetch()
+        # A column no plan compares, so the next deploy leaves logo.png alone.
+        manifest.upsert([rows["logo.png"]._replace(url="https://cdn.invalid/logo.png")])
+    (public / "app.js").write_text("console.log('after the watch')\n")
+    out, sent = sql_sent(["deploy", "--json"], folder, local_server)
+    (finish,) = [q for q in sent if "SET state = 'complete'" in q]
+    assert "EXCEPT" in finish
+    with MosaicClient(local_server.api, KEY_A) as client:
+        recorded = History(client, project_id, 20).files(json.loads(out.stdout)["deploy_id"])
+        assert recorded == Manifest(client, project_id).fetch()[1]
+
+
 # -- pure parts ------------------------------------------------------------------------------------
 
 
