@@ -428,12 +428,11 @@ def _spans_sql(deploy_id: int, changed: Sequence[str] | None = None) -> str:
     )
 
 
-def _changed_paths(settled: Settled) -> list[str] | None:
-    """The paths whose row a deploy wrote or removed (every column compared), or None when
-    there are too many for a list."""
-    before, after = settled.before, settled.after
-    changed = [p for p, row in after.items() if before.get(p) != row]
-    changed += (p for p in before if p not in after)
+def _changed_paths(settled: Settled, written: list[str]) -> list[str] | None:
+    """The paths whose row a deploy wrote (`written`) or removed, or None when there are too
+    many for a list."""
+    after = settled.after
+    changed = written + [p for p in settled.before if p not in after]
     return changed if len(changed) <= CHANGED_PATHS_MAX else None
 
 
@@ -445,6 +444,12 @@ class Settled(NamedTuple):
     before: Mapping[str, ManifestRow]
     after: Mapping[str, ManifestRow]
     unpacked: frozenset[str]
+
+    def written(self) -> list[str]:
+        """The paths whose row the deploy wrote: new, or different in any column. (Asked once
+        per finish: both the pack and the spans go by it.)"""
+        before = self.before
+        return [p for p, row in self.after.items() if before.get(p) != row]
 
 
 class History:
@@ -727,11 +732,20 @@ class History:
         no pack holds yet (one pack), record the exact file set, then prune past `keep`.
         With `settled`, what to pack is known without reading the manifest again."""
         packed, packed_bytes, missing, rows_sql = 0, 0, (), []
+        written = settled.written() if settled is not None and self.enabled else None
         if self.enabled:
-            candidates = self._to_pack(settled) if settled is not None else self._unpacked_rows()
+            candidates = (
+                self._to_pack(settled, written)
+                if settled is not None and written is not None
+                else self._unpacked_rows()
+            )
             packed, packed_bytes, missing, rows_sql = self._pack(packer, reproduce, candidates)
         restorable = "true" if self.enabled and not missing else "false"
-        changed = _changed_paths(settled) if settled is not None and self.spans_current else None
+        changed = (
+            _changed_paths(settled, written)
+            if settled is not None and written is not None and self.spans_current
+            else None
+        )
         spans = _spans_sql(int(deploy_id), changed) if self.enabled else ""
         # One request (one transaction): the pack's last rows, the file set, the entry marked
         # complete and the prune with what it left to delete; each was a round trip of its own.
@@ -774,16 +788,17 @@ class History:
             del page
 
     @staticmethod
-    def _to_pack(settled: Settled) -> Iterator[tuple[ManifestRow, str]]:
+    def _to_pack(settled: Settled, written: list[str]) -> Iterator[tuple[ManifestRow, str]]:
         """The same files as `_unpacked_rows`, from what a deploy knows: a row it did not change
         lacks a blob only if it lacked one before; every row it wrote is a candidate. (Bytes an
         older pack holds, as after a revert, are then packed again; their blob row keeps
         naming the older pack.)"""
-        before, unpacked = settled.before, settled.unpacked
-        for path, row in settled.after.items():
-            if row.target != "site" or (before.get(path) == row and path not in unpacked):
-                continue
-            yield row, row.uploaded_sha256 or row.sha256
+        after = settled.after
+        lacking = sorted(settled.unpacked.difference(written))
+        for path in itertools.chain(written, lacking):
+            row = after.get(path)
+            if row is not None and row.target == "site":
+                yield row, row.uploaded_sha256 or row.sha256
 
     def _pack(
         self,
