@@ -128,6 +128,8 @@ class Stream(Response):
         while True:
             try:
                 chunk = self._read(size)
+            except TransportError:
+                raise
             except Exception as exc:
                 if _from_the_network(exc):
                     raise _mapped(exc) from exc
@@ -187,8 +189,6 @@ def _proxy_for(scheme: str, host: str) -> _Proxy | None:
 
 
 def _mapped(exc: BaseException) -> TransportError:
-    if isinstance(exc, TransportError):
-        return exc
     if isinstance(exc, TimeoutError):
         return TimedOut(str(exc) or "timed out")
     return Dropped(f"{type(exc).__name__}: {exc}")
@@ -198,8 +198,10 @@ def _from_the_network(exc: BaseException) -> bool:
     """A failure of the connection or of the answer's framing, not the body's own error."""
     if isinstance(exc, OSError):
         return True
-    client = sys.modules.get("http.client")  # its errors can only come once it is imported
-    return client is not None and isinstance(exc, client.HTTPException)
+    # Its errors can only come once it is imported. Another thread may be importing it right
+    # now: the module is then in `sys.modules` before its classes are defined.
+    base = getattr(sys.modules.get("http.client"), "HTTPException", None)
+    return base is not None and isinstance(exc, base)
 
 
 def _fail(conn: _Conn, exc: BaseException) -> NoReturn:
@@ -207,6 +209,8 @@ def _fail(conn: _Conn, exc: BaseException) -> NoReturn:
     half read cannot carry another), a network failure is raised as a `TransportError`, and
     anything else (the body's own error: a file that changed while it was read) as it is."""
     conn.close()
+    if isinstance(exc, TransportError):  # this module's own reading found the fault
+        raise exc
     if _from_the_network(exc):
         raise _mapped(exc) from exc
     raise exc
@@ -385,8 +389,10 @@ class Pool:
         except TimeoutError as exc:
             raise ConnectTimedOut(f"{host}:{port}: {exc or 'timed out'}") from exc
         except OSError as exc:
-            tls = sys.modules.get("ssl")  # a certificate is only checked once it is imported
-            if tls is not None and isinstance(exc, tls.SSLCertVerificationError):
+            # A certificate is only checked once `ssl` is imported (perhaps, right now, by
+            # another thread: then the module is there before its classes).
+            untrusted = getattr(sys.modules.get("ssl"), "SSLCertVerificationError", None)
+            if untrusted is not None and isinstance(exc, untrusted):
                 raise Untrusted(f"{host}:{port}: {exc.verify_message}") from exc
             raise ConnectFailed(f"{host}:{port}: {exc}") from exc
         sock.settimeout(self.timeout)

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -437,6 +438,19 @@ def test_an_answer_that_is_not_http_or_stops_short_is_a_dropped_connection(
         with pytest.raises(wire.Dropped) as info:
             pool.send("GET", f"{server.url}/x", {}, None)
         assert info.value.sent  # it may have been processed: only a safe request is resent
+
+
+def test_a_dropped_answer_is_told_while_another_thread_is_importing_http_client(
+    canned: Callable[..., _Canned], pool: wire.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A storage upload streams through `http.client` and imports it on its thread; until that
+    # import ends, the module sits in `sys.modules` without its classes.
+    monkeypatch.setitem(sys.modules, "http.client", types.ModuleType("http.client"))
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", close=(0,))
+    with pytest.raises(wire.Dropped) as info:
+        pool.send("GET", f"{server.url}/x", {}, None)
+    assert info.value.sent
+    assert info.value.__cause__ is None  # raised as the reader found it, not wrapped in itself
 
 
 def test_bytes_past_an_answer_leave_its_connection_unused(
