@@ -377,8 +377,10 @@ class Deployer:
             )  # fmt: skip
             if scanned.hashed:
                 # Content was read again, so a change is likely: the entry's git state (a `git
-                # status` of the tree) is read on another core while the checks run.
+                # status` of the tree) is read on another core while the checks run, and the
+                # database's secrets they search new content for are asked for meanwhile.
                 self._read_git_state()
+                self.preflight().secrets.prefetch()
             # Before anything is sent: a page holding the key is never published, not even in
             # part. (A dry run reports what would stop the deploy instead.)
             findings = self.check(scanned.files, scanned.skipped, stop=not self.options.dry_run)

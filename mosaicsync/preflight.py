@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -68,6 +69,8 @@ class Secrets:
         self.stored_keys = stored_keys
         self.database = database
         self._fetched: list[leaks.Secret] | None = None
+        self._fetching: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     def local(self) -> list[leaks.Secret]:
         found = [
@@ -77,21 +80,45 @@ class Secrets:
             found.append(leaks.Secret(self.key_in_use, "the API key in use", allowable=False))
         return found
 
+    def prefetch(self) -> None:
+        """Start fetching the database's secrets on a thread: the request's round trip then
+        overlaps the parsing of the pages that changed. `remote` waits for it, and raises
+        what it raised."""
+        if self._fetched is None and self._fetching is None and self.database is not None:
+            self._fetching = threading.Thread(target=self._fetch_on_thread, daemon=True)
+            self._fetching.start()
+
+    def _fetch_on_thread(self) -> None:
+        try:
+            self._fetch()
+        except BaseException as exc:  # raised in the caller's thread by `remote`
+            self._failed = exc
+
     def remote(self) -> list[leaks.Secret]:
+        if self._fetching is not None:
+            self._fetching.join()
+            self._fetching = None
+            if self._failed is not None:
+                failed, self._failed = self._failed, None
+                raise failed
         if self._fetched is None:
-            fetched = []
-            if self.database is not None:
-                info = self.database()
-                if info.get("password"):
-                    fetched.append(
-                        leaks.Secret(str(info["password"]), "the project's database password")
-                    )
-                if info.get("database_url"):
-                    fetched.append(
-                        leaks.Secret(str(info["database_url"]), "the project's database URL")
-                    )
-            self._fetched = fetched
+            self._fetch()
+        assert self._fetched is not None
         return self._fetched
+
+    def _fetch(self) -> None:
+        fetched = []
+        if self.database is not None:
+            info = self.database()
+            if info.get("password"):
+                fetched.append(
+                    leaks.Secret(str(info["password"]), "the project's database password")
+                )
+            if info.get("database_url"):
+                fetched.append(
+                    leaks.Secret(str(info["database_url"]), "the project's database URL")
+                )
+        self._fetched = fetched
 
 
 class Report(NamedTuple):
@@ -307,6 +334,7 @@ class Preflight:
         wanted = set(only) if only is not None else None
         found: list[Finding] = []
         refs_by_file: dict[str, list[Any]] = {}
+        todo: list[tuple[LocalFile, bool, bool]] = []  # (file, searched, parsed): to read
         read = 0
         is_referencing = referencing()
         # Both rules go by type alone: each is asked once per extension, not once per file.
@@ -331,6 +359,10 @@ class Preflight:
                 continue
             else:
                 parsed = True
+            todo.append((f, searched, parsed))
+        if any(not searched for _, searched, _ in todo):
+            self.secrets.prefetch()
+        for f, searched, parsed in todo:
             read += 1
             try:
                 found += self._read_one(f, searched=searched, parsed=parsed, refs=refs_by_file)
@@ -378,6 +410,13 @@ class Preflight:
         data: bytes | None = None
         if not parsed and f.size <= _max_parsed():
             data = f.read_bytes()
+        if not parsed:  # first: the database's secrets may still be on their way
+            extracted, problem = _extract(f, data)
+            if problem is not None:
+                found.append(problem)
+            else:
+                cache.add_refs(f.sha256, extracted)
+            refs[f.path] = extracted
         if not searched:
             if data is not None:
                 hits = list(self._search().hits(data))
@@ -389,13 +428,6 @@ class Preflight:
                 found += leaks.findings_for(f.path, f.abs_path, hits, allowed=allowed)
             else:
                 cache.add_clean(f.sha256)
-        if not parsed:
-            extracted, problem = _extract(f, data)
-            if problem is not None:
-                found.append(problem)
-            else:
-                cache.add_refs(f.sha256, extracted)
-            refs[f.path] = extracted
         return found
 
     def _references(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
+
 from mosaicsync import preflight
+from mosaicsync.errors import AuthError
 from mosaicsync.findings import BROKEN_REFERENCE
 from mosaicsync.ignore import load_ignore_rules
 from mosaicsync.preflight import Preflight, Secrets
@@ -95,3 +99,73 @@ def test_a_page_judged_for_references_but_not_for_secrets_keeps_its_warnings(
     assert [f.file for f in first.findings if f.kind == BROKEN_REFERENCE] == ["index.html"]
     again = run(root, OTHER_KEY)
     assert [f.file for f in again.findings if f.kind == BROKEN_REFERENCE] == ["index.html"]
+
+
+class _Database:
+    """The project's database secrets as the platform gives them, with who asked and when."""
+
+    def __init__(self, password: str = "pw_7f3a9c1e5b2d8f4a", fail: Exception | None = None):
+        self.password = password
+        self.fail = fail
+        self.threads: list[str] = []
+        self.parsed_before_answer = threading.Event()
+
+    def __call__(self) -> dict[str, str]:
+        self.threads.append(threading.current_thread().name)
+        # The answer is held until a page has been parsed: the fetch must not make it wait.
+        assert self.parsed_before_answer.wait(timeout=30)
+        if self.fail is not None:
+            raise self.fail
+        return {"password": self.password, "database_url": f"postgres://u:{self.password}@db/x"}
+
+
+def run_with(root: Path, database: _Database, monkeypatch) -> preflight.Report:
+    extract = preflight._extract
+
+    def parsed_then_release(*args):
+        try:
+            return extract(*args)
+        finally:
+            database.parsed_before_answer.set()
+
+    monkeypatch.setattr(preflight, "_extract", parsed_then_release)
+    rules = load_ignore_rules(root, root.parent)
+    scanned = scan(root, rules)
+    checks = Preflight(root.parent / ".cache", Secrets(key_in_use=KEY, database=database))
+    return checks.check(scanned.files, scanned.skipped, rules)
+
+
+def test_the_database_secrets_arrive_while_the_changed_page_is_parsed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = site(tmp_path)
+    run(root)
+    database = _Database()
+    (root / "index.html").write_text(f"<p>{database.password}</p><img src=lost.png>")
+    report = run_with(root, database, monkeypatch)
+    assert database.threads and database.threads != [threading.current_thread().name]
+    kinds = {(f.file, f.kind) for f in report.findings}
+    assert ("index.html", BROKEN_REFERENCE) in kinds
+    assert any(f.file == "index.html" and "database password" in f.message for f in report.findings)
+
+
+def test_a_fetch_that_failed_on_its_thread_fails_the_check(tmp_path: Path, monkeypatch) -> None:
+    root = site(tmp_path)
+    run(root)
+    (root / "index.html").write_text("<p>changed</p>")
+    database = _Database(fail=AuthError("the key was revoked"))
+    with pytest.raises(AuthError, match="revoked"):
+        run_with(root, database, monkeypatch)
+
+
+def test_a_run_with_nothing_to_search_does_not_ask_for_the_database(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = site(tmp_path)
+    run(root)
+    (root / "lib3.js").unlink()  # the file set changed, but no content is new
+    database = _Database()
+    database.parsed_before_answer.set()
+    report = run_with(root, database, monkeypatch)
+    assert report.files_read == 0 and not report.reused
+    assert database.threads == []
