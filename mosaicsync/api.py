@@ -15,9 +15,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from mosaicsync import __version__
@@ -38,8 +37,7 @@ from mosaicsync.retry import Backoff, RetryPolicy, poll
 from mosaicsync.wire import Pool, Response, Transport, TransportError, Untrusted
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     method: str
     path: str
     # Safe to send twice: a retry after a lost response cannot do the work twice.

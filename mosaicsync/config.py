@@ -25,10 +25,9 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mosaicsync.atomic import write_atomic
 from mosaicsync.contract import LOCAL_API_URL, PROJECT_ID_PATTERN
@@ -64,8 +63,7 @@ _BOM = "\ufeff"
 _SECRET_PREFIX = "mk_"
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """A platform to deploy to: its API URL (None: the usual resolution) and the project there."""
 
     name: str
@@ -73,8 +71,7 @@ class Target:
     project_id: str | None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """A validated mosaic.toml, with every path absolute."""
 
     path: Path

@@ -7,15 +7,14 @@ documentation or from the contract we fixed where the documentation is silent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 API_PREFIX = "/v1/project"
 DEFAULT_API_URL = "https://api.mosaic.site" + API_PREFIX
 LOCAL_API_URL = "http://127.0.0.1:8787" + API_PREFIX
 
 
-@dataclass(frozen=True)
-class ApiRoute:
+class ApiRoute(NamedTuple):
     """One operation of the Mosaic API: its method and its path template under `API_PREFIX`."""
 
     method: str

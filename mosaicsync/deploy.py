@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mosaicsync import __version__
 from mosaicsync.ahead import Ahead
@@ -59,8 +59,7 @@ def end_stopped(history: History, deploy_id: int | None, exc: BaseException) -> 
             history.end(deploy_id, "failed" if isinstance(exc, Exception) else "interrupted")
 
 
-@dataclass(frozen=True)
-class DeployOptions:
+class DeployOptions(NamedTuple):
     concurrency: int | None = None  # None: chosen from the round trip (api.auto_concurrency)
     prune: bool = True
     dry_run: bool = False

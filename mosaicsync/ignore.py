@@ -13,9 +13,8 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from mosaicsync.errors import ConfigError
 
@@ -191,8 +190,7 @@ CONFIG_SOURCE = "mosaic.toml [static] ignore"
 # --- ignore rules --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):
     pattern: str
     source: str
 
@@ -201,8 +199,7 @@ class _Rule:
         return f"{self.source}: {self.pattern}"
 
 
-@dataclass(frozen=True)
-class _Pattern:
+class _Pattern(NamedTuple):
     """One gitignore line, as the regex source pathspec makes of it (compiled only when needed)."""
 
     line: str

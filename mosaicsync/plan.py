@@ -7,7 +7,6 @@ rules are tested exhaustively without a server.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from mosaicsync import contract
@@ -26,8 +25,7 @@ class RemoteEntry(NamedTuple):
     url: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Upload:
+class Upload(NamedTuple):
     """One file to send, where to send it, and why it is not already there."""
 
     file: LocalFile
@@ -35,8 +33,7 @@ class Upload:
     reason: Literal["new", "changed", "moved-target"]
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What a deploy will do; uploads are already in publishing order."""
 
     uploads: list[Upload]  # in publishing order

@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mosaicsync.api import MosaicClient
@@ -333,7 +333,7 @@ def create_or_update(
     mark_preview(client, project_id, parent, name)
     seeded: list[str] = []
     try:
-        deploy_options = replace(options, migrate=True, allow_destructive=True)
+        deploy_options = options._replace(migrate=True, allow_destructive=True)
         # Migrations first (all of them), then the seed, then the site: the deploy's own order.
         deployer = Deployer(config, client, project_id, deploy_options, on_event)
         migrations = 0

@@ -15,8 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
 Sleep = Callable[[float], None]
@@ -81,8 +80,7 @@ class Backoff:
         self.attempt = 0
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """Exponential backoff with full jitter, capped; `Retry-After` wins when the server sends it."""
 
     attempts: int = 6

@@ -66,8 +66,7 @@ class LocalFile(NamedTuple):
             return f.read()
 
 
-@dataclass(frozen=True)
-class Skipped:
+class Skipped(NamedTuple):
     """A path left out of the deploy, with the rule that left it out."""
 
     path: str  # relative; a directory ends with "/"

@@ -21,7 +21,7 @@ import getpass
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from mosaicsync.config import Config, Target, resolve_target_name
@@ -38,8 +38,7 @@ from mosaicsync.errors import AuthError, ConfigError
 PROJECT_ENV = "MOSAIC_PROJECT"
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     """Where a command acts; each `*_source` names the flag, variable or table it came from."""
 
     target: str | None  # None: the default platform

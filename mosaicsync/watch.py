@@ -18,7 +18,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -359,7 +359,7 @@ class Watcher:
         return {f.file for f in findings if f.severity == "error"}
 
     def _deployer(self) -> Deployer:
-        options = replace(self.options.deploy, migrate=False, dry_run=False)
+        options = self.options.deploy._replace(migrate=False, dry_run=False)
         return Deployer(
             self.config, self.client, self.project_id, options, self.emit, manifest=self.manifest
         )
