@@ -31,7 +31,6 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,8 +142,7 @@ def _in_set(deploy_id: str) -> str:
     return f"f.first_id <= {deploy_id} AND (f.last_id IS NULL OR f.last_id > {deploy_id})"
 
 
-@dataclass(frozen=True)
-class GitState:
+class GitState(NamedTuple):
     """Where the deployed folder stood in git: commit, branch (None when detached), dirty."""
 
     commit: str
@@ -186,8 +184,7 @@ def git_state(folder: Path) -> GitState | None:
     return GitState(commit, None if branch == "(detached)" else branch, dirty)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One recorded deploy."""
 
     id: int
@@ -265,8 +262,7 @@ def live_entry(entries: Sequence[Entry]) -> Entry | None:
     return max(done, key=lambda e: e.id) if done else None
 
 
-@dataclass(frozen=True)
-class Blob:
+class Blob(NamedTuple):
     sha256: str
     size: int
     pack: str
@@ -367,8 +363,7 @@ class _Digests:
         return self.entries[at : at + 32]
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(NamedTuple):
     """What `History.finish` did: the pack it added, what prune removed, storage history uses."""
 
     packed_files: int

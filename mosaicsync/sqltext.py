@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 BOM = "\ufeff"
 NO_TRANSACTION = "-- mosaicsync:no-transaction"
@@ -111,8 +111,7 @@ def end_of_text(text: str) -> int:
 # -- splitting with PostgreSQL's scanner (psql's rules) ------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):
     """One token of PostgreSQL's scanner: [start, end) in characters, and its grammar name."""
 
     start: int
@@ -256,8 +255,7 @@ class Statement:
     index: tuple[str | None, str] | None = None
 
 
-@dataclass(frozen=True)
-class Analysis:
+class Analysis(NamedTuple):
     """Statements of a text; `syntax_error` is set when the grammar rejected it (then `parser` is
     "lexer": the statements were split by psql's rules over PostgreSQL's scanner)."""
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from mosaicsync.api import MosaicClient, auto_concurrency
 from mosaicsync.contract import TEXT_EXTENSIONS, extension
@@ -476,8 +476,7 @@ class Publisher:
             self.manifest.remove(gone)
 
 
-@dataclass(frozen=True)
-class Stored:
+class Stored(NamedTuple):
     """One file of a restore: its manifest row as it was, and its bytes as they were published
     (in memory for a site file, a temporary file for a storage object)."""
 

@@ -7,11 +7,10 @@ is reported, all at once, before a request is sent.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mosaicsync.contract import MAX_REQUEST_BYTES
 from mosaicsync.errors import ConfigError, MigrationError
@@ -31,8 +30,7 @@ TIMESTAMP_DIGITS = 12
 DEFAULT_WIDTH = 4
 
 
-@dataclass(frozen=True)
-class MigrationFile:
+class MigrationFile(NamedTuple):
     """One migration file; `text` is normalized (no BOM, LF), exactly what is hashed and sent."""
 
     version: int

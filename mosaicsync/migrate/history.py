@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from mosaicsync.api import SqlError
 from mosaicsync.migrate.files import MigrationFile
@@ -21,8 +21,7 @@ from mosaicsync.retry import Backoff, retry_call
 REPAIR = "mosaicsync migrate repair"  # named in hints, so the fix can be pasted
 
 
-@dataclass(frozen=True)
-class AppliedMigration:
+class AppliedMigration(NamedTuple):
     """One row of `mosaicsync.migrations`."""
 
     version: int
@@ -65,8 +64,7 @@ class AppliedMigration:
         }
 
 
-@dataclass(frozen=True)
-class LockInfo:
+class LockInfo(NamedTuple):
     """The lease row: who holds (or last held) the migration lock, and until when."""
 
     holder: str | None
@@ -106,8 +104,7 @@ class LockInfo:
         }
 
 
-@dataclass(frozen=True)
-class ChangedMigration:
+class ChangedMigration(NamedTuple):
     """An applied migration whose file no longer matches the checksum in the history."""
 
     version: int

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from mosaicsync import findings as fnd
 from mosaicsync import sqltext
@@ -60,8 +60,7 @@ RISKY_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class Flagged:
+class Flagged(NamedTuple):
     """One statement (or one object of a statement naming several) that can lose data or break
     what is deployed; `table` is the table whose rows it affects, as `schema.name`."""
 
@@ -224,8 +223,7 @@ def _was_created(created: _Created, kind: str, key: tuple[str, ...]) -> bool:
 # -- the classifier ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Parsed:
+class _Parsed(NamedTuple):
     node: Any
     start: int
     gap: str  # the text between the previous statement and this one: comments only

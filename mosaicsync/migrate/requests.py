@@ -9,8 +9,7 @@ row with a fencing token stands in for a lock that outlives one request.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from mosaicsync.manifest import sql_literal
 from mosaicsync.sqltext import Statement
@@ -75,8 +74,7 @@ READ_SQL = (
 )
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """One request: `sql`, and where `body` (text[body_start:...]) sits in it for error mapping."""
 
     sql: str
