@@ -4,7 +4,9 @@ Run by `deploy`, `status`, `watch`, `dev` and `check` on the scanner's file set,
 is sent. What they found about a file's content is kept by content hash in `.mosaicsync/checks`
 (a run's few new verdicts appended to `checks-new`), so a file is read at most once per
 version, and a run whose file set, ignore rules and secrets are those of the last fully checked
-run reads no file at all (a no-op deploy).
+run reads no file at all (a no-op deploy). When only content changed since that run (the same
+paths), the findings about the other files are kept and the changed ones alone are judged:
+their content hashes are kept in `checks-files` for that comparison.
 
 The exact secrets are the API key in use, the stored keys, and the project's database password
 and URL. The first two are known locally; the database's are fetched once per run, and only when
@@ -149,6 +151,7 @@ class _Cache:
         self._new_refs: dict[str, list[list[Any]]] = {}
         self._rewrite = False  # the verdicts file must be written whole
         self._log_bytes = 0
+        self.last_files: tuple[str, list[str]] | None = None  # to keep with the last state
 
     @property
     def _log_path(self) -> Path:
@@ -157,6 +160,21 @@ class _Cache:
     @property
     def _last_path(self) -> Path:
         return self.path.with_name(self.path.name + "-last")
+
+    @property
+    def _files_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-files")
+
+    def files_of_last_run(self) -> tuple[str, list[str]] | None:
+        """The shape digest and the content hashes (in path order) of the files of the last
+        fully checked run, if they were kept: an edit is then checked by what it changed."""
+        if not self.last_state:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            state, shape, hashes = self._files_path.read_text().split("\n", 2)
+            if state == self.last_state:  # written with that run's findings, not another's
+                return shape, hashes.split("\n") if hashes else []
+        return None
 
     @classmethod
     def load(cls, path: Path) -> _Cache:
@@ -255,6 +273,15 @@ class _Cache:
             ensure_cache_dir(self.path.parent)
             if self._clean is not None:  # loaded, so maybe changed: written first
                 self._save_verdicts()
+            if self.last_files is not None:  # before the state it belongs to
+                shape, hashes = self.last_files
+                write_atomic(
+                    self._files_path,
+                    "\n".join((self.last_state, shape, "\n".join(hashes))),
+                    mode=0o600,
+                    durable=False,
+                )
+                self.last_files = None
             write_atomic(
                 self._last_path,
                 json.dumps(last, separators=(",", ":")),
@@ -322,16 +349,33 @@ class Preflight:
         only: Collection[str] | None = None,
     ) -> Report:
         """Check `files` (the whole set a deploy publishes). With `only` (a watch's changed
-        paths), secrets are searched in those files and references checked from them."""
+        paths), secrets are searched in those files and references checked from them. The
+        findings are those of a check of every file, whether or not the last run's are kept."""
         t0 = time.perf_counter()
         cache = self._cache
         cache.trust(cache.digest(s.value for s in self.secrets.local()))
-        state = self._state(files, skipped) if only is None else ""
-        if state and state == cache.last_state:
-            found = [Finding(**f) for f in cache.last_findings]
-            return Report(found, 0, (time.perf_counter() - t0) * 1000, reused=True)
+        shape = state = ""
+        hashes: list[str] = []
+        chosen: Sequence[LocalFile] = files
+        kept: list[Finding] = []  # the last run's findings about files this one does not read
+        if only is not None:
+            wanted = set(only)
+            chosen = [f for f in files if f.path in wanted]
+        else:
+            hashes = [f.sha256 for f in files]
+            shape, state = self._state(files, skipped, hashes)
+            if state == cache.last_state:
+                found = [Finding(**f) for f in cache.last_findings]
+                return Report(found, 0, (time.perf_counter() - t0) * 1000, reused=True)
+            before = cache.files_of_last_run()
+            if before is not None and before[0] == shape and len(before[1]) == len(files):
+                # The same paths, skipped paths and reviewed files as the last full run: what
+                # it found about a file whose content is unchanged still holds (a reference
+                # depends on the page and on which paths are published, not on their bytes).
+                chosen = [f for f, sha in zip(files, before[1], strict=True) if f.sha256 != sha]
+                changed = {f.path for f in chosen}
+                kept = [Finding(**f) for f in cache.last_findings if f["file"] not in changed]
 
-        wanted = set(only) if only is not None else None
         found: list[Finding] = []
         refs_by_file: dict[str, list[Any]] = {}
         todo: list[tuple[LocalFile, bool, bool]] = []  # (file, searched, parsed): to read
@@ -339,7 +383,6 @@ class Preflight:
         is_referencing = referencing()
         # Both rules go by type alone: each is asked once per extension, not once per file.
         by_type: dict[str, tuple[bool, bool]] = {}
-        chosen = files if wanted is None else [f for f in files if f.path in wanted]
         clean, known_refs = cache.clean, cache.refs
         for f, kind in zip(chosen, extensions([f.path for f in chosen]), strict=True):
             rules_say = by_type.get(kind)
@@ -376,12 +419,14 @@ class Preflight:
                     )
                 )  # fmt: skip
         found += self._references(refs_by_file, files, skipped, rules)
-        found = ordered(found)
+        found = ordered([*kept, *found])
         if state:
+            if chosen is files:  # a full run: verdicts of content no longer here may go
+                cache.retain(set(hashes))
             cache.last_state = state
             cache.last_findings = [f.to_json() for f in found]
+            cache.last_files = (shape, hashes)
             cache.dirty = True
-            cache.retain({f.sha256 for f in files})
         if self._use_cache:
             cache.save()
         return Report(found, read, (time.perf_counter() - t0) * 1000)
@@ -395,12 +440,24 @@ class Preflight:
             hits = list(self._search().search(stream))
         return leaks.findings_for(name, source, hits, allowed=name in self.allow_secret)
 
-    def _state(self, files: Sequence[LocalFile], skipped: Sequence[Skipped]) -> str:
-        """A digest of everything a full run's findings depend on."""
-        parts = [f"v{_VERSION}", *(f"a\t{p}" for p in self.allow_secret)]
-        parts += (f"f\t{f.path}\t{f.sha256}" for f in files)
-        parts += (f"s\t{s.path}\t{s.reason}" for s in skipped)
-        return self._cache.digest(parts)
+    def _state(
+        self, files: Sequence[LocalFile], skipped: Sequence[Skipped], hashes: Sequence[str]
+    ) -> tuple[str, str]:
+        """Digests of what a full run's findings depend on: the shape (the paths in order, the
+        skipped paths and the reviewed files), and with the content `hashes` the whole state.
+        Joined, not formatted per file: a no-op deploy computes them over the whole set. (No
+        path or reason holds a NUL; the counts keep the parts apart.)"""
+        shape = hashlib.sha256(self._cache.salt.encode())
+        parts = (
+            f"v{_VERSION}\x01{len(files)}\x01{len(skipped)}\x01{len(self.allow_secret)}",
+            "\0".join(sorted(self.allow_secret)),
+            "\0".join([f.path for f in files]),
+            "\0".join([f"{s.path}\0{s.reason}" for s in skipped]),
+        )
+        shape.update("\x01".join(parts).encode("utf-8", "surrogatepass"))
+        digest = shape.hexdigest()
+        state = hashlib.sha256(f"{digest}\x01{chr(0).join(hashes)}".encode())
+        return digest, state.hexdigest()
 
     def _read_one(
         self, f: LocalFile, *, searched: bool, parsed: bool, refs: dict[str, list[Any]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 
@@ -169,3 +170,75 @@ def test_a_run_with_nothing_to_search_does_not_ask_for_the_database(
     report = run_with(root, database, monkeypatch)
     assert report.files_read == 0 and not report.reused
     assert database.threads == []
+
+
+def run_fresh(root: Path, key: str = KEY) -> preflight.Report:
+    """The same check with no cache at all: every file read, every verdict made again."""
+    rules = load_ignore_rules(root, root.parent)
+    scanned = scan(root, rules)
+    checks = Preflight(root.parent / ".fresh", Secrets(key_in_use=key), use_cache=False)
+    return checks.check(scanned.files, scanned.skipped, rules)
+
+
+def test_an_edit_is_checked_alone_and_the_other_files_findings_are_kept(tmp_path: Path) -> None:
+    root = site(tmp_path)
+    (root / "lib1.js").write_text(f"const key = '{KEY}';\n")
+    first = run(root)
+    assert sorted({f.file for f in first.findings}) == ["index.html", "lib1.js"]
+    (root / "app.js").write_text("console.log('edited');\n")
+    again = run(root)
+    assert again.files_read == 1 and not again.reused
+    assert again.findings == first.findings  # index.html's and lib1.js's, neither read again
+    assert again.findings == run_fresh(root).findings
+    # The edit that fixes the link drops its warning; lib1.js's stays.
+    (root / "index.html").write_text('<script src="app.js"></script>')
+    fixed = run(root)
+    assert fixed.files_read == 1
+    assert [f.file for f in fixed.findings] == ["lib1.js"]
+    assert fixed.findings == run_fresh(root).findings
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_checks_of_edits_find_what_a_check_of_every_file_finds(tmp_path: Path, seed: int) -> None:
+    """Random edits (links made and broken, keys pasted and removed, files added and deleted,
+    a file skipped by a rule): after each, the cached run's findings are a fresh run's."""
+    rng = random.Random(seed)
+    root = site(tmp_path)
+    names = ["index.html", "app.js", "about.html", "style.css", *(f"lib{i}.js" for i in range(20))]
+    linked = [*names, ".env", "moved.js"]
+    bodies = [
+        lambda: f'<a href="/{rng.choice(linked)}">x</a><img src="{rng.choice(linked)}">',
+        lambda: f"body {{ background: url({rng.choice(linked)}) }}",
+        lambda: f"export const k = '{KEY}';",
+        lambda: f"export const n = {rng.randint(0, 5)};",
+        lambda: f'<link href="../{rng.choice(linked)}"><p>{OTHER_KEY}</p>',
+    ]
+    partial = 0
+    for _ in range(16):
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            name = rng.choice(names)
+            action = rng.random()
+            if action < 0.7:
+                (root / name).write_text(rng.choice(bodies)())
+            elif action < 0.8:
+                (root / name).unlink(missing_ok=True)
+            elif action < 0.9 and (root / name).exists():  # as many files, other paths
+                (root / name).rename(root / "moved.js")
+                names[names.index(name)] = "moved.js"
+            else:
+                (root / ".env").write_text(f"KEY={KEY}\n")  # skipped by the default rules
+        cached = run(root)
+        assert cached.findings == run_fresh(root).findings
+        partial += 0 < cached.files_read < len(list(root.iterdir()))
+    assert partial  # some of the runs read only what changed
+
+
+def test_a_rename_is_not_an_edit_the_pages_pointing_at_it_are_checked_again(
+    tmp_path: Path,
+) -> None:
+    root = site(tmp_path)
+    run(root)
+    (root / "app.js").rename(root / "apx.js")  # as many files, in the same order, same bytes
+    report = run(root)
+    assert [(f.file, f.kind) for f in report.findings].count(("index.html", BROKEN_REFERENCE)) == 2
+    assert report.findings == run_fresh(root).findings
