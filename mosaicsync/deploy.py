@@ -24,8 +24,15 @@ from mosaicsync.events import Checked, Planned, Scanned
 from mosaicsync.findings import BROKEN_REFERENCE, Finding, ordered, raise_for, strictened
 from mosaicsync.hashcache import HashCache
 from mosaicsync.ignore import IgnoreRules, load_ignore_rules
-from mosaicsync.manifest import Manifest, ManifestRow, local_digest, save_copy
-from mosaicsync.plan import Plan, plan_deploy, routes
+from mosaicsync.manifest import (
+    Manifest,
+    ManifestRow,
+    local_digest,
+    remember_digest,
+    remembered_digest,
+    save_copy,
+)
+from mosaicsync.plan import Plan, Target, plan_deploy, routes, routes_key
 from mosaicsync.preflight import Preflight, Report, Secrets
 from mosaicsync.scan import LocalFile, ScanResult, Skipped, scan
 from mosaicsync.selection import user_at_host
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
 
 CACHE_DIR = ".mosaicsync"
 MANIFEST_COPY = "manifest"  # the last deployed manifest, used while the platform's digest agrees
+DIGEST_MEMO = "digest"  # the local digest of the last file set seen, by its key
 
 
 @contextlib.contextmanager
@@ -219,6 +227,11 @@ class Deployer:
         row while the platform's digest agrees (`Manifest.fetch`)."""
         return self.config.project_dir / CACHE_DIR / MANIFEST_COPY
 
+    @property
+    def _digest_memo(self) -> Path:
+        """The local digest of the last file set seen (`manifest.remembered_digest`)."""
+        return self.config.project_dir / CACHE_DIR / DIGEST_MEMO
+
     def history(self) -> History:
         from mosaicsync.history import History  # here: a no-op deploy records nothing
 
@@ -392,8 +405,18 @@ class Deployer:
         result = DeployResult(self.project_id, project.get("url", ""), dry_run=self.options.dry_run)
         result.skipped, result.findings = skipped, findings
         files = scanned.files
-        targets = routes(files)
-        mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
+        # What this file set is routed to and its digest: remembered from the last run that
+        # saw the same files (a no-op deploy, most often), computed otherwise.
+        key = routes_key(files)
+        remembered = remembered_digest(self._digest_memo, key)
+        targets: dict[str, Target] | None = None
+        if remembered is not None:
+            mine, storage = remembered
+        else:
+            targets = routes(files)
+            mine = local_digest((f.path, f.sha256, targets[f.path]) for f in files)
+            storage = sorted(p for p, t in targets.items() if t == "storage")
+            remember_digest(self._digest_memo, key, mine, storage)
         if not files and self.options.prune and not self.options.dry_run:
             # An empty root is most often a build that produced nothing: pruning the live site
             # down to it would take the whole site offline.
@@ -409,7 +432,7 @@ class Deployer:
         if deployed_digest is not None:
             # Nothing to migrate and nothing changed: done, without taking the lease.
             if deployed_digest[0] == mine:
-                return self._noop(result, files, targets, t0)
+                return self._noop(result, files, storage, t0)
             checked = True
             self._read_git_state()
         # Imported here: the migration runner and its SQL parser cost a no-op deploy ~50 ms.
@@ -428,7 +451,7 @@ class Deployer:
             # Schema first, so new pages never meet an old schema; a failed migration stops here.
             self._migrate(result, migrator)
             if not checked and self.manifest.ensure()[0] == mine:
-                return self._noop(result, files, targets, t0)
+                return self._noop(result, files, storage, t0)
             self._read_git_state()
 
             result.live = self.manifest.live
@@ -437,6 +460,8 @@ class Deployer:
             recording = (
                 None if self.options.dry_run else Ahead(lambda: self.record("deploy", result))
             )
+            if targets is None:
+                targets = routes(files)
             try:
                 remote, rows = self.manifest.fetch(copy, fence=fence)
                 plan = plan_deploy(files, remote, prune=self.options.prune, targets=targets)
@@ -446,7 +471,7 @@ class Deployer:
                 raise
             self.emit(Planned(plan, noop=False))
             result.unchanged = len(plan.unchanged)
-            result.storage = sorted(p for p, t in targets.items() if t == "storage")
+            result.storage = storage
             if recording is None:
                 result.plan = plan_summary(plan)
                 result.uploaded = len(plan.uploads)
@@ -524,13 +549,13 @@ class Deployer:
         return Settled(before, after, paths)
 
     def _noop(
-        self, result: DeployResult, files: Sequence[LocalFile], targets: dict[str, str], t0: float
+        self, result: DeployResult, files: Sequence[LocalFile], storage: list[str], t0: float
     ) -> DeployResult:
         result.live = self.manifest.live
         plan = Plan(uploads=[], prune=[], unchanged=list(files))
         self.emit(Planned(plan, noop=True))
         result.unchanged = len(files)
-        result.storage = sorted(p for p, t in targets.items() if t == "storage")
+        result.storage = storage
         if self.options.dry_run:
             result.plan = plan_summary(plan)
         result.duration_ms = int((time.perf_counter() - t0) * 1000)

@@ -6,6 +6,7 @@ statement here is idempotent, so a request whose response was lost can be sent a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import threading
@@ -132,6 +133,31 @@ def local_digest(entries: Iterable[tuple[str, str, str]]) -> str:
     """sha256 over `path\\tsha256\\ttarget` lines in byte order, as `DIGEST_SQL` computes it."""
     # Code point order is UTF-8 byte order, and paths are unique: the tuples sort by path.
     return _sha256_of(utf8_pieces(map("\t".join, sorted(entries)), "\n"))
+
+
+def remembered_digest(path: Path, key: str) -> tuple[str, list[str]] | None:
+    """The local digest and the storage paths last computed for the file set of `key`
+    (`plan.routes_key`), or None. Both are functions of the key alone: whatever became of
+    the deploy that computed them, they are still right."""
+    try:
+        found, digest, check, storage = path.read_text("utf-8").split("\n", 3)
+    except (OSError, ValueError):
+        return None
+    if found != key or len(digest) != 64 or check != _check_of(storage):
+        return None  # another file set's, or cut short
+    return digest, storage.split("\0") if storage else []
+
+
+def _check_of(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def remember_digest(path: Path, key: str, digest: str, storage: Sequence[str]) -> None:
+    """Keep what `remembered_digest` reads (no fsync: a file cut short is not read back)."""
+    with contextlib.suppress(OSError, ValueError):
+        ensure_cache_dir(path.parent)
+        listed = "\0".join(storage)
+        write_atomic(path, f"{key}\n{digest}\n{_check_of(listed)}\n{listed}", durable=False)
 
 
 def _sha256_of(pieces: Iterable[bytes]) -> str:

@@ -155,7 +155,9 @@ def test_png_font_and_secrets(project_dir: Path, local_server: LocalServer) -> N
     everywhere = names | {r["path"] for r in rows}
     assert not any(n.startswith((".env", ".git", "id_rsa")) for n in everywhere)
     assert site_get(local_server, pid, "/.env").status_code == 404
-    assert deploy_json(project_dir, local_server)["uploaded"] == 0
+    again = deploy_json(project_dir, local_server)  # its routes and digest remembered
+    assert again["uploaded"] == 0 and again["storage"] == ["fonts/brand.woff2"]
+    assert (project_dir / ".mosaicsync" / "digest").exists()
 
 
 def test_symlink_escape_is_refused(project_dir: Path, local_server: LocalServer) -> None:

@@ -11,7 +11,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mosaicsync import contract
-from mosaicsync.manifest import ManifestRow, local_digest, rows_digest
+from mosaicsync.manifest import (
+    ManifestRow,
+    local_digest,
+    remember_digest,
+    remembered_digest,
+    rows_digest,
+)
 from mosaicsync.plan import (
     Plan,
     RemoteEntry,
@@ -21,6 +27,7 @@ from mosaicsync.plan import (
     publish_order,
     route,
     routes,
+    routes_key,
 )
 from mosaicsync.scan import LocalFile
 
@@ -381,3 +388,47 @@ def test_the_rows_digest_orders_paths_as_the_platform_does(paths: dict[str, bool
         f"{r.path}\t{r.sha256}\t{r.size}\tsite\t-\t-\t{int(r.generated)}" for r in by_bytes
     )
     assert rows_digest(reversed(rows)) == hashlib.sha256(text.encode()).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(files=local_trees(), other=local_trees())
+def test_one_routes_key_means_one_routing_and_one_digest(
+    files: list[LocalFile], other: list[LocalFile]
+) -> None:
+    """A deploy reuses the digest and storage paths of the last run with the same key: two
+    file sets share a key only when their routes and digests are the same."""
+
+    def answers(tree: list[LocalFile]) -> tuple[dict[str, Target], str]:
+        targets = routes(tree)
+        return targets, local_digest((f.path, f.sha256, targets[f.path]) for f in tree)
+
+    files, other = sorted(files), sorted(other)  # as a scan lists them: by path
+    assert routes_key(files) == routes_key(list(files))
+    if routes_key(files) == routes_key(other):
+        assert answers(files) == answers(other)
+    else:
+        assert [(f.path, f.sha256) for f in files] != [(f.path, f.sha256) for f in other]
+
+
+def test_the_routes_key_follows_paths_contents_order_and_the_cap() -> None:
+    a, b = local("a.html", "one"), local("b.png", "two")
+    key = routes_key([a, b])
+    assert routes_key([a, b]) == key
+    assert routes_key([b, a]) != key
+    assert routes_key([a, local("b.png", "2wo")]) != key
+    assert routes_key([a, local("c.png", "two")]) != key
+    assert routes_key([a]) != key
+    assert routes_key([a, b], max_site_file=1) != key
+
+
+def test_a_remembered_digest_is_read_back_only_for_its_key_and_whole(tmp_path: Path) -> None:
+    memo = tmp_path / ".mosaicsync" / "digest"
+    remember_digest(memo, "k1", "d" * 64, ["fonts/a.woff2", "clip\nwith newline.mp4"])
+    assert remembered_digest(memo, "k1") == ("d" * 64, ["fonts/a.woff2", "clip\nwith newline.mp4"])
+    assert remembered_digest(memo, "k2") is None
+    remember_digest(memo, "k1", "d" * 64, [])
+    assert remembered_digest(memo, "k1") == ("d" * 64, [])
+    remember_digest(memo, "k1", "d" * 64, ["a.mp4", "b.mp4"])
+    memo.write_bytes(memo.read_bytes()[:-3])  # cut short
+    assert remembered_digest(memo, "k1") is None
+    assert remembered_digest(tmp_path / "absent", "k1") is None
