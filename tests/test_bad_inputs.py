@@ -730,6 +730,43 @@ def storage_file_grows_while_uploaded(ctx: Ctx) -> None:
     ctx.proxy(grow)
 
 
+@case("a page edited after it was checked, before it is uploaded", 2,
+      "zz-late.html changed while it was uploaded", CONSISTENT)  # fmt: skip
+def page_edited_while_deployed(ctx: Ctx) -> None:
+    many_files(ctx, 5)
+    (ctx.public / "zz-late.html").write_text("<p>as checked</p>")
+    ctx.args = ["deploy", "--json", "--concurrency", "1"]
+
+    def edit(request: Request) -> Reply | str:
+        # The first upload: the checks are done, and the page has not been read yet.
+        if request.path.endswith("/files") and b'"page000.html"' in request.body:
+            (ctx.public / "zz-late.html").write_text("<p>edited since</p>")
+        return "pass"
+
+    ctx.proxy(edit)
+
+
+def test_a_key_pasted_into_a_page_after_the_checks_is_never_published(ctx: Ctx) -> None:
+    many_files(ctx, 5)
+    (ctx.public / "zz-late.html").write_text("<p>as checked</p>")
+
+    def paste(request: Request) -> Reply | str:
+        if request.path.endswith("/files") and b'"page000.html"' in request.body:
+            (ctx.public / "zz-late.html").write_text(f"<script>const k = '{KEY_A}'</script>")
+        return "pass"
+
+    ctx.proxy(paste)
+    out = ctx.run(["deploy", "--json", "--concurrency", "1"])
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "zz-late.html changed while it was uploaded" in error_text(out)
+    state = platform_state(ctx.server, ctx.project_id, ctx.owner_key)
+    assert "zz-late.html" not in state.site and "zz-late.html" not in state.manifest
+    # The next run checks what is there now, and refuses it.
+    again = ctx.run(["deploy", "--json"])
+    assert again.returncode != 0 and "zz-late.html" in again.stdout + again.stderr
+    assert KEY_A not in again.stdout + again.stderr
+
+
 @case("a storage file that shrinks after its size was sent, before it is read", 2,
       "clip.mp4 changed while it was uploaded", CONSISTENT)  # fmt: skip
 def storage_file_shrinks_while_uploaded(ctx: Ctx) -> None:
