@@ -31,14 +31,14 @@ def test_the_collector_is_tuned_before_the_imports_and_what_they_built_is_set_ap
         "        if name == 'mosaicsync.cli':\n"
         "            seen['threshold'] = gc.get_threshold()\n"
         "sys.meta_path.insert(0, Spy())\n"
+        "import atexit\n"
         "import mosaicsync.__main__ as entry\n"
         "sys.argv = ['mosaicsync', '--help']\n"
-        "try:\n"
-        "    entry.run()\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "seen['frozen'] = gc.get_freeze_count()\n"
-        "print(repr(seen))\n"
+        "def report():\n"
+        "    seen['frozen'] = gc.get_freeze_count()\n"
+        "    print(repr(seen))\n"
+        "atexit.register(report)  # `run` ends the process: its exit handlers still run\n"
+        "entry.run()\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -53,3 +53,37 @@ def _collector_left_as_found() -> None:
     before = gc.get_threshold()
     yield
     gc.set_threshold(*before)
+
+
+LEAVE = (
+    "import atexit, sys, threading, time\n"
+    "from pathlib import Path\n"
+    "import mosaicsync.__main__ as entry\n"
+    "out = Path(sys.argv[1])\n"
+    "def late():\n"
+    "    time.sleep(0.3)  # still running when the command returns\n"
+    "    (out / 'thread').write_text('joined')\n"
+    "threading.Thread(target=late).start()\n"
+    "atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+    "sys.argv = ['mosaicsync', *sys.argv[2:]]\n"
+    "entry.run()\n"
+    "(out / 'after').write_text('run returned')\n"
+)
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["no-such-command"], 2)])
+def test_the_command_leaves_after_its_threads_and_exit_handlers_with_its_exit_code(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LEAVE, str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == code, out.stderr
+    assert (tmp_path / "thread").read_text() == "joined"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "after").exists()  # the process ended in `run`
+    if code == 0:
+        assert "Commands:" in out.stdout and "deploy" in out.stdout  # flushed through a pipe
