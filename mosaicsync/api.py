@@ -134,6 +134,15 @@ def _refuse_text_that_is_not_utf8(fields: dict[str, Any]) -> None:
                 ) from None
 
 
+def changed_while_uploaded(name: str, detail: str, command: str = "the command") -> ScanError:
+    """A file that changed between its scan and its upload, whichever way it is sent: it is
+    not published, and the next run measures and checks it afresh."""
+    return ScanError(
+        f"{name} changed while it was uploaded ({detail}); run {command} again",
+        hint="wait until whatever writes the file (a build, an editor) has finished",
+    )
+
+
 class MosaicClient:
     """One keep-alive HTTP client for one platform and key."""
 
@@ -440,11 +449,7 @@ class MosaicClient:
         """
 
         def changed(detail: str) -> ScanError:
-            return ScanError(
-                f"{name or path.name} changed while it was uploaded ({detail}); "
-                f"run {command} again",
-                hint="wait until whatever writes the file (a build, an editor) has finished",
-            )
+            return changed_while_uploaded(name or path.name, detail, command)
 
         def chunks() -> Iterator[bytes]:
             sent = 0

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from mosaicsync.api import MosaicClient, auto_concurrency
+from mosaicsync.api import MosaicClient, auto_concurrency, changed_while_uploaded
 from mosaicsync.contract import TEXT_EXTENSIONS, extension
-from mosaicsync.errors import NotFoundError, ScanError
+from mosaicsync.errors import NotFoundError
 from mosaicsync.events import Transferred
 from mosaicsync.manifest import Manifest, ManifestRow
 from mosaicsync.plan import Plan, RemoteEntry, Upload, route, routes
@@ -74,14 +74,6 @@ class _ManifestWriter:
             with self.lock:
                 self.rows[:0] = rows
             raise
-
-
-def _changed(path: str, detail: str) -> ScanError:
-    """A file that changed between the scan and its upload: as `api.put_presigned` says it."""
-    return ScanError(
-        f"{path} changed while it was uploaded ({detail}); run the command again",
-        hint="wait until whatever writes the file (a build, an editor) has finished",
-    )
 
 
 class Publisher:
@@ -352,7 +344,7 @@ class Publisher:
         # other bytes are not published. The manifest records the source's hash and size,
         # never those of a rewritten copy, which the planner would see as a change every time.
         if hashlib.sha256(source).hexdigest() != f.sha256:
-            raise _changed(f.path, "its content is not the one checked")
+            raise changed_while_uploaded(f.path, "its content is not the one checked")
         source_sha = f.sha256
         data = sent_bytes(f.path, source, storage_urls)
         uploaded_sha = hashlib.sha256(data).hexdigest() if data is not source else None

@@ -128,12 +128,8 @@ class Stream(Response):
         while True:
             try:
                 chunk = self._read(size)
-            except TransportError:
-                raise
             except Exception as exc:
-                if _from_the_network(exc):
-                    raise _mapped(exc) from exc
-                raise
+                _raise_as_read(exc)
             if not chunk:
                 return
             yield chunk
@@ -209,7 +205,13 @@ def _fail(conn: _Conn, exc: BaseException) -> NoReturn:
     half read cannot carry another), a network failure is raised as a `TransportError`, and
     anything else (the body's own error: a file that changed while it was read) as it is."""
     conn.close()
-    if isinstance(exc, TransportError):  # this module's own reading found the fault
+    _raise_as_read(exc)
+
+
+def _raise_as_read(exc: BaseException) -> NoReturn:
+    """`exc` as the caller sees it: a fault this module's reader found as it is, a network
+    failure as a `TransportError`, anything else (the body's own error) unchanged."""
+    if isinstance(exc, TransportError):
         raise exc
     if _from_the_network(exc):
         raise _mapped(exc) from exc
